@@ -1,0 +1,207 @@
+"""Worker OS processes of `local` pools: start, watch, restart and stop them on this host.
+
+Each worker is `python -m worker --pool P --worker-id W`, started with this orchestrator's
+settings in its environment and its output in `<log_dir>/<pool>/<worker>.log`. A worker that
+exits is restarted with backoff; one that keeps failing before it ever heartbeats makes the pool
+`failed`, with the last line of its log as the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from shared.config import ENV_PREFIX, Settings
+
+log = logging.getLogger("mahavishnu.orchestrator.local")
+
+FAILED_STARTS_BEFORE_FAILED = 3
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process exactly these settings."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            text = value.get_secret_value()
+        elif isinstance(value, list | dict):
+            import json
+
+            text = json.dumps(value)
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        else:
+            text = str(value)
+        env[f"{ENV_PREFIX}{name.upper()}"] = text
+    return env
+
+
+@dataclass
+class WorkerProcess:
+    """One worker process this orchestrator started."""
+
+    worker_id: str
+    process: asyncio.subprocess.Process
+    started_at: float
+    log_path: Path
+    stopping: bool = False
+
+    @property
+    def alive(self) -> bool:
+        """Whether the process has not exited yet."""
+        return self.process.returncode is None
+
+
+@dataclass
+class LocalPool:
+    """The processes of one local pool on this host."""
+
+    pool_id: str
+    processes: dict[str, WorkerProcess] = field(default_factory=dict)
+    serial: int = 0
+    failed_starts: int = 0
+    restart_after: float = 0.0
+    ever_heartbeat: bool = False
+    last_error: str = ""
+
+
+class LocalPoolSupervisor:
+    """Starts and stops worker processes for the local pools this orchestrator owns."""
+
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self.pools: dict[str, LocalPool] = {}
+        self._env = {**os.environ, **settings_env(settings)}
+
+    def pool(self, pool_id: str) -> LocalPool:
+        """The process set of a pool (created on first use)."""
+        return self.pools.setdefault(pool_id, LocalPool(pool_id))
+
+    async def start_worker(self, pool_id: str, concurrency: int) -> WorkerProcess:
+        """Start one worker process for the pool."""
+        state = self.pool(pool_id)
+        state.serial += 1
+        worker_id = f"{pool_id}-w{state.serial}-{os.urandom(2).hex()}"
+        folder = self.log_dir / pool_id
+        folder.mkdir(parents=True, exist_ok=True)
+        log_path = folder / f"{worker_id}.log"
+        with log_path.open("ab") as out:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "worker",
+                "--pool",
+                pool_id,
+                "--worker-id",
+                worker_id,
+                "--concurrency",
+                str(concurrency),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=self._env,
+                start_new_session=True,
+            )
+        proc = WorkerProcess(worker_id, process, time.time(), log_path)
+        state.processes[worker_id] = proc
+        log.info("started worker %s (pid %d) for pool %s", worker_id, process.pid, pool_id)
+        return proc
+
+    def reap(self, pool_id: str, live_heartbeats: set[str]) -> list[WorkerProcess]:
+        """Forget exited processes of a pool; return those that exited without being asked."""
+        state = self.pool(pool_id)
+        if live_heartbeats & set(state.processes):
+            state.ever_heartbeat = True
+            state.failed_starts = 0
+        crashed = []
+        for worker_id, proc in list(state.processes.items()):
+            if proc.alive:
+                continue
+            del state.processes[worker_id]
+            if proc.stopping and proc.process.returncode == 0:
+                continue
+            crashed.append(proc)
+            state.last_error = _last_line(proc.log_path) or f"exit code {proc.process.returncode}"
+            if worker_id not in live_heartbeats and not state.ever_heartbeat:
+                state.failed_starts += 1
+            delay = min(30.0, 0.5 * (2 ** min(state.failed_starts, 6)))
+            state.restart_after = time.monotonic() + delay
+            log.warning(
+                "worker %s of pool %s exited (code %s): %s",
+                worker_id,
+                pool_id,
+                proc.process.returncode,
+                state.last_error,
+            )
+        return crashed
+
+    def may_start(self, pool_id: str) -> bool:
+        """Whether the restart backoff of the pool has passed."""
+        return time.monotonic() >= self.pool(pool_id).restart_after
+
+    def start_failed(self, pool_id: str) -> bool:
+        """Whether the pool's workers keep failing before they ever heartbeat."""
+        return self.pool(pool_id).failed_starts >= FAILED_STARTS_BEFORE_FAILED
+
+    def alive(self, pool_id: str) -> list[WorkerProcess]:
+        """The pool's running processes that were not asked to stop."""
+        return [p for p in self.pool(pool_id).processes.values() if p.alive and not p.stopping]
+
+    def stop_worker(self, proc: WorkerProcess) -> None:
+        """Ask one worker to drain and exit (SIGTERM)."""
+        proc.stopping = True
+        with contextlib.suppress(ProcessLookupError):
+            proc.process.send_signal(signal.SIGTERM)
+
+    def stop_pool(self, pool_id: str) -> None:
+        """Ask every worker of a pool to drain."""
+        for proc in self.pool(pool_id).processes.values():
+            if proc.alive and not proc.stopping:
+                self.stop_worker(proc)
+
+    def running(self, pool_id: str) -> int:
+        """How many processes of the pool have not exited."""
+        return sum(1 for p in self.pool(pool_id).processes.values() if p.alive)
+
+    async def stop_all(self, grace: float) -> None:
+        """Drain every worker; kill the process groups of those still running after `grace`."""
+        procs = [p for s in self.pools.values() for p in s.processes.values() if p.alive]
+        for proc in procs:
+            if not proc.stopping:
+                self.stop_worker(proc)
+        if not procs:
+            return
+        waits = [asyncio.create_task(p.process.wait()) for p in procs]
+        _, pending = await asyncio.wait(waits, timeout=grace)
+        for proc in procs:
+            if proc.alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.process.pid, signal.SIGKILL)
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+        for w in pending:
+            w.cancel()
+
+
+def _last_line(path: Path) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines()]
+    except OSError:
+        return ""
+    lines = [ln for ln in lines if ln]
+    return lines[-1][:500] if lines else ""

@@ -1,0 +1,895 @@
+"""The control plane: route tasks, carry out control commands, supervise pools.
+
+Any number of orchestrators share the work as members of the `orchestrators` group on the
+ingress and control streams. Each pool is supervised by the one orchestrator holding its lease
+(a key with a TTL, renewed every tick); when that orchestrator dies the lease expires and another
+adopts the pool. The supervision tick also writes the pools' load hashes, takes back entries held
+by dead workers (or past their task's deadline), moves due retries back into the streams, and
+takes over ingress entries held by dead orchestrators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from orchestrator.local_pool import LocalPoolSupervisor
+from orchestrator.routing import Candidate, Router, eligible, explain
+from shared.codec import (
+    Control,
+    ControlAction,
+    PoolClosed,
+    PoolCreated,
+    StatusUpdate,
+    TaskDelegate,
+    _Message,
+    decode,
+    encode,
+    unpack,
+)
+from shared.config import Settings
+from shared.connection import (
+    TRANSIENT_ERRORS,
+    Entry,
+    Redis,
+    ack_and_delete,
+    connect,
+    decode_hash,
+    ensure_group,
+    flatten_read,
+    text,
+)
+from shared.errors import ExecutorError, MalformedMessage
+from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
+from shared.models import PoolSpec, PoolStatus, PoolType, TaskResult, TaskStatus, new_id
+from shared.scripts import Scripts
+from shared.state import (
+    ACCEPTING_STATUSES,
+    FinalResult,
+    finalize_results,
+    pool_hash_fields,
+    queue_dead_letter,
+)
+from worker.executors import build_executor
+
+log = logging.getLogger("mahavishnu.orchestrator")
+
+MAX_WAITING = 10_000
+AUTOSCALE_COOLDOWN = 10.0
+RECLAIM_MIN_IDLE_MS = 500
+
+
+@dataclass
+class PoolView:
+    """One pool as seen at the last supervision tick."""
+
+    spec: PoolSpec
+    status: PoolStatus
+    raw: dict[str, str]
+    lease: str
+    live_workers: dict[str, dict[str, str]] = field(default_factory=dict)
+    members: set[str] = field(default_factory=set)
+    backlog: int = 0
+
+    @property
+    def capacity(self) -> int:
+        """Sum of the live workers' concurrency."""
+        return sum(int(w.get("concurrency", "0") or 0) for w in self.live_workers.values())
+
+    @property
+    def in_flight(self) -> int:
+        """Sum of the live workers' running tasks."""
+        return sum(int(w.get("in_flight", "0") or 0) for w in self.live_workers.values())
+
+    @property
+    def target(self) -> int:
+        """The number of workers the pool should have."""
+        return int(self.raw.get("target_workers", self.spec.min_workers) or 0)
+
+
+@dataclass
+class _Waiting:
+    entry_id: bytes
+    message: TaskDelegate
+    since: float
+
+
+class Orchestrator:
+    """Routes the ingress stream, handles control commands and supervises pools."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        orchestrator_id: str | None = None,
+        log_dir: Path | None = None,
+        stop_workers_on_exit: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.keys = settings.keys
+        self.id = orchestrator_id or new_id("o")
+        self.redis: Redis = connect(settings)
+        self._reader: Redis = connect(settings, blocking=True)
+        self._scripts = Scripts(self.redis)
+        self.router = Router(settings.pool_routing_strategy)
+        self.local = LocalPoolSupervisor(settings, log_dir or Path(".mahavishnu/logs"))
+        self.stop_workers_on_exit = stop_workers_on_exit
+        self.pools: dict[str, PoolView] = {}
+        self._waiting: list[_Waiting] = []
+        self._route_lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._ticked = asyncio.Event()
+        self._low_backlog_since: dict[str, float] = {}
+        self._closing_since: dict[str, float] = {}
+        self.routed = 0
+
+    def request_stop(self) -> None:
+        """Stop reading, finish the current batch, stop local workers and exit."""
+        self._stopping.set()
+
+    async def wait_ready(self) -> None:
+        """Wait until the first supervision tick has run."""
+        await self._ticked.wait()
+
+    async def run(self) -> None:
+        """Serve until `request_stop`."""
+        for stream in (self.keys.ingress, self.keys.control):
+            await ensure_group(self.redis, stream, ORCHESTRATOR_GROUP)
+        loops = [
+            asyncio.create_task(self._ingress_loop(), name="ingress"),
+            asyncio.create_task(self._supervise_loop(), name="supervise"),
+        ]
+        try:
+            stopped = asyncio.create_task(self._stopping.wait())
+            done, _ = await asyncio.wait([*loops, stopped], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopped and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            self._stopping.set()
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        if self.stop_workers_on_exit:
+            await self.local.stop_all(self.settings.drain_grace + 5)
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for pool_id in self._owned():
+                await self._scripts.release_lease(
+                    keys=[self.keys.pool_lease(pool_id)], args=[self.id], client=pipe
+                )
+            pipe.delete(self.keys.orchestrator(self.id))
+            await pipe.execute()
+        except RedisError as exc:
+            log.warning("could not release leases: %s", exc)
+        await self._reader.aclose()
+        await self.redis.aclose()
+
+    def _owned(self) -> list[str]:
+        return [p for p, v in self.pools.items() if v.lease == self.id]
+
+    # ------------------------------------------------------------------ ingress
+
+    async def _ingress_loop(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            streams = {self.keys.control: ">"}
+            if len(self._waiting) < MAX_WAITING:
+                streams[self.keys.ingress] = ">"
+            block = 250 if self._waiting else 1000
+            try:
+                reply = await self._reader.xreadgroup(
+                    ORCHESTRATOR_GROUP,
+                    self.id,
+                    streams,
+                    count=self.settings.route_batch,
+                    block=block,
+                )
+                entries = flatten_read(reply)
+                controls = [e for s, e in entries if s == self.keys.control]
+                tasks = [e for s, e in entries if s == self.keys.ingress]
+                for entry in controls:
+                    await self._handle_control(entry)
+                await self.route(tasks)
+                backoff = 0.1
+            except TRANSIENT_ERRORS as exc:
+                log.warning("ingress read failed (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except RedisError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                for stream in (self.keys.ingress, self.keys.control):
+                    await ensure_group(self.redis, stream, ORCHESTRATOR_GROUP)
+
+    async def route(self, entries: list[Entry]) -> None:
+        """Route a batch of ingress entries plus the tasks still waiting for a pool."""
+        async with self._route_lock:
+            await self._route(entries)
+
+    async def _route(self, entries: list[Entry]) -> None:
+        now = time.time()
+        items: list[_Waiting] = []
+        bad: list[tuple[bytes, str, dict[bytes, bytes]]] = []
+        for entry_id, fields in entries:
+            try:
+                msg = decode(fields)
+            except MalformedMessage as exc:
+                bad.append((entry_id, str(exc), fields))
+                continue
+            if not isinstance(msg, TaskDelegate):
+                bad.append((entry_id, f"a {msg.type} message does not belong on ingress", fields))
+                continue
+            items.append(_Waiting(entry_id, msg, now))
+        items.extend(self._waiting)
+        if not items and not bad:
+            return
+        candidates = await self._candidates()
+        routed: list[tuple[_Waiting, Candidate]] = []
+        waiting: list[_Waiting] = []
+        expired: list[tuple[_Waiting, str]] = []
+        for item in items:
+            task = item.message.task
+            chosen = self.router.choose(task, eligible(candidates, task))
+            if chosen is not None:
+                routed.append((item, chosen))
+            elif now - item.since >= task.queue_timeout:
+                expired.append((item, explain(candidates, task)))
+            else:
+                waiting.append(item)
+        self._waiting = waiting
+        pipe = self.redis.pipeline(transaction=False)
+        for item, pool in routed:
+            task = item.message.task
+            pipe.xadd(self.keys.pool_tasks(pool.pool_id), encode(item.message))
+            pipe.hset(
+                self.keys.task(task.id),
+                mapping={"status": str(TaskStatus.QUEUED), "pool": pool.pool_id},
+            )
+        ack_and_delete(pipe, self.keys.ingress, ORCHESTRATOR_GROUP, [i.entry_id for i, _ in routed])
+        self._queue_malformed(pipe, self.keys.ingress, bad)
+        if len(pipe):
+            await pipe.execute()
+        self.routed += len(routed)
+        if expired:
+            await self._fail(
+                [
+                    (i.message, f"not routed within {i.message.task.queue_timeout:g}s: {why}")
+                    for i, why in expired
+                ],
+                ack=(self.keys.ingress, ORCHESTRATOR_GROUP, [i.entry_id for i, _ in expired]),
+            )
+
+    async def _candidates(self) -> list[Candidate]:
+        views = [v for v in self.pools.values() if v.status in ACCEPTING_STATUSES]
+        if not views:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for view in views:
+            pipe.xlen(self.keys.pool_tasks(view.spec.id))
+        backlogs = await pipe.execute()
+        return [
+            Candidate(
+                pool_id=v.spec.id,
+                status=v.status,
+                worker_type=v.spec.worker_type,
+                labels=v.spec.labels,
+                live_workers=len(v.live_workers),
+                capacity=v.capacity,
+                backlog=int(b),
+                max_queue=v.spec.max_queue,
+            )
+            for v, b in zip(views, backlogs, strict=True)
+        ]
+
+    def _queue_malformed(
+        self,
+        pipe: Any,
+        stream: str,
+        bad: list[tuple[bytes, str, dict[bytes, bytes]]],
+        *,
+        group: str = ORCHESTRATOR_GROUP,
+        pool_id: str | None = None,
+    ) -> None:
+        """Dead-letter unreadable entries with the reason, and acknowledge them."""
+        for entry_id, reason, fields in bad:
+            log.warning("dead-lettered entry %s on %s: %s", text(entry_id), stream, reason)
+            queue_dead_letter(
+                pipe,
+                self.settings,
+                task_id=text(fields.get(b"task")),
+                pool_id=pool_id,
+                reason=f"malformed entry {text(entry_id)} on {stream}: {reason}",
+                raw=fields,
+            )
+        ack_and_delete(pipe, stream, group, [b for b, _, _ in bad])
+
+    async def _fail(
+        self,
+        failures: list[tuple[TaskDelegate, str]],
+        *,
+        status: TaskStatus = TaskStatus.FAILED,
+        pool_id: str | None = None,
+        ack: tuple[str, str, list[bytes]] | None = None,
+    ) -> None:
+        """Give tasks a final failed (or dead-lettered) result and acknowledge their entries."""
+        now = time.time()
+        finals = [
+            FinalResult(
+                TaskResult(
+                    task_id=msg.task.id,
+                    pool_id=pool_id,
+                    status=status,
+                    error=reason,
+                    attempts=msg.attempt,
+                    finished_at=now,
+                ),
+                msg.task.reply_to,
+                msg.task.describe(),
+                list(msg.task.tags),
+                token=f"{self.id}/{msg.task.id}/{msg.attempt}",
+            )
+            for msg, reason in failures
+        ]
+
+        def extra(pipe: Any) -> None:
+            for final in finals:
+                if final.result.status is TaskStatus.DEAD_LETTERED:
+                    queue_dead_letter(
+                        pipe,
+                        self.settings,
+                        task_id=final.result.task_id,
+                        pool_id=pool_id,
+                        reason=final.result.error or "",
+                        attempts=final.result.attempts,
+                    )
+            if ack is not None:
+                ack_and_delete(pipe, *ack)
+
+        await finalize_results(self.redis, self._scripts, self.settings, finals, extra=extra)
+
+    # ------------------------------------------------------------------ control
+
+    async def _handle_control(self, entry: Entry) -> None:
+        entry_id, fields = entry
+        try:
+            msg = decode(fields)
+            if not isinstance(msg, Control):
+                raise MalformedMessage(f"a {msg.type} message does not belong on control")
+        except MalformedMessage as exc:
+            pipe = self.redis.pipeline(transaction=False)
+            self._queue_malformed(pipe, self.keys.control, [(entry_id, str(exc), fields)])
+            await pipe.execute()
+            return
+        if msg.action is ControlAction.SPAWN and msg.spec is not None:
+            await self._spawn(msg.spec)
+        elif msg.action is ControlAction.SCALE and msg.workers is not None:
+            await self._scale(msg.pool_id, msg.workers)
+        elif msg.action is ControlAction.CLOSE:
+            await self._close(msg.pool_id)
+        pipe = self.redis.pipeline(transaction=False)
+        ack_and_delete(pipe, self.keys.control, ORCHESTRATOR_GROUP, [entry_id])
+        await pipe.execute()
+
+    async def _spawn(self, spec: PoolSpec) -> None:
+        key = self.keys.pool(spec.id)
+        if await self.redis.exists(key):
+            return  # a re-delivered spawn: the pool exists already
+        problem = _spawn_problem(spec)
+        now = time.time()
+        if problem:
+            log.warning("pool %s (%s) cannot start: %s", spec.id, spec.name, problem)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hset(
+                key,
+                mapping=pool_hash_fields(spec, PoolStatus.FAILED, created_at=now, detail=problem),
+            )
+            pipe.expire(key, self.settings.result_ttl)
+            self._publish(
+                pipe, StatusUpdate(pool_id=spec.id, status=PoolStatus.FAILED, detail=problem)
+            )
+            await pipe.execute()
+            return
+        await ensure_group(self.redis, self.keys.pool_tasks(spec.id), WORKER_GROUP)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(
+            key,
+            mapping=pool_hash_fields(
+                spec, PoolStatus.STARTING, created_at=now, target_workers=spec.min_workers
+            ),
+        )
+        pipe.sadd(self.keys.pools, spec.id)
+        pipe.set(self.keys.pool_lease(spec.id), self.id, px=self._lease_ms)
+        self._publish(pipe, PoolCreated(spec=spec))
+        self._publish(pipe, StatusUpdate(pool_id=spec.id, status=PoolStatus.STARTING))
+        await pipe.execute()
+        log.info("created pool %s (%s, %s)", spec.id, spec.name, spec.pool_type)
+        await self.tick()
+
+    async def _scale(self, pool_id: str, workers: int) -> None:
+        raw = decode_hash(await self.redis.hgetall(self.keys.pool(pool_id)))
+        if raw.get("status") not in ACCEPTING_STATUSES:
+            return
+        spec = PoolSpec.model_validate_json(raw["spec"])
+        target = max(spec.min_workers, min(spec.max_workers, workers))
+        await self._set_status(
+            pool_id, PoolStatus.SCALING, f"scaling to {target}", target_workers=target
+        )
+        await self.tick()
+
+    async def _close(self, pool_id: str) -> None:
+        status = text(await self.redis.hget(self.keys.pool(pool_id), "status"))
+        if status and status not in (PoolStatus.CLOSING, PoolStatus.CLOSED):
+            await self._set_status(pool_id, PoolStatus.CLOSING, "closing")
+            await self.tick()
+
+    async def _set_status(
+        self, pool_id: str, status: PoolStatus, detail: str = "", **extra: Any
+    ) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(
+            self.keys.pool(pool_id),
+            mapping={
+                "status": str(status),
+                "detail": detail,
+                **{k: str(v) for k, v in extra.items()},
+            },
+        )
+        self._publish(pipe, StatusUpdate(pool_id=pool_id, status=status, detail=detail))
+        await pipe.execute()
+        if pool_id in self.pools:
+            self.pools[pool_id].status = status
+        log.info("pool %s is %s %s", pool_id, status, detail)
+
+    def _publish(self, pipe: Any, message: _Message) -> None:
+        pipe.xadd(
+            self.keys.events, encode(message), maxlen=self.settings.events_max_len, approximate=True
+        )
+
+    @property
+    def _lease_ms(self) -> int:
+        return int(self.settings.orchestrator_lease_ttl * 1000)
+
+    # -------------------------------------------------------------- supervision
+
+    async def _supervise_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.tick()
+            except TRANSIENT_ERRORS as exc:
+                log.warning("supervision tick failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.settings.supervise_interval)
+
+    async def tick(self) -> None:
+        """One supervision pass over every pool (also run right after control commands)."""
+        await self._refresh()
+        for pool_id in self._owned():
+            view = self.pools.get(pool_id)
+            if view is not None:
+                await self._supervise(view)
+        await self._write_load()
+        await self._move_due_retries()
+        await self._reclaim_from_dead_orchestrators()
+        self._ticked.set()
+
+    async def _refresh(self) -> None:
+        """Read every pool, its lease, workers and backlog; take free leases."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(
+            self.keys.orchestrator(self.id),
+            mapping={
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "last_seen": repr(time.time()),
+            },
+        )
+        pipe.pexpire(self.keys.orchestrator(self.id), self._lease_ms)
+        pipe.smembers(self.keys.pools)
+        ids = sorted(text(m) for m in (await pipe.execute())[2])
+        pipe = self.redis.pipeline(transaction=False)
+        for pool_id in ids:
+            pipe.hgetall(self.keys.pool(pool_id))
+            pipe.smembers(self.keys.pool_workers(pool_id))
+            pipe.xlen(self.keys.pool_tasks(pool_id))
+            await self._scripts.acquire_lease(
+                keys=[self.keys.pool_lease(pool_id)], args=[self.id, self._lease_ms], client=pipe
+            )
+            pipe.get(self.keys.pool_lease(pool_id))
+        replies = await pipe.execute()
+        views: dict[str, PoolView] = {}
+        for n, pool_id in enumerate(ids):
+            raw, members, backlog, _, lease = replies[n * 5 : n * 5 + 5]
+            fields = decode_hash(raw)
+            try:
+                spec = PoolSpec.model_validate_json(fields["spec"])
+                status = PoolStatus(fields.get("status", "failed"))
+            except (KeyError, ValueError):
+                continue
+            views[pool_id] = PoolView(
+                spec=spec,
+                status=status,
+                raw=fields,
+                lease=text(lease),
+                members={text(m) for m in members},
+                backlog=int(backlog),
+            )
+        pipe = self.redis.pipeline(transaction=False)
+        order = [(pool_id, w) for pool_id, v in views.items() for w in sorted(v.members)]
+        for _, worker_id in order:
+            pipe.hgetall(self.keys.worker(worker_id))
+        beats = await pipe.execute() if order else []
+        for (pool_id, worker_id), beat in zip(order, beats, strict=True):
+            if beat:
+                views[pool_id].live_workers[worker_id] = decode_hash(beat)
+        self.pools = views
+
+    async def _supervise(self, view: PoolView) -> None:
+        pool_id = view.spec.id
+        live = set(view.live_workers)
+        if view.status is PoolStatus.CLOSING:
+            await self._finish_close(view)
+            return
+        if view.status not in ACCEPTING_STATUSES:
+            return
+        await self._reclaim(view)
+        if view.spec.pool_type is PoolType.LOCAL:
+            self.local.reap(pool_id, live)
+            if self.local.start_failed(pool_id):
+                self.local.stop_pool(pool_id)
+                detail = f"workers fail to start: {self.local.pool(pool_id).last_error}"
+                await self._set_status(pool_id, PoolStatus.FAILED, detail)
+                return
+            target = self._autoscale(view)
+            await self._reconcile_processes(view, target)
+        target = view.target
+        serving = len(live)
+        if serving >= max(target, 1) or (target == 0 and view.status is PoolStatus.STARTING):
+            wanted = PoolStatus.RUNNING
+        elif view.status is PoolStatus.STARTING:
+            wanted = PoolStatus.STARTING
+        elif view.status is PoolStatus.SCALING and serving > 0:
+            wanted = PoolStatus.SCALING
+        else:
+            wanted = PoolStatus.DEGRADED if serving == 0 else PoolStatus.RUNNING
+        if wanted is PoolStatus.RUNNING and serving > target:
+            wanted = PoolStatus.SCALING if view.status is PoolStatus.SCALING else PoolStatus.RUNNING
+        if wanted is not view.status:
+            await self._set_status(pool_id, wanted, f"{serving}/{target} workers")
+
+    def _autoscale(self, view: PoolView) -> int:
+        target = view.target
+        spec = view.spec
+        if not spec.auto_scale:
+            return target
+        per_worker = spec.concurrency * self.settings.autoscale_backlog_per_worker
+        wanted = max(spec.min_workers, min(spec.max_workers, math.ceil(view.backlog / per_worker)))
+        now = time.monotonic()
+        if wanted > target:
+            self._low_backlog_since.pop(spec.id, None)
+            target = wanted
+        elif wanted < target:
+            since = self._low_backlog_since.setdefault(spec.id, now)
+            if now - since >= AUTOSCALE_COOLDOWN:
+                target -= 1
+                self._low_backlog_since[spec.id] = now
+        else:
+            self._low_backlog_since.pop(spec.id, None)
+        if target != view.target:
+            view.raw["target_workers"] = str(target)
+        return target
+
+    async def _reconcile_processes(self, view: PoolView, target: int) -> None:
+        pool_id = view.spec.id
+        if str(target) != view.raw.get("target_workers"):
+            await self.redis.hset(self.keys.pool(pool_id), "target_workers", str(target))
+        mine = self.local.alive(pool_id)
+        serving = set(view.live_workers) | {p.worker_id for p in mine}
+        missing = target - len(serving)
+        if missing > 0 and self.local.may_start(pool_id):
+            for _ in range(min(missing, 8)):
+                await self.local.start_worker(pool_id, view.spec.concurrency)
+        elif missing < 0:
+            for proc in sorted(mine, key=lambda p: p.started_at, reverse=True)[:-missing]:
+                self.local.stop_worker(proc)
+
+    async def _finish_close(self, view: PoolView) -> None:
+        pool_id = view.spec.id
+        self.local.stop_pool(pool_id)
+        since = self._closing_since.setdefault(pool_id, time.monotonic())
+        limit = self.settings.drain_grace + self.settings.heartbeat_ttl + 5
+        still = self.local.running(pool_id) or view.live_workers
+        if still and time.monotonic() - since < limit:
+            return
+        await self._requeue_leftovers(pool_id)
+        keys = self.keys
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(
+            keys.pool_tasks(pool_id),
+            keys.pool_load(pool_id),
+            keys.pool_workers(pool_id),
+            keys.pool_inbox(pool_id),
+        )
+        pipe.hset(
+            keys.pool(pool_id),
+            mapping={"status": str(PoolStatus.CLOSED), "closed_at": repr(time.time())},
+        )
+        pipe.expire(keys.pool(pool_id), self.settings.result_ttl)
+        pipe.srem(keys.pools, pool_id)
+        self._publish(
+            pipe, StatusUpdate(pool_id=pool_id, status=PoolStatus.CLOSED, detail="closed")
+        )
+        self._publish(pipe, PoolClosed(pool_id=pool_id, reason="closed on request"))
+        await self._scripts.release_lease(
+            keys=[keys.pool_lease(pool_id)], args=[self.id], client=pipe
+        )
+        await pipe.execute()
+        self._closing_since.pop(pool_id, None)
+        self.local.pools.pop(pool_id, None)
+        self.pools.pop(pool_id, None)
+        log.info("closed pool %s", pool_id)
+
+    async def _requeue_leftovers(self, pool_id: str) -> None:
+        """Re-route a closed pool's routed tasks; fail the ones sent to it directly."""
+        stream = self.keys.pool_tasks(pool_id)
+        start = "-"
+        while True:
+            entries = await self.redis.xrange(stream, min=start, max="+", count=500)
+            if not entries:
+                return
+            start = "(" + text(entries[-1][0])
+            pipe = self.redis.pipeline(transaction=False)
+            failures: list[tuple[TaskDelegate, str]] = []
+            for entry_id, fields in entries:
+                try:
+                    msg = decode(fields)
+                    if not isinstance(msg, TaskDelegate):
+                        raise MalformedMessage(f"a {msg.type} message on a pool stream")
+                except MalformedMessage as exc:
+                    bad = [(entry_id, str(exc), fields)]
+                    self._queue_malformed(pipe, stream, bad, group=WORKER_GROUP, pool_id=pool_id)
+                    continue
+                if msg.task.pool_id:
+                    failures.append((msg, f"pool {pool_id} closed before the task ran"))
+                else:
+                    pipe.xadd(self.keys.ingress, encode(msg))
+                    pipe.hset(self.keys.task(msg.task.id), "status", str(TaskStatus.PENDING))
+            await pipe.execute()
+            if failures:
+                await self._fail(failures, pool_id=pool_id)
+
+    async def _write_load(self) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        now = repr(time.time())
+        for pool_id in self._owned():
+            view = self.pools[pool_id]
+            in_flight = view.in_flight
+            pipe.hset(
+                self.keys.pool_load(pool_id),
+                mapping={
+                    "workers": len(view.live_workers),
+                    "capacity": view.capacity,
+                    "in_flight": in_flight,
+                    "queued": max(0, view.backlog - in_flight),
+                    "updated_at": now,
+                },
+            )
+            dead = (
+                view.members
+                - set(view.live_workers)
+                - {p.worker_id for p in self.local.alive(pool_id)}
+            )
+            if dead:
+                pipe.srem(self.keys.pool_workers(pool_id), *dead)
+        if len(pipe):
+            await pipe.execute()
+
+    # ------------------------------------------------------------------ reclaim
+
+    async def _reclaim(self, view: PoolView) -> None:
+        """Take back entries of dead workers, and entries past their task's deadline."""
+        stream = self.keys.pool_tasks(view.spec.id)
+        try:
+            summary = await self.redis.xpending(stream, WORKER_GROUP)
+        except RedisError:
+            return
+        if not summary or not summary.get("pending"):
+            return
+        starting = {p.worker_id for p in self.local.alive(view.spec.id)}
+        lost: list[tuple[bytes, str]] = []
+        for consumer in summary.get("consumers") or []:
+            name = text(consumer.get("name"))
+            if name in view.live_workers or name in starting:
+                continue
+            ids = await self.redis.xpending_range(
+                stream, WORKER_GROUP, min="-", max="+", count=1000, consumername=name
+            )
+            lost.extend((p["message_id"], f"worker {name} died") for p in ids)
+            if not ids:
+                await self.redis.xgroup_delconsumer(stream, WORKER_GROUP, name)
+        grace_ms = int(self.settings.task_deadline_grace * 1000)
+        overdue = await self.redis.xpending_range(
+            stream, WORKER_GROUP, min="-", max="+", count=200, idle=grace_ms
+        )
+        overdue_ids = {
+            p["message_id"]: p for p in overdue if p["consumer"].decode() in view.live_workers
+        }
+        if overdue_ids:
+            pipe = self.redis.pipeline(transaction=False)
+            for entry_id in overdue_ids:
+                pipe.xrange(stream, min=entry_id, max=entry_id)
+            for found in await pipe.execute():
+                for entry_id, fields in found:
+                    try:
+                        msg = decode(fields)
+                    except MalformedMessage:
+                        continue
+                    if not isinstance(msg, TaskDelegate):
+                        continue
+                    idle = overdue_ids[entry_id]["time_since_delivered"]
+                    if idle >= (msg.task.timeout + self.settings.task_deadline_grace) * 1000:
+                        who = text(overdue_ids[entry_id]["consumer"])
+                        lost.append((entry_id, f"attempt passed its deadline on {who}"))
+        if lost:
+            await self._requeue_lost(stream, view.spec.id, lost)
+
+    async def _requeue_lost(self, stream: str, pool_id: str, lost: list[tuple[bytes, str]]) -> None:
+        reasons = dict(lost)
+        claimed = await self.redis.xclaim(
+            stream,
+            WORKER_GROUP,
+            self.id,
+            min_idle_time=RECLAIM_MIN_IDLE_MS,
+            message_ids=list(reasons),
+        )
+        pipe = self.redis.pipeline(transaction=False)
+        dead: list[tuple[TaskDelegate, str]] = []
+        bad: list[tuple[bytes, str, dict[bytes, bytes]]] = []
+        done: list[bytes] = []
+        for entry_id, fields in claimed:
+            if not fields:
+                done.append(entry_id)
+                continue
+            try:
+                msg = decode(fields)
+                if not isinstance(msg, TaskDelegate):
+                    raise MalformedMessage(f"a {msg.type} message on a pool stream")
+            except MalformedMessage as exc:
+                bad.append((entry_id, str(exc), fields))
+                continue
+            reason = reasons.get(entry_id, "lost")
+            history = [*msg.history, f"attempt {msg.attempt}: {reason}"]
+            if msg.attempt >= msg.task.max_attempts:
+                dead.append((msg, f"dead-lettered after {msg.attempt} attempt(s); last: {reason}"))
+            else:
+                again = TaskDelegate(task=msg.task, attempt=msg.attempt + 1, history=history[-20:])
+                pipe.xadd(stream, encode(again))
+                pipe.hset(self.keys.task(msg.task.id), "status", str(TaskStatus.QUEUED))
+            done.append(entry_id)
+        self._queue_malformed(pipe, stream, bad, group=WORKER_GROUP, pool_id=pool_id)
+        if dead:
+            await self._fail(dead, status=TaskStatus.DEAD_LETTERED, pool_id=pool_id)
+        ack_and_delete(pipe, stream, WORKER_GROUP, done)
+        await pipe.execute()
+        if claimed:
+            log.info("took back %d entr(ies) of pool %s", len(claimed), pool_id)
+
+    async def _move_due_retries(self) -> None:
+        """Move retries whose time has come from the delayed set back into the streams."""
+        got = await self._scripts.acquire_lease(
+            keys=[self.keys.scheduler_lease], args=[self.id, self._lease_ms]
+        )
+        if not got:
+            return
+        due = await self.redis.zrangebyscore(
+            self.keys.delayed, "-inf", time.time(), start=0, num=500
+        )
+        if not due:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        gone: list[tuple[TaskDelegate, str]] = []
+        for member in due:
+            try:
+                data = unpack(member)
+                fields = {
+                    str(k).encode(): v if isinstance(v, bytes) else str(v).encode()
+                    for k, v in data["fields"].items()
+                }
+                msg = decode(fields)
+                pool_id = str(data.get("pool") or "")
+            except (MalformedMessage, KeyError, TypeError, AttributeError):
+                queue_dead_letter(
+                    pipe,
+                    self.settings,
+                    task_id="",
+                    pool_id=None,
+                    reason=f"unreadable retry entry in {self.keys.delayed}",
+                    raw={"member": member},
+                )
+                continue
+            if not isinstance(msg, TaskDelegate):
+                continue
+            if pool_id:
+                view = self.pools.get(pool_id)
+                if view is None or view.status not in ACCEPTING_STATUSES:
+                    gone.append((msg, f"pool {pool_id} is gone; the retry cannot run"))
+                    continue
+                pipe.xadd(self.keys.pool_tasks(pool_id), encode(msg))
+                pipe.hset(self.keys.task(msg.task.id), "status", str(TaskStatus.QUEUED))
+            else:
+                pipe.xadd(self.keys.ingress, encode(msg))
+                pipe.hset(self.keys.task(msg.task.id), "status", str(TaskStatus.PENDING))
+        pipe.zrem(self.keys.delayed, *due)
+        await pipe.execute()
+        if gone:
+            await self._fail(gone)
+
+    async def _reclaim_from_dead_orchestrators(self) -> None:
+        """Take over ingress and control entries held by orchestrators whose heartbeat expired."""
+        for stream in (self.keys.ingress, self.keys.control):
+            try:
+                summary = await self.redis.xpending(stream, ORCHESTRATOR_GROUP)
+            except RedisError:
+                continue
+            for consumer in (summary or {}).get("consumers") or []:
+                name = text(consumer.get("name"))
+                if name == self.id or await self.redis.exists(self.keys.orchestrator(name)):
+                    continue
+                ids = await self.redis.xpending_range(
+                    stream, ORCHESTRATOR_GROUP, min="-", max="+", count=1000, consumername=name
+                )
+                if ids:
+                    claimed = await self.redis.xclaim(
+                        stream,
+                        ORCHESTRATOR_GROUP,
+                        self.id,
+                        min_idle_time=RECLAIM_MIN_IDLE_MS,
+                        message_ids=[p["message_id"] for p in ids],
+                    )
+                    entries = [(i, f) for i, f in claimed if f]
+                    log.info("took over %d entr(ies) of dead orchestrator %s", len(entries), name)
+                    if stream == self.keys.ingress:
+                        await self.route(entries)
+                    else:
+                        for entry in entries:
+                            await self._handle_control(entry)
+                else:
+                    await self.redis.xgroup_delconsumer(stream, ORCHESTRATOR_GROUP, name)
+
+
+def _spawn_problem(spec: PoolSpec) -> str:
+    """Why a pool cannot start on this orchestrator, or '' if it can."""
+    if spec.pool_type is not PoolType.LOCAL:
+        return (
+            f"pool type {spec.pool_type!s} is not available yet in this version; "
+            "use 'local' (alias 'mahavishnu')"
+        )
+    try:
+        build_executor(spec)
+    except ExecutorError as exc:
+        return str(exc)
+    return ""
+
+
+async def serve(settings: Settings, *, log_dir: Path | None = None) -> int:
+    """Run an orchestrator until SIGTERM/SIGINT and return a process exit code."""
+    orchestrator = Orchestrator(settings, log_dir=log_dir)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, orchestrator.request_stop)
+    await orchestrator.run()
+    return 0

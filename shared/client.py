@@ -1,0 +1,624 @@
+"""The async client API: the original's `PoolManager` surface, working over Redis from any process.
+
+    async with PoolManager() as pools:
+        pool_id = await pools.spawn_pool("local", name="demo", min_workers=2)
+        result = await pools.execute_on_pool(pool_id, {"prompt": "hello"})
+
+Tasks are written straight into a pool's stream (`execute_on_pool`, `submit(pool_id=...)`) or
+into the ingress stream for the orchestrators to route (`route_task`, `submit()`). Results come
+back on this client's own reply stream, read by one blocking reader for all outstanding tasks.
+Pool changes go to the control stream; the orchestrators carry them out and announce them on
+the events stream, which this client waits on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from pydantic import ValidationError
+from redis.exceptions import RedisError, ResponseError
+
+from shared.codec import (
+    Control,
+    ControlAction,
+    Message,
+    PoolClosed,
+    PoolCreated,
+    ResultShare,
+    StatusUpdate,
+    TaskDelegate,
+    decode,
+    describe_validation_error,
+    encode,
+    pack,
+)
+from shared.config import Settings, load_settings
+from shared.connection import Redis, connect, decode_hash, flatten_read, text
+from shared.errors import (
+    InboxFull,
+    InvalidRequest,
+    MalformedMessage,
+    OrchestratorUnavailable,
+    PoolNotFound,
+    PoolUnavailable,
+    QueueFull,
+    ResultTimeout,
+    TaskNotFound,
+)
+from shared.models import (
+    PoolInfo,
+    PoolSpec,
+    PoolStatus,
+    RoutingStrategy,
+    TaskResult,
+    TaskSpec,
+    TaskStatus,
+    new_id,
+)
+from shared.scripts import Scripts, flat_fields
+from shared.state import (
+    FinalResult,
+    announce,
+    finalize_results,
+    live_pool_ids,
+    parse_task_result,
+    read_pools,
+)
+
+TaskInput = TaskSpec | Mapping[str, Any]
+
+
+def make_task(task: TaskInput, **overrides: Any) -> TaskSpec:
+    """Validate a task given as a TaskSpec or a mapping; raise InvalidRequest naming the field."""
+    try:
+        if isinstance(task, TaskSpec):
+            return task.model_copy(update=overrides) if overrides else task
+        return TaskSpec.model_validate({**task, **overrides})
+    except ValidationError as exc:
+        raise InvalidRequest(f"invalid task: {describe_validation_error(exc)}") from None
+
+
+def make_pool_spec(
+    pool_type: str | None, config: PoolSpec | Mapping[str, Any] | None, **fields: Any
+) -> PoolSpec:
+    """Validate a pool spec; raise InvalidRequest naming the field and the bad value."""
+    data: dict[str, Any] = {}
+    if isinstance(config, PoolSpec):
+        data = config.model_dump()
+    elif config is not None:
+        data = dict(config)
+    data.update({k: v for k, v in fields.items() if v is not None})
+    if pool_type is not None:
+        data["pool_type"] = pool_type
+    data.setdefault("name", new_id("pool"))
+    data.pop("pool_id", None)
+    try:
+        return PoolSpec.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest(f"invalid pool spec: {describe_validation_error(exc)}") from None
+
+
+class _ReplyReader:
+    """One blocking reader of this client's reply stream, resolving a future per task id."""
+
+    def __init__(self, redis: Redis, key: str) -> None:
+        self._redis = redis
+        self._key = key
+        self._waiting: dict[str, asyncio.Future[TaskResult]] = {}
+        self._early: dict[str, TaskResult] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def expect(self, task_id: str) -> asyncio.Future[TaskResult]:
+        fut = self._waiting.get(task_id)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            early = self._early.pop(task_id, None)
+            if early is not None:
+                fut.set_result(early)
+            self._waiting[task_id] = fut
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="mahavishnu-replies")
+        return fut
+
+    def forget(self, task_id: str) -> None:
+        self._waiting.pop(task_id, None)
+
+    async def _run(self) -> None:
+        last = b"0-0"
+        while True:
+            try:
+                reply = await self._redis.xread({self._key: last}, count=500, block=5000)
+            except RedisError:
+                await asyncio.sleep(0.2)  # the connection retries; back off before reading again
+                continue
+            seen: list[bytes] = []
+            for _, (entry_id, fields) in flatten_read(reply):
+                last = entry_id
+                seen.append(entry_id)
+                try:
+                    msg = decode(fields)
+                except MalformedMessage:
+                    continue
+                if isinstance(msg, ResultShare):
+                    self._deliver(msg.result)
+            if seen:
+                with contextlib.suppress(RedisError):
+                    await self._redis.xdel(self._key, *seen)
+
+    def _deliver(self, result: TaskResult) -> None:
+        fut = self._waiting.get(result.task_id)
+        if fut is None:
+            self._early[result.task_id] = result
+            if len(self._early) > 10_000:
+                self._early.pop(next(iter(self._early)))
+        elif not fut.done():
+            fut.set_result(result)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for fut in self._waiting.values():
+            fut.cancel()
+
+
+class PoolManager:
+    """Spawn pools, submit tasks and wait for results, from any process, over Redis."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        client_id: str | None = None,
+    ) -> None:
+        self.settings = settings or load_settings()
+        self.keys = self.settings.keys
+        self.client_id = client_id or new_id("c")
+        self.redis: Redis = connect(self.settings)
+        self._reader_redis: Redis = connect(self.settings, blocking=True)
+        self._scripts = Scripts(self.redis)
+        self._replies = _ReplyReader(self._reader_redis, self.keys.replies(self.client_id))
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the reply reader and close the connections."""
+        await self._replies.aclose()
+        await self._reader_redis.aclose()
+        await self.redis.aclose()
+
+    # ---------------------------------------------------------------- tasks
+
+    async def submit(
+        self,
+        task: TaskInput,
+        *,
+        pool_id: str | None = None,
+        expect_reply: bool = True,
+    ) -> str:
+        """Queue a task without waiting; return its id (the first id for a known idempotency key).
+
+        With `pool_id` (or a task that names one) the task goes straight to that pool's stream;
+        otherwise into the ingress stream to be routed. Raises QueueFull when the target is at
+        its bound, PoolNotFound / PoolUnavailable for a pool that cannot take it.
+        """
+        ids = await self.submit_many([task], pool_id=pool_id, expect_reply=expect_reply)
+        return ids[0]
+
+    async def submit_many(
+        self,
+        tasks: Iterable[TaskInput],
+        *,
+        pool_id: str | None = None,
+        expect_reply: bool = True,
+    ) -> list[str]:
+        """Queue several tasks in one round trip; return their ids in order."""
+        overrides: dict[str, Any] = {"reply_to": self.client_id} if expect_reply else {}
+        if pool_id is not None:
+            overrides["pool_id"] = pool_id
+        specs = [make_task(t, **overrides) for t in tasks]
+        known = await self._claim_idempotency(specs)
+        fresh = [s for s in specs if s.idempotency_key not in known]
+        pipe = self.redis.pipeline(transaction=False)
+        for spec in fresh:
+            await self._queue_submit(pipe, spec)
+        replies = await pipe.execute(raise_on_error=False) if fresh else []
+        failures = [
+            (spec, reply)
+            for spec, reply in zip(fresh, replies[1::3], strict=True)
+            if isinstance(reply, Exception)
+        ]
+        if failures:
+            await self._undo_submits([spec for spec, _ in failures])
+            spec, error = failures[0]
+            raise self._submit_error(spec, error, len(failures), len(fresh))
+        if expect_reply:
+            for spec in fresh:
+                self._replies.expect(spec.id)
+        return [known.get(s.idempotency_key or "", s.id) for s in specs]
+
+    async def _queue_submit(self, pipe: Any, spec: TaskSpec) -> None:
+        keys = self.keys
+        state = {
+            "status": str(TaskStatus.QUEUED if spec.pool_id else TaskStatus.PENDING),
+            "submitted_at": repr(spec.submitted_at),
+            "attempts": "0",
+        }
+        if spec.pool_id:
+            state["pool"] = spec.pool_id
+        if spec.reply_to:
+            state["reply_to"] = spec.reply_to
+        pipe.hset(keys.task(spec.id), mapping=state)
+        fields = flat_fields(dict(encode(TaskDelegate(task=spec))))
+        if spec.pool_id:
+            await self._scripts.submit_to_pool(
+                keys=[keys.pool(spec.pool_id), keys.pool_tasks(spec.pool_id)],
+                args=[10_000, *fields],
+                client=pipe,
+            )
+        else:
+            await self._scripts.xadd_bounded(
+                keys=[keys.ingress], args=[self.settings.ingress_max_len, *fields], client=pipe
+            )
+        pipe.expire(keys.task(spec.id), self.settings.result_ttl)
+
+    async def _claim_idempotency(self, specs: list[TaskSpec]) -> dict[str, str]:
+        """Reserve idempotency keys; return {key: first task id} for keys already taken."""
+        keyed = [s for s in specs if s.idempotency_key]
+        if not keyed:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for spec in keyed:
+            key = self.keys.idempotency(spec.idempotency_key or "")
+            pipe.set(key, spec.id, nx=True, ex=self.settings.result_ttl)
+            pipe.get(key)
+        replies = await pipe.execute()
+        return {
+            spec.idempotency_key or "": text(current)
+            for spec, won, current in zip(keyed, replies[::2], replies[1::2], strict=True)
+            if not won and text(current) != spec.id
+        }
+
+    async def _undo_submits(self, specs: Sequence[TaskSpec]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for spec in specs:
+            pipe.delete(self.keys.task(spec.id))
+            if spec.idempotency_key:
+                pipe.delete(self.keys.idempotency(spec.idempotency_key))
+        await pipe.execute()
+
+    def _submit_error(self, spec: TaskSpec, error: Exception, failed: int, total: int) -> Exception:
+        message = str(error)
+        what = f"pool {spec.pool_id!r}" if spec.pool_id else "the ingress stream"
+        count = f" ({failed} of {total} tasks not queued)" if total > 1 else ""
+        if "QUEUEFULL" in message:
+            return QueueFull(f"queue full: {what} is at its limit{count}; retry later")
+        if "NOPOOL" in message:
+            return PoolNotFound(f"no pool with id {spec.pool_id!r}{count}")
+        if "POOLDOWN" in message:
+            status = message.rsplit(" ", 1)[-1]
+            return PoolUnavailable(f"pool {spec.pool_id!r} is {status} and takes no tasks{count}")
+        return error if isinstance(error, ResponseError) else RuntimeError(message)
+
+    async def result(self, task_id: str, timeout: float | None = None) -> TaskResult:
+        """Wait for a final result; raise ResultTimeout (the task goes on) or TaskNotFound."""
+        fut = self._replies._waiting.get(task_id)
+        if fut is not None:
+            try:
+                res = await asyncio.wait_for(asyncio.shield(fut), timeout)
+                self._replies.forget(task_id)
+                return res
+            except TimeoutError:
+                current = await self.status(task_id)
+                if current.status.is_final:
+                    self._replies.forget(task_id)
+                    return current
+                raise ResultTimeout(
+                    f"task {task_id} is still {current.status} after {timeout}s", task_id
+                ) from None
+        return await self._wait_foreign(task_id, timeout)
+
+    async def _wait_foreign(self, task_id: str, timeout: float | None) -> TaskResult:
+        last = await self._last_event_id()
+        current = await self.status(task_id)
+        if current.status.is_final:
+            return current
+
+        def done(msg: Message, fields: dict[bytes, bytes]) -> bool:
+            return (
+                fields.get(b"task") == task_id.encode() and fields.get(b"type") == b"TASK_COMPLETED"
+            )
+
+        if await self._wait_event(done, timeout, last) is None:
+            current = await self.status(task_id)
+            if current.status.is_final:
+                return current
+            raise ResultTimeout(
+                f"task {task_id} is still {current.status} after {timeout}s", task_id
+            )
+        return await self.status(task_id)
+
+    async def status(self, task_id: str) -> TaskResult:
+        """The task's current state (its final result once it has one); TaskNotFound if unknown."""
+        raw = await self.redis.hgetall(self.keys.task(task_id))
+        if not raw:
+            raise TaskNotFound(f"no task with id {task_id!r} (never submitted, or expired)")
+        return parse_task_result(raw, task_id)
+
+    async def execute_on_pool(
+        self, pool_id: str, task: TaskInput, timeout: float | None = None
+    ) -> TaskResult:
+        """Run a task on one pool and wait for its final result."""
+        task_id = await self.submit(task, pool_id=pool_id)
+        return await self.result(task_id, timeout)
+
+    async def route_task(
+        self,
+        task: TaskInput,
+        pool_selector: RoutingStrategy | str | None = None,
+        timeout: float | None = None,
+    ) -> TaskResult:
+        """Let the orchestrators pick the pool (by `pool_selector`) and wait for the result."""
+        overrides: dict[str, Any] = {}
+        if pool_selector is not None:
+            overrides["strategy"] = pool_selector
+        task_id = await self.submit(make_task(task, **overrides))
+        return await self.result(task_id, timeout)
+
+    async def execute_batch(
+        self,
+        tasks: Sequence[TaskInput],
+        *,
+        pool_id: str | None = None,
+        timeout: float | None = None,
+    ) -> list[TaskResult]:
+        """Submit tasks in one round trip and wait for all of their results, in order."""
+        ids = await self.submit_many(tasks, pool_id=pool_id)
+        return list(await asyncio.gather(*(self.result(i, timeout) for i in ids)))
+
+    async def cancel(self, task_id: str) -> TaskStatus:
+        """Cancel a task: a queued one never starts, a running one has its executor stopped.
+
+        Returns the status the task had when asked (a final status means nothing changed).
+        """
+        before = text(
+            await self._scripts.cancel_task(
+                keys=[self.keys.task(task_id)], args=[repr(time.time())]
+            )
+        )
+        if not before:
+            raise TaskNotFound(f"no task with id {task_id!r} (never submitted, or expired)")
+        status = TaskStatus(before)
+        if status in (TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RETRYING):
+            raw = decode_hash(await self.redis.hgetall(self.keys.task(task_id)))
+            result = TaskResult(
+                task_id=task_id,
+                pool_id=raw.get("pool") or None,
+                status=TaskStatus.CANCELLED,
+                error="cancelled before it started",
+                attempts=int(raw.get("attempts", "0") or 0),
+                finished_at=time.time(),
+            )
+            # the guarded write is a no-op on the now-final hash; announce it ourselves
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hset(
+                self.keys.task(task_id), mapping={"result": pack(result.model_dump(mode="json"))}
+            )
+            announce(pipe, self.settings, FinalResult(result, reply_to=raw.get("reply_to") or None))
+            await pipe.execute()
+        return status
+
+    async def record_final(self, finals: Sequence[FinalResult]) -> list[bool]:
+        """Record final results (once per task id) and announce them; used by tools, not callers."""
+        return await finalize_results(self.redis, self._scripts, self.settings, finals)
+
+    # ---------------------------------------------------------------- pools
+
+    async def spawn_pool(
+        self,
+        pool_type: str | None = None,
+        config: PoolSpec | Mapping[str, Any] | None = None,
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> str:
+        """Ask the orchestrators for a new pool; return its id once it runs (if `wait`).
+
+        Raises InvalidRequest for a bad spec, OrchestratorUnavailable when no orchestrator acts
+        in time, PoolUnavailable when the pool failed to start (with the reason).
+        """
+        if pool_type is None and not (
+            isinstance(config, PoolSpec) or (config and "pool_type" in config)
+        ):
+            pool_type = str(self.settings.default_pool_type)
+        spec = make_pool_spec(pool_type, config, **fields)
+        last = await self._last_event_id()
+        await self._control(Control(action=ControlAction.SPAWN, pool_id=spec.id, spec=spec))
+        if not wait:
+            return spec.id
+        await self._await_pool_status(spec.id, last, {PoolStatus.RUNNING}, timeout, "spawn")
+        return spec.id
+
+    async def scale(self, pool_id: str, workers: int, *, wait: bool = False) -> None:
+        """Set a pool's target number of workers (bounded by its min and max)."""
+        info = await self.get_pool(pool_id)
+        if not info.spec.min_workers <= workers <= info.spec.max_workers:
+            raise InvalidRequest(
+                f"workers={workers} is outside pool {pool_id!r}'s bounds "
+                f"[{info.spec.min_workers}, {info.spec.max_workers}]"
+            )
+        last = await self._last_event_id()
+        await self._control(Control(action=ControlAction.SCALE, pool_id=pool_id, workers=workers))
+        if wait:
+            await self._await_pool_status(pool_id, last, {PoolStatus.RUNNING}, None, "scale")
+
+    async def close_pool(
+        self, pool_id: str, *, wait: bool = True, timeout: float | None = None
+    ) -> None:
+        """Close a pool: its workers drain and stop; tasks still queued are re-routed or failed."""
+        await self.get_pool(pool_id)
+        last = await self._last_event_id()
+        await self._control(Control(action=ControlAction.CLOSE, pool_id=pool_id))
+        if wait:
+            await self._await_pool_status(pool_id, last, {PoolStatus.CLOSED}, timeout, "close")
+
+    async def close_all(self, *, wait: bool = True, timeout: float | None = None) -> list[str]:
+        """Close every live pool; return their ids."""
+        ids = await live_pool_ids(self.redis, self.settings)
+        await asyncio.gather(*(self.close_pool(i, wait=wait, timeout=timeout) for i in ids))
+        return ids
+
+    async def list_pools(self) -> list[PoolInfo]:
+        """Every live pool with its spec, status and load."""
+        return await read_pools(
+            self.redis, self.settings, await live_pool_ids(self.redis, self.settings)
+        )
+
+    async def get_pool(self, pool_id: str) -> PoolInfo:
+        """One pool; PoolNotFound if no pool has this id."""
+        pools = await read_pools(self.redis, self.settings, [pool_id])
+        if not pools:
+            raise PoolNotFound(f"no pool with id {pool_id!r}")
+        return pools[0]
+
+    async def health_check(self) -> dict[str, Any]:
+        """Per-pool health from live heartbeats, plus the broker's and the orchestrators' state."""
+        from shared.health import health_report
+
+        return await health_report(self.redis, self.settings)
+
+    async def aggregate_results(self, pool_ids: Sequence[str] | None = None) -> dict[str, Any]:
+        """Totals across pools (completed, failed, in flight, queued, mean latency) and per pool."""
+        pools = await self.list_pools()
+        if pool_ids is not None:
+            pools = [p for p in pools if p.spec.id in set(pool_ids)]
+        completed = sum(p.load.completed for p in pools)
+        weighted = sum(p.load.avg_ms * p.load.completed for p in pools)
+        return {
+            "pools": len(pools),
+            "completed": completed,
+            "failed": sum(p.load.failed for p in pools),
+            "in_flight": sum(p.load.in_flight for p in pools),
+            "queued": sum(p.load.queued for p in pools),
+            "avg_ms": round(weighted / completed, 3) if completed else 0.0,
+            "by_pool": {p.spec.id: p.load.model_dump() for p in pools},
+        }
+
+    async def send_to_pool(
+        self, pool_id: str, result: TaskResult, *, from_pool: str | None = None
+    ) -> str:
+        """Share a result with another pool's inbox (RESULT_SHARE); InboxFull when it is full."""
+        info = await self.get_pool(pool_id)
+        fields = flat_fields(dict(encode(ResultShare(result=result, from_pool=from_pool))))
+        try:
+            entry = await self._scripts.xadd_bounded(
+                keys=[self.keys.pool_inbox(pool_id)], args=[info.spec.inbox_max, *fields]
+            )
+        except ResponseError as exc:
+            if "QUEUEFULL" in str(exc):
+                raise InboxFull(
+                    f"inbox of pool {pool_id!r} is full ({info.spec.inbox_max} messages); not sent"
+                ) from None
+            raise
+        return text(entry)
+
+    # ---------------------------------------------------------------- events
+
+    async def _control(self, command: Control) -> None:
+        await self.redis.xadd(self.keys.control, encode(command))
+
+    async def _last_event_id(self) -> bytes:
+        last = await self.redis.xrevrange(self.keys.events, count=1)
+        return last[0][0] if last else b"0-0"
+
+    async def _wait_event(
+        self,
+        accept: Callable[[Message, dict[bytes, bytes]], bool],
+        timeout: float | None,
+        since: bytes,
+    ) -> tuple[Message, bytes] | None:
+        """Read the events stream after `since` until `accept` says yes; None on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            block = 5000
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                block = max(1, min(block, int(left * 1000)))
+            reply = await self._reader_redis.xread(
+                {self.keys.events: since}, count=500, block=block
+            )
+            for _, (entry_id, fields) in flatten_read(reply):
+                since = entry_id
+                try:
+                    msg = decode(fields)
+                except MalformedMessage:
+                    continue
+                if accept(msg, fields):
+                    return msg, entry_id
+
+    async def _await_pool_status(
+        self,
+        pool_id: str,
+        since: bytes,
+        wanted: set[PoolStatus],
+        timeout: float | None,
+        action: str,
+    ) -> None:
+        limit = timeout if timeout is not None else self.settings.spawn_timeout
+        seen_orchestrator = False
+
+        def accept(msg: Message, fields: dict[bytes, bytes]) -> bool:
+            nonlocal seen_orchestrator
+            if isinstance(msg, PoolCreated) and msg.spec.id == pool_id:
+                seen_orchestrator = True
+            elif isinstance(msg, StatusUpdate | PoolClosed) and msg.pool_id == pool_id:
+                seen_orchestrator = True
+                return True
+            return False
+
+        deadline = time.monotonic() + limit
+        while True:
+            pools = await read_pools(self.redis, self.settings, [pool_id])
+            if pools and pools[0].status in wanted:
+                return
+            if pools and pools[0].status is PoolStatus.FAILED:
+                raise PoolUnavailable(f"pool {pool_id!r} failed to {action}: {pools[0].detail}")
+            if pools and pools[0].status is PoolStatus.CLOSED and PoolStatus.CLOSED not in wanted:
+                raise PoolUnavailable(f"pool {pool_id!r} is closed")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            found = await self._wait_event(accept, left, since)
+            if found is None:
+                break
+            since = found[1]
+        if not seen_orchestrator and not pools:
+            raise OrchestratorUnavailable(
+                f"no orchestrator acted on '{action}' for pool {pool_id!r} within {limit:g}s; "
+                "is `mahavishnu orchestrator` (or `mahavishnu up`) running? The command stays "
+                "queued and runs when one starts."
+            )
+        state = pools[0].status if pools else "unknown"
+        detail = f" ({pools[0].detail})" if pools and pools[0].detail else ""
+        raise PoolUnavailable(
+            f"pool {pool_id!r} did not reach {'/'.join(sorted(wanted))} within {limit:g}s; "
+            f"it is {state}{detail}"
+        )

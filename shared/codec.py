@@ -1,0 +1,228 @@
+"""Stream entries and their encoding: the seven message types plus control commands.
+
+An entry keeps its routing headers as plain fields (`type`, `v`, `task`, `pool`, `attempt`) so
+`redis-cli XRANGE` is readable, and carries its body as one msgpack field. Decoding never
+executes anything (msgpack, never pickle) and turns every kind of garbage into
+`MalformedMessage`, which the reader dead-letters with the reason.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from shared.errors import MalformedMessage
+from shared.models import PoolSpec, PoolStatus, TaskResult, TaskSpec, TaskStatus
+
+SCHEMA_VERSION = 1
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+StreamFields = dict[str, str | bytes | int | float]
+
+
+class MessageType(StrEnum):
+    """The seven message types of DESIGN.md §3, plus CONTROL for the control stream."""
+
+    TASK_DELEGATE = "TASK_DELEGATE"
+    RESULT_SHARE = "RESULT_SHARE"
+    TASK_COMPLETED = "TASK_COMPLETED"
+    STATUS_UPDATE = "STATUS_UPDATE"
+    HEARTBEAT = "HEARTBEAT"
+    POOL_CREATED = "POOL_CREATED"
+    POOL_CLOSED = "POOL_CLOSED"
+    CONTROL = "CONTROL"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: MessageType
+
+
+class TaskDelegate(_Message):
+    """A task handed to a pool (or to the orchestrators, on the ingress stream)."""
+
+    type: Literal[MessageType.TASK_DELEGATE] = MessageType.TASK_DELEGATE
+    task: TaskSpec
+    attempt: int = Field(default=1, ge=1)
+    from_pool: str | None = None
+    history: list[str] = Field(default_factory=list, max_length=100)
+
+
+class ResultShare(_Message):
+    """A result sent to the waiting client's reply stream or to another pool's inbox."""
+
+    type: Literal[MessageType.RESULT_SHARE] = MessageType.RESULT_SHARE
+    result: TaskResult
+    from_pool: str | None = None
+
+
+class TaskCompleted(_Message):
+    """Broadcast when a task reaches a final status."""
+
+    type: Literal[MessageType.TASK_COMPLETED] = MessageType.TASK_COMPLETED
+    task_id: str
+    pool_id: str | None
+    worker_id: str | None
+    status: TaskStatus
+    duration: float = 0.0
+
+
+class StatusUpdate(_Message):
+    """A pool's (or a worker's) status changed."""
+
+    type: Literal[MessageType.STATUS_UPDATE] = MessageType.STATUS_UPDATE
+    pool_id: str
+    status: PoolStatus
+    detail: str = ""
+    worker_id: str | None = None
+
+
+class Heartbeat(_Message):
+    """Low-rate liveness broadcast of a worker (its hash with a TTL is the real signal)."""
+
+    type: Literal[MessageType.HEARTBEAT] = MessageType.HEARTBEAT
+    worker_id: str
+    pool_id: str
+    in_flight: int = 0
+
+
+class PoolCreated(_Message):
+    """A pool was created by an orchestrator."""
+
+    type: Literal[MessageType.POOL_CREATED] = MessageType.POOL_CREATED
+    spec: PoolSpec
+
+
+class PoolClosed(_Message):
+    """A pool was closed."""
+
+    type: Literal[MessageType.POOL_CLOSED] = MessageType.POOL_CLOSED
+    pool_id: str
+    reason: str = ""
+
+
+class ControlAction(StrEnum):
+    """What a control command asks the orchestrators to do."""
+
+    SPAWN = "spawn"
+    SCALE = "scale"
+    CLOSE = "close"
+
+
+class Control(_Message):
+    """A command on the control stream."""
+
+    type: Literal[MessageType.CONTROL] = MessageType.CONTROL
+    action: ControlAction
+    pool_id: str
+    spec: PoolSpec | None = None
+    workers: int | None = Field(default=None, ge=0, le=1000)
+
+
+Message = Annotated[
+    TaskDelegate
+    | ResultShare
+    | TaskCompleted
+    | StatusUpdate
+    | Heartbeat
+    | PoolCreated
+    | PoolClosed
+    | Control,
+    Field(discriminator="type"),
+]
+_MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
+
+
+def pack(value: Any) -> bytes:
+    """Encode a JSON-like value with msgpack."""
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(data: bytes) -> Any:
+    """Decode msgpack bytes; raise MalformedMessage on garbage or an oversized body."""
+    if len(data) > MAX_BODY_BYTES:
+        raise MalformedMessage(f"body of {len(data)} bytes exceeds the {MAX_BODY_BYTES} limit")
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise MalformedMessage(f"body is not valid msgpack: {exc}") from None
+
+
+def encode(message: _Message) -> StreamFields:
+    """The stream fields of a message: readable headers plus a msgpack body."""
+    body = message.model_dump(mode="json", exclude={"type"})
+    fields: StreamFields = {"type": str(message.type), "v": SCHEMA_VERSION}
+    if isinstance(message, TaskDelegate):
+        fields["task"] = message.task.id
+        fields["pool"] = message.task.pool_id or ""
+        fields["attempt"] = message.attempt
+    elif isinstance(message, ResultShare):
+        fields["task"] = message.result.task_id
+        fields["status"] = str(message.result.status)
+    elif isinstance(message, TaskCompleted):
+        fields["task"] = message.task_id
+        fields["status"] = str(message.status)
+    elif isinstance(message, StatusUpdate | PoolClosed | Control | Heartbeat):
+        fields["pool"] = message.pool_id
+    elif isinstance(message, PoolCreated):
+        fields["pool"] = message.spec.id
+    data = pack(body)
+    if len(data) > MAX_BODY_BYTES:
+        raise MalformedMessage(f"body of {len(data)} bytes exceeds the {MAX_BODY_BYTES} limit")
+    fields["body"] = data
+    return fields
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def decode(fields: dict[Any, Any]) -> Message:
+    """Decode stream fields into a message; raise MalformedMessage naming what is wrong."""
+    headers = {_text(k): v for k, v in fields.items()}
+    kind = headers.get("type")
+    if kind is None:
+        raise MalformedMessage("entry has no 'type' field")
+    kind_text = _text(kind)
+    if kind_text not in MessageType.__members__:
+        raise MalformedMessage(f"unknown message type {kind_text[:60]!r}")
+    version = _text(headers.get("v", b"1"))
+    if not version.isdigit():
+        raise MalformedMessage(f"schema version {version[:20]!r} is not a number")
+    body_raw = headers.get("body")
+    if body_raw is None:
+        raise MalformedMessage(f"{kind_text} entry has no 'body' field")
+    body = unpack(body_raw if isinstance(body_raw, bytes) else body_raw.encode())
+    if not isinstance(body, dict):
+        raise MalformedMessage(f"{kind_text} body is a {type(body).__name__}, not a map")
+    try:
+        return _MESSAGE_ADAPTER.validate_python({**body, "type": kind_text})
+    except ValidationError as exc:
+        raise MalformedMessage(f"{kind_text} body is invalid: {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return str(exc)
+    first = errors[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid')}{more}"
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each naming the field and the bad value."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ())) or "value"
+        value = err.get("input")
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        lines.append(f"{where}={shown}: {err.get('msg', 'invalid')}")
+    return "; ".join(lines)

@@ -1,0 +1,196 @@
+"""Settings: one typed model read from YAML files and `MAHAVISHNU_*` environment variables.
+
+Sources, highest priority first: keyword arguments, environment (`MAHAVISHNU_REDIS_URL`, ...),
+`settings/local.yaml`, `settings/mahavishnu.yaml` (the folder can be moved with
+`MAHAVISHNU_SETTINGS_DIR`). An invalid value fails at start with the field, the value and the
+source named.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from shared.errors import ConfigError
+from shared.keys import DEFAULT_PREFIX, Keys
+from shared.models import PoolType, RoutingStrategy, parse_pool_type
+
+ENV_PREFIX = "MAHAVISHNU_"
+SETTINGS_DIR_ENV = "MAHAVISHNU_SETTINGS_DIR"
+
+
+def settings_dir() -> Path:
+    """The folder holding `mahavishnu.yaml` and `local.yaml`."""
+    return Path(os.environ.get(SETTINGS_DIR_ENV, "settings"))
+
+
+def yaml_files() -> list[Path]:
+    """The YAML files read, lowest priority first."""
+    folder = settings_dir()
+    return [folder / "mahavishnu.yaml", folder / "local.yaml"]
+
+
+class Settings(BaseSettings):
+    """Every setting of every process. The original's keys keep their names."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", validate_default=True, frozen=True
+    )
+
+    # broker
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = DEFAULT_PREFIX
+    embedded_broker: bool = True
+    embedded_broker_dir: Path = Path(".mahavishnu/redis")
+
+    # the original's pool keys
+    pools_enabled: bool = True
+    default_pool_type: PoolType = PoolType.LOCAL
+    pool_routing_strategy: RoutingStrategy = RoutingStrategy.LEAST_LOADED
+    pool_default_min_workers: int = Field(default=1, ge=0, le=1000)
+    pool_default_max_workers: int = Field(default=10, ge=1, le=1000)
+    memory_aggregation_enabled: bool = True
+    memory_sync_interval: float = Field(default=60.0, gt=0)
+    session_buddy_pool_url: str = "http://localhost:8678/mcp"
+    akosha_url: str = "http://localhost:8682/mcp"
+
+    # workers
+    worker_concurrency: int = Field(default=4, ge=1, le=10_000)
+    heartbeat_interval: float = Field(default=1.0, gt=0, le=60)
+    heartbeat_ttl: float = Field(default=10.0, gt=0, le=600)
+    drain_grace: float = Field(default=30.0, ge=0, le=3600)
+    worker_block_ms: int = Field(default=1000, ge=10, le=60_000)
+
+    # tasks
+    task_default_timeout: float = Field(default=300.0, gt=0)
+    task_max_attempts: int = Field(default=3, ge=1, le=100)
+    task_deadline_grace: float = Field(default=30.0, ge=0)
+    retry_backoff_base: float = Field(default=0.5, ge=0)
+    retry_backoff_max: float = Field(default=60.0, ge=0)
+    result_ttl: int = Field(default=7 * 24 * 3600, ge=60)
+    reply_ttl: int = Field(default=3600, ge=10)
+    memory_output_chars: int = Field(default=4000, ge=0)
+    memory_max_len: int = Field(default=10_000, ge=10)
+    events_max_len: int = Field(default=10_000, ge=100)
+    dlq_max_len: int = Field(default=100_000, ge=100)
+
+    # orchestrator
+    ingress_max_len: int = Field(default=100_000, ge=1)
+    route_batch: int = Field(default=200, ge=1, le=10_000)
+    supervise_interval: float = Field(default=0.5, gt=0, le=60)
+    autoscale_backlog_per_worker: int = Field(default=8, ge=1)
+    orchestrator_lease_ttl: float = Field(default=10.0, gt=0)
+    spawn_timeout: float = Field(default=30.0, gt=0)
+
+    # MCP facade
+    mcp_http_token: SecretStr | None = None
+    mcp_allowed_hosts: list[str] = Field(default_factory=list)
+
+    @field_validator("default_pool_type", mode="before")
+    @classmethod
+    def _pool_type_alias(cls, value: object) -> object:
+        return parse_pool_type(value) if isinstance(value, str) else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_scheme(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in {"redis", "rediss", "unix", "valkey", "valkeys"}:
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix_shape(cls, value: str) -> str:
+        if not value or any(c in value for c in " {}\n"):
+            raise ValueError("must be non-empty without spaces or braces, e.g. 'mhv:'")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Keyword arguments, then environment, then local.yaml, then mahavishnu.yaml."""
+        local, main = yaml_files()[1], yaml_files()[0]
+        return (
+            init_settings,
+            env_settings,
+            YamlConfigSettingsSource(settings_cls, yaml_file=local),
+            YamlConfigSettingsSource(settings_cls, yaml_file=main),
+        )
+
+    @property
+    def keys(self) -> Keys:
+        """Key names under this deployment's prefix."""
+        return Keys(self.key_prefix)
+
+    @property
+    def redis_url_redacted(self) -> str:
+        """The broker URL with any password replaced by `***`, safe for logs and --json."""
+        return redact_url(self.redis_url)
+
+
+def redact_url(url: str) -> str:
+    """Replace the password (and a lone user token) of a URL with `***`."""
+    parts = urlsplit(url)
+    if parts.password is None and not parts.username:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    auth = f"{user}:***" if parts.password is not None else "***"
+    return urlunsplit((parts.scheme, f"{auth}@{host}", parts.path, parts.query, parts.fragment))
+
+
+def _source_of(field: str) -> str:
+    env_name = f"{ENV_PREFIX}{field.upper()}"
+    if env_name in os.environ:
+        return f"environment variable {env_name}"
+    for path in reversed(yaml_files()):
+        try:
+            data = yaml.safe_load(path.read_text()) if path.exists() else None
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(data, dict) and field in data:
+            return str(path)
+    return "the default or a keyword argument"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings; raise ConfigError naming the field, the value and its source."""
+    for path in yaml_files():
+        if path.exists():
+            try:
+                data = yaml.safe_load(path.read_text())
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+            if data is not None and not isinstance(data, dict):
+                raise ConfigError(
+                    f"{path} must hold a mapping of settings, not {type(data).__name__}"
+                )
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err.get("loc") else "?"
+            shown = "***" if "token" in field or "password" in field else repr(err.get("input"))
+            problems.append(f"{field}={shown} from {_source_of(field)}: {err['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None

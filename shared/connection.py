@@ -1,0 +1,116 @@
+"""Redis connections and the few stream operations every process shares.
+
+Two kinds of connection: a normal one (short socket timeout, retries) and a blocking-read one
+whose socket timeout is above the longest `BLOCK`, because redis-py's default 5 s timeout would
+break an XREADGROUP that blocks longer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.config import Settings
+from shared.errors import BrokerError
+
+# redis-py annotates replies as unions that change with the protocol version, and command
+# arguments with types narrower than the mappings we pass; clients are typed loosely and every
+# reply is converted on read (`text`, `decode_hash`, `flatten_read`).
+Redis = Any
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    OSError,
+)
+
+
+def connect(settings: Settings, *, blocking: bool = False) -> Redis:
+    """A client for the configured broker. `blocking=True` for connections that XREAD BLOCK."""
+    retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5)
+    return aioredis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=False,
+        socket_timeout=None if blocking else 10.0,
+        socket_connect_timeout=5.0,
+        health_check_interval=30,
+        retry=retry,
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        protocol=2,
+    )
+
+
+async def ping(settings: Settings) -> bool:
+    """Whether the configured broker answers PING."""
+    client = aioredis.Redis.from_url(
+        settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, protocol=2
+    )
+    try:
+        return bool(await client.ping())
+    except (RedisError, OSError):
+        return False
+    finally:
+        await client.aclose()
+
+
+async def server_version(redis: Redis) -> tuple[int, ...]:
+    """The server's version as a tuple, e.g. (7, 0, 15)."""
+    info = await redis.info("server")
+    raw = str(info.get("redis_version", info.get("valkey_version", "0")))
+    return tuple(int(p) for p in raw.split(".") if p.isdigit())
+
+
+async def ensure_group(redis: Redis, stream: str, group: str) -> None:
+    """Create a consumer group at id 0 with MKSTREAM; an existing group is left as it is."""
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def ack_and_delete(pipe: Any, stream: str, group: str, ids: Sequence[bytes | str]) -> None:
+    """Queue XACK and XDEL of `ids` on a pipeline, so acknowledged entries never pile up."""
+    if ids:
+        pipe.xack(stream, group, *ids)
+        pipe.xdel(stream, *ids)
+
+
+def text(value: bytes | str | None, default: str = "") -> str:
+    """A Redis reply value as str."""
+    if value is None:
+        return default
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def decode_hash(raw: dict[Any, Any]) -> dict[str, str]:
+    """A HGETALL reply with str keys and values."""
+    return {text(k): text(v) for k, v in raw.items()}
+
+
+def flatten_read(reply: Iterable[Any] | None) -> list[tuple[str, Entry]]:
+    """XREAD/XREADGROUP reply (RESP2 list or RESP3 dict) as (stream, entry) pairs in order."""
+    pairs: list[tuple[str, Entry]] = []
+    if not reply:
+        return pairs
+    items = reply.items() if isinstance(reply, dict) else reply
+    for stream, entries in items:
+        name = text(stream)
+        for entry in entries:
+            entry_id, fields = entry
+            pairs.append((name, (entry_id, fields or {})))
+    return pairs
+
+
+def broker_error(exc: BaseException, settings: Settings) -> BrokerError:
+    """A BrokerError naming the (redacted) URL that failed."""
+    return BrokerError(f"Redis at {settings.redis_url_redacted} is not reachable: {exc}")

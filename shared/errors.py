@@ -1,0 +1,82 @@
+"""Every error the project raises on purpose, in one place.
+
+    MahavishnuError
+    ├── ConfigError            a setting is invalid (names the field, the value and the source)
+    ├── InvalidRequest         bad input from a caller: a task, a pool spec, a CLI flag
+    ├── BrokerError            Redis cannot be reached or answered something unusable
+    ├── QueueFull              a bounded stream (ingress, a pool backlog, an inbox) is at its limit
+    │   └── InboxFull          a pool's inbox is full: the message was not sent
+    ├── NotFound
+    │   ├── PoolNotFound       no live pool has this id
+    │   └── TaskNotFound       no task record has this id (never submitted, or expired)
+    ├── PoolUnavailable        the pool exists but is closing, closed or failed
+    ├── OrchestratorUnavailable  no orchestrator acted on a control command in time
+    ├── ResultTimeout          the caller stopped waiting; the task goes on and can be polled
+    ├── ExecutorError          a pool's executor cannot run (missing CLI, command not allowed)
+    └── MalformedMessage       a stream entry could not be decoded (it is dead-lettered)
+
+Callers catch `MahavishnuError` for anything the system reports deliberately; anything else is a
+bug.
+"""
+
+from __future__ import annotations
+
+
+class MahavishnuError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class ConfigError(MahavishnuError):
+    """A setting is invalid; the message names the field, the value and where it came from."""
+
+
+class InvalidRequest(MahavishnuError):
+    """A caller sent something invalid: the message names the field and the bad value."""
+
+
+class BrokerError(MahavishnuError):
+    """Redis could not be reached, or answered something the system cannot use."""
+
+
+class QueueFull(MahavishnuError):
+    """A bounded stream is at its limit; nothing was written."""
+
+
+class InboxFull(QueueFull):
+    """A pool's inbox is at its limit; the message was not sent."""
+
+
+class NotFound(MahavishnuError):
+    """Something named by id does not exist."""
+
+
+class PoolNotFound(NotFound):
+    """No live pool has this id."""
+
+
+class TaskNotFound(NotFound):
+    """No task record has this id: never submitted, or its record expired."""
+
+
+class PoolUnavailable(MahavishnuError):
+    """The pool exists but cannot take work: it is closing, closed or failed."""
+
+
+class OrchestratorUnavailable(MahavishnuError):
+    """No orchestrator acted on a control command within the wait."""
+
+
+class ResultTimeout(MahavishnuError):
+    """The caller stopped waiting for a result; the task itself goes on and can be polled."""
+
+    def __init__(self, message: str, task_id: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
+class ExecutorError(MahavishnuError):
+    """A pool's executor cannot run: a missing CLI, a command off the allow-list, a bad function."""
+
+
+class MalformedMessage(MahavishnuError):
+    """A stream entry could not be decoded; the entry is dead-lettered with this message."""

@@ -1,0 +1,360 @@
+"""Validated values that cross process boundaries: tasks, results, pools, load, statuses.
+
+Every model rejects bad input with a message that names the field and the value, so a caller
+that sends an oversized prompt, a negative timeout or `min_workers > max_workers` learns exactly
+what to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from enum import StrEnum
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_PROMPT_CHARS = 1_000_000
+MAX_ARGV_ITEMS = 256
+MAX_ARG_CHARS = 100_000
+MAX_LABELS = 32
+MAX_TIMEOUT_SECONDS = 7 * 24 * 3600.0
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_ID_RE = re.compile(ID_PATTERN)
+_LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$")
+
+
+def new_id(kind: str) -> str:
+    """A short, time-ordered, unique id such as `t-018f3a2b4c5d-9f2e1a7b` (kind `t`)."""
+    return f"{kind}-{int(time.time() * 1000):012x}-{os.urandom(4).hex()}"
+
+
+class PoolType(StrEnum):
+    """Where a pool's workers run. The original's names are accepted as aliases."""
+
+    LOCAL = "local"
+    DELEGATED = "delegated"
+    KUBERNETES = "kubernetes"
+    ARQ = "arq"
+
+
+POOL_TYPE_ALIASES: dict[str, PoolType] = {
+    "mahavishnu": PoolType.LOCAL,
+    "session-buddy": PoolType.DELEGATED,
+    "session_buddy": PoolType.DELEGATED,
+    "k8s": PoolType.KUBERNETES,
+}
+
+
+def parse_pool_type(value: str) -> PoolType:
+    """Resolve a pool type or one of its aliases; raise ValueError naming the choices."""
+    name = value.strip().lower()
+    if name in POOL_TYPE_ALIASES:
+        return POOL_TYPE_ALIASES[name]
+    try:
+        return PoolType(name)
+    except ValueError:
+        choices = sorted([*(t.value for t in PoolType), *POOL_TYPE_ALIASES])
+        raise ValueError(
+            f"unknown pool type {value!r}; choose one of {', '.join(choices)}"
+        ) from None
+
+
+class WorkerType(StrEnum):
+    """How a worker executes a task."""
+
+    PYTHON = "python"
+    SHELL = "shell"
+    TERMINAL_CLAUDE = "terminal-claude"
+    TERMINAL_QWEN = "terminal-qwen"
+
+
+class RoutingStrategy(StrEnum):
+    """How the orchestrator picks among eligible pools (DESIGN.md §5)."""
+
+    ROUND_ROBIN = "round_robin"
+    LEAST_LOADED = "least_loaded"
+    RANDOM = "random"
+    AFFINITY = "affinity"
+
+
+class PoolStatus(StrEnum):
+    """Lifecycle of a pool."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    DEGRADED = "degraded"
+    SCALING = "scaling"
+    CLOSING = "closing"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class TaskStatus(StrEnum):
+    """Lifecycle of a task; the last four are final."""
+
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DEAD_LETTERED = "dead_lettered"
+
+    @property
+    def is_final(self) -> bool:
+        """True when the task will not change again."""
+        return self in _FINAL_STATUSES
+
+
+_FINAL_STATUSES = frozenset(
+    {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.DEAD_LETTERED}
+)
+
+
+class TaskKind(StrEnum):
+    """What a task asks for: a prompt for an AI CLI or a default function, an argv, a call."""
+
+    PROMPT = "prompt"
+    COMMAND = "command"
+    CALL = "call"
+
+
+_EXECUTOR_KINDS: dict[WorkerType, frozenset[TaskKind]] = {
+    WorkerType.PYTHON: frozenset({TaskKind.PROMPT, TaskKind.CALL}),
+    WorkerType.SHELL: frozenset({TaskKind.COMMAND}),
+    WorkerType.TERMINAL_CLAUDE: frozenset({TaskKind.PROMPT}),
+    WorkerType.TERMINAL_QWEN: frozenset({TaskKind.PROMPT}),
+}
+
+
+def executor_runs(worker_type: WorkerType, kind: TaskKind) -> bool:
+    """Whether a pool whose workers are `worker_type` can run a task of `kind`."""
+    return kind in _EXECUTOR_KINDS[worker_type]
+
+
+def _check_id(value: str, field: str) -> str:
+    if not _ID_RE.match(value):
+        raise ValueError(
+            f"{field} {value!r} is not a valid id: use 1-64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def _check_labels(labels: dict[str, str]) -> dict[str, str]:
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"at most {MAX_LABELS} labels are allowed, got {len(labels)}")
+    for key, value in labels.items():
+        if not _LABEL_RE.match(key):
+            raise ValueError(f"label name {key!r} is not valid: use letters, digits, '_./-'")
+        if len(value) > 256 or "\n" in value:
+            raise ValueError(f"label {key}={value!r} is not valid: at most 256 chars, one line")
+    return labels
+
+
+class TaskSpec(BaseModel):
+    """One unit of work. Exactly one of `prompt`, `command` or `call` says what to do."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(default_factory=lambda: new_id("t"))
+    prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+    command: list[str] | None = Field(default=None, min_length=1, max_length=MAX_ARGV_ITEMS)
+    call: str | None = Field(default=None, min_length=1, max_length=128)
+    args: list[Any] = Field(default_factory=list, max_length=MAX_ARGV_ITEMS)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    pool_id: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    affinity_key: str | None = Field(default=None, max_length=256)
+    strategy: RoutingStrategy | None = None
+    timeout: float = Field(default=300.0, gt=0, le=MAX_TIMEOUT_SECONDS)
+    queue_timeout: float = Field(default=60.0, gt=0, le=MAX_TIMEOUT_SECONDS)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=256)
+    reply_to: str | None = None
+    tags: list[str] = Field(default_factory=list, max_length=32)
+    submitted_at: float = Field(default_factory=time.time)
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_valid(cls, value: str) -> str:
+        return _check_id(value, "task id")
+
+    @field_validator("pool_id")
+    @classmethod
+    def _pool_id_is_valid(cls, value: str | None) -> str | None:
+        return None if value is None else _check_id(value, "pool_id")
+
+    @field_validator("reply_to")
+    @classmethod
+    def _reply_to_is_valid(cls, value: str | None) -> str | None:
+        return None if value is None else _check_id(value, "reply_to")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_are_valid(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_labels(value)
+
+    @field_validator("command")
+    @classmethod
+    def _command_is_valid(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        for arg in value:
+            if len(arg) > MAX_ARG_CHARS or "\x00" in arg:
+                raise ValueError(f"command argument {arg[:40]!r}... is too long or holds NUL")
+        if not value[0].strip():
+            raise ValueError("command[0] (the program) must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one_payload(self) -> Self:
+        given = [n for n in ("prompt", "command", "call") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "a task needs exactly one of 'prompt', 'command' or 'call'"
+                + (f"; got {', '.join(given)}" if given else "; got none")
+            )
+        if self.strategy is RoutingStrategy.AFFINITY and not self.affinity_key:
+            raise ValueError("strategy 'affinity' needs an affinity_key")
+        return self
+
+    @property
+    def kind(self) -> TaskKind:
+        """Which of the three payloads this task carries."""
+        if self.command is not None:
+            return TaskKind.COMMAND
+        if self.call is not None:
+            return TaskKind.CALL
+        return TaskKind.PROMPT
+
+    def describe(self, limit: int = 200) -> str:
+        """A one-line human summary of what the task asks for (for memory records and logs)."""
+        if self.command is not None:
+            text = " ".join(self.command)
+        elif self.call is not None:
+            text = f"{self.call}(*{self.args!r}, **{self.kwargs!r})"
+        else:
+            text = self.prompt or ""
+        return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class TaskResult(BaseModel):
+    """The outcome of a task. Keeps the original's keys and adds task_id, attempts, exit_code."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    task_id: str
+    pool_id: str | None = None
+    worker_id: str | None = None
+    status: TaskStatus
+    output: Any = None
+    error: str | None = None
+    exit_code: int | None = None
+    attempts: int = 0
+    duration: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the task completed."""
+        return self.status is TaskStatus.COMPLETED
+
+
+class PoolSpec(BaseModel):
+    """A pool's configuration; validated when spawned, stored in the pool hash."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(default_factory=lambda: new_id("p"))
+    name: str = Field(min_length=1, max_length=64)
+    pool_type: PoolType = PoolType.LOCAL
+    worker_type: WorkerType = WorkerType.PYTHON
+    min_workers: int = Field(default=1, ge=0, le=1000)
+    max_workers: int = Field(default=10, ge=1, le=1000)
+    concurrency: int = Field(default=4, ge=1, le=10_000)
+    labels: dict[str, str] = Field(default_factory=dict)
+    auto_scale: bool = False
+    max_queue: int = Field(default=10_000, ge=1, le=10_000_000)
+    inbox_max: int = Field(default=1_000, ge=1, le=1_000_000)
+    functions: dict[str, str] = Field(default_factory=dict)
+    default_function: str = "echo"
+    allowed_commands: list[str] = Field(default_factory=list)
+    command_template: list[str] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("pool_type", mode="before")
+    @classmethod
+    def _resolve_alias(cls, value: object) -> object:
+        return parse_pool_type(value) if isinstance(value, str) else value
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_valid(cls, value: str) -> str:
+        return _check_id(value, "pool id")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_valid(cls, value: str) -> str:
+        return _check_id(value, "pool name")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_are_valid(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_labels(value)
+
+    @field_validator("functions")
+    @classmethod
+    def _functions_are_valid(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, target in value.items():
+            module, _, attr = target.partition(":")
+            if not name or not module or not attr:
+                raise ValueError(
+                    f"function {name!r} -> {target!r} must be 'module:function' (trusted config)"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _bounds_are_consistent(self) -> Self:
+        if self.min_workers > self.max_workers:
+            raise ValueError(
+                f"min_workers ({self.min_workers}) must not exceed max_workers ({self.max_workers})"
+            )
+        if self.worker_type is WorkerType.SHELL and not self.allowed_commands:
+            raise ValueError("a 'shell' pool needs allowed_commands (the programs it may run)")
+        return self
+
+
+class LoadMetrics(BaseModel):
+    """A pool's load as stored in its `load` hash and used for routing."""
+
+    workers: int = 0
+    capacity: int = 0
+    in_flight: int = 0
+    queued: int = 0
+    completed: int = 0
+    failed: int = 0
+    avg_ms: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def load(self) -> float:
+        """(in_flight + queued) / capacity; infinite when the pool has no capacity."""
+        if self.capacity <= 0:
+            return float("inf")
+        return (self.in_flight + self.queued) / self.capacity
+
+
+class PoolInfo(BaseModel):
+    """What `list_pools` reports for one pool: its spec, status and load."""
+
+    spec: PoolSpec
+    status: PoolStatus
+    created_at: float
+    target_workers: int
+    load: LoadMetrics
+    detail: str = ""

@@ -1,0 +1,139 @@
+"""Lua scripts for the few steps that must be atomic. Each touches the keys of one slot only.
+
+The scripts take stream fields as a flat ARGV list after their own arguments, so the entry they
+write is byte-for-byte what `shared.codec.encode` produced.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.commands.core import AsyncScript
+
+from shared.connection import Redis
+
+# ARGV[1] = max length; ARGV[2..] = field/value pairs. Returns the entry id, or an error.
+XADD_BOUNDED = """
+local n = redis.call('XLEN', KEYS[1])
+if n >= tonumber(ARGV[1]) then
+  return redis.error_reply('QUEUEFULL ' .. KEYS[1] .. ' holds ' .. n .. ' of ' .. ARGV[1])
+end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+"""
+
+# KEYS[1] = pool hash, KEYS[2] = pool task stream. ARGV[1] = default max_queue; ARGV[2..] = fields.
+# Writes only while the pool accepts work and its backlog is under max_queue.
+SUBMIT_TO_POOL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+  return redis.error_reply('NOPOOL no pool ' .. KEYS[1])
+end
+if status == 'closing' or status == 'closed' or status == 'failed' then
+  return redis.error_reply('POOLDOWN pool is ' .. status)
+end
+local limit = tonumber(redis.call('HGET', KEYS[1], 'max_queue') or ARGV[1])
+local n = redis.call('XLEN', KEYS[2])
+if n >= limit then
+  return redis.error_reply('QUEUEFULL ' .. KEYS[2] .. ' holds ' .. n .. ' of ' .. limit)
+end
+return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+"""
+
+# KEYS[1] = task hash. ARGV[1] = ttl, ARGV[2] = writer token; ARGV[3..] = field/value pairs.
+# Sets the fields unless the task is already final. Returns 1 when written, 0 when final. A
+# writer retrying after a lost reply (same token) gets 1 again, so it still announces the result.
+_FINAL = "status == 'completed' or status == 'failed' or status == 'cancelled' or "
+_FINAL += "status == 'dead_lettered'"
+
+FINALIZE_TASK = f"""
+local status = redis.call('HGET', KEYS[1], 'status')
+if {_FINAL} then
+  if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'final_token') == ARGV[2] then
+    return 1
+  end
+  return 0
+end
+redis.call('HSET', KEYS[1], 'final_token', ARGV[2], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
+
+# KEYS[1] = task hash. ARGV: worker, started_at, attempt.
+# Marks a task running unless it is final or a cancel was asked. Returns 1 to run, 0 to skip.
+START_TASK = f"""
+local status = redis.call('HGET', KEYS[1], 'status')
+if {_FINAL} then
+  return 0
+end
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2],
+  'attempts', ARGV[3])
+return 1
+"""
+
+# KEYS[1] = task hash. ARGV[1] = now. Returns the task's status before the call; a task that was
+# not yet running becomes 'cancelled' here, a running one is flagged for its worker to stop.
+CANCEL_TASK = f"""
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+  return ''
+end
+if {_FINAL} then
+  return status
+end
+if status == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+  return status
+end
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancel_requested', '1',
+  'finished_at', ARGV[1])
+return status
+"""
+
+
+def flat_fields(fields: dict[str, Any]) -> list[Any]:
+    """A field map as the flat [k1, v1, k2, v2, ...] list that Lua's HSET/XADD take."""
+    out: list[Any] = []
+    for key, value in fields.items():
+        out.append(key)
+        out.append(value)
+    return out
+
+
+# KEYS[1] = lease key. ARGV[1] = holder id, ARGV[2] = ttl in ms. Takes a free lease or renews
+# one we hold. Returns 1 if we hold it afterwards, 0 if someone else does.
+ACQUIRE_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] = lease key. ARGV[1] = holder id. Deletes the lease only if we hold it.
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class Scripts:
+    """The registered scripts of one client (EVALSHA, loaded on first use)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.xadd_bounded: AsyncScript = redis.register_script(XADD_BOUNDED)
+        self.submit_to_pool: AsyncScript = redis.register_script(SUBMIT_TO_POOL)
+        self.finalize_task: AsyncScript = redis.register_script(FINALIZE_TASK)
+        self.start_task: AsyncScript = redis.register_script(START_TASK)
+        self.cancel_task: AsyncScript = redis.register_script(CANCEL_TASK)
+        self.acquire_lease: AsyncScript = redis.register_script(ACQUIRE_LEASE)
+        self.release_lease: AsyncScript = redis.register_script(RELEASE_LEASE)

@@ -1,0 +1,45 @@
+"""`python -m worker --pool ID`: one worker process (run by `mahavishnu worker` and local pools)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from shared.config import load_settings
+from shared.errors import MahavishnuError
+from worker.worker import serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the worker until it drains, and return the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    parser.add_argument("--pool", required=True, help="id of the pool to serve")
+    parser.add_argument("--worker-id", default=None, help="consumer name (default: generated)")
+    parser.add_argument("--concurrency", type=int, default=None, help="tasks run at once")
+    parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    args = parser.parse_args(argv)
+    if args.concurrency is not None and args.concurrency < 1:
+        parser.error(f"--concurrency must be at least 1, got {args.concurrency}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        settings = load_settings()
+        return asyncio.run(
+            serve(
+                settings,
+                args.pool,
+                concurrency=args.concurrency,
+                burst=args.burst,
+                worker_id=args.worker_id,
+            )
+        )
+    except MahavishnuError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,527 @@
+"""The data plane: one worker process consumes one pool's stream and runs its tasks.
+
+The loop reads at most as many entries as it has free slots (`XREADGROUP COUNT = free`), so it
+never holds work it cannot start. Finished tasks are flushed in batches: the guarded result
+writes, replies, events, memory records, retries and the XACK + XDEL of their entries go out in
+two pipelines per batch. A heartbeat hash with a TTL tells the orchestrator the worker is alive;
+an entry is never taken from a live worker merely because it is old.
+
+On SIGTERM (or when its pool starts closing) the worker drains: it stops reading, lets in-flight
+tasks finish within the grace period, hands back what is left, leaves its consumer group and
+exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from shared.codec import Heartbeat, TaskDelegate, decode, encode, pack
+from shared.config import Settings
+from shared.connection import (
+    TRANSIENT_ERRORS,
+    Entry,
+    Redis,
+    ack_and_delete,
+    connect,
+    decode_hash,
+    ensure_group,
+    flatten_read,
+    text,
+)
+from shared.errors import MalformedMessage, PoolNotFound, PoolUnavailable
+from shared.keys import WORKER_GROUP
+from shared.models import PoolSpec, PoolStatus, TaskResult, TaskStatus, new_id
+from shared.scripts import Scripts
+from shared.state import FinalResult, finalize_results, queue_dead_letter
+from worker.executors import Executor, Outcome, build_executor
+
+log = logging.getLogger("mahavishnu.worker")
+
+HEARTBEAT_EVENT_EVERY = 10.0
+
+
+@dataclass
+class _Running:
+    entry_id: bytes
+    message: TaskDelegate
+    started_at: float
+    task: asyncio.Task[None] | None = None
+    cancel_requested: bool = False
+
+
+@dataclass
+class _Done:
+    running: _Running
+    outcome: Outcome
+    finished_at: float
+    cancelled: bool = False
+
+
+@dataclass
+class _DeadLetter:
+    entry_id: bytes
+    reason: str
+    fields: dict[bytes, bytes] = field(default_factory=dict)
+
+
+def retry_delay(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter for the retry after `attempt` failed attempts."""
+    return random.uniform(0, min(cap, base * (2 ** (attempt - 1))))
+
+
+class Worker:
+    """Consume one pool's stream and run its tasks with the pool's executor."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool_id: str,
+        *,
+        concurrency: int | None = None,
+        worker_id: str | None = None,
+        burst: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.keys = settings.keys
+        self.pool_id = pool_id
+        self.worker_id = worker_id or new_id("w")
+        self.burst = burst
+        self._concurrency_override = concurrency
+        self.concurrency = concurrency or settings.worker_concurrency
+        self.redis: Redis = connect(settings)
+        self._reader: Redis = connect(settings, blocking=True)
+        self._scripts = Scripts(self.redis)
+        self.spec: PoolSpec | None = None
+        self._executor: Executor | None = None
+        self._running: dict[bytes, _Running] = {}
+        self._done: list[_Done] = []
+        self._dead: list[_DeadLetter] = []
+        self._skipped: list[bytes] = []
+        self._flush_wanted = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._started_at = time.time()
+        self.completed = 0
+
+    @property
+    def stream(self) -> str:
+        """The pool's task stream."""
+        return self.keys.pool_tasks(self.pool_id)
+
+    def request_stop(self) -> None:
+        """Begin a graceful drain (what SIGTERM does)."""
+        self._stopping.set()
+
+    async def start(self) -> None:
+        """Load the pool's spec, build the executor, join the consumer group and register."""
+        raw = decode_hash(await self.redis.hgetall(self.keys.pool(self.pool_id)))
+        if not raw or "spec" not in raw:
+            raise PoolNotFound(f"no pool with id {self.pool_id!r}")
+        if raw.get("status") in (PoolStatus.CLOSED, PoolStatus.FAILED):
+            raise PoolUnavailable(f"pool {self.pool_id!r} is {raw['status']}")
+        self.spec = PoolSpec.model_validate_json(raw["spec"])
+        if self._concurrency_override is None:
+            self.concurrency = self.spec.concurrency
+        self._executor = build_executor(self.spec)
+        await ensure_group(self.redis, self.stream, WORKER_GROUP)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.sadd(self.keys.pool_workers(self.pool_id), self.worker_id)
+        self._queue_heartbeat(pipe)
+        await pipe.execute()
+        log.info(
+            "worker %s joined pool %s (concurrency %d)",
+            self.worker_id,
+            self.pool_id,
+            self.concurrency,
+        )
+
+    async def run(self) -> None:
+        """Serve until stopped (or, in burst mode, until the stream is empty), then drain."""
+        await self.start()
+        heart = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        flusher = asyncio.create_task(self._flush_loop(), name="flusher")
+        try:
+            await self._read_loop()
+            await self._drain()
+        finally:
+            self._stopping.set()
+            self._flush_wanted.set()
+            await flusher
+            heart.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heart
+            await self._leave()
+            if self._executor is not None:
+                await self._executor.aclose()
+            await self._reader.aclose()
+            await self.redis.aclose()
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read_loop(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_freed.clear()
+                await _wait_any(self._slot_freed, self._stopping)
+                continue
+            try:
+                reply = await self._reader.xreadgroup(
+                    WORKER_GROUP,
+                    self.worker_id,
+                    {self.stream: ">"},
+                    count=free,
+                    block=self.settings.worker_block_ms,
+                )
+                backoff = 0.1
+            except TRANSIENT_ERRORS as exc:
+                log.warning("reading %s failed (%s); retrying in %.1fs", self.stream, exc, backoff)
+                await _wait_any(self._stopping, timeout=backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            except RedisError as exc:
+                if "NOGROUP" in str(exc):
+                    await ensure_group(self.redis, self.stream, WORKER_GROUP)
+                    continue
+                raise
+            entries = [entry for _, entry in flatten_read(reply)]
+            if entries:
+                await self._accept(entries)
+            elif self.burst and not self._running:
+                return
+
+    async def _accept(self, entries: list[Entry]) -> None:
+        """Decode a batch, mark the runnable tasks running in one round trip, start them."""
+        candidates: list[tuple[bytes, TaskDelegate]] = []
+        for entry_id, fields in entries:
+            try:
+                msg = decode(fields)
+            except MalformedMessage as exc:
+                self._dead.append(_DeadLetter(entry_id, str(exc), fields))
+                continue
+            if not isinstance(msg, TaskDelegate):
+                reason = f"a {msg.type} message does not belong on a pool task stream"
+                self._dead.append(_DeadLetter(entry_id, reason, fields))
+                continue
+            candidates.append((entry_id, msg))
+        now = time.time()
+        verdicts = await self._mark_started(candidates, now) if candidates else []
+        for (entry_id, msg), run in zip(candidates, verdicts, strict=True):
+            if not run:
+                self._skipped.append(entry_id)  # already final: cancelled while queued
+                continue
+            running = _Running(entry_id, msg, now)
+            self._running[entry_id] = running
+            running.task = asyncio.create_task(self._execute(running), name=msg.task.id)
+        if self._skipped or self._dead:
+            self._flush_wanted.set()
+
+    async def _mark_started(
+        self, candidates: list[tuple[bytes, TaskDelegate]], now: float
+    ) -> list[bool]:
+        """Mark tasks running in one round trip; retried, since the entries are already ours."""
+        backoff = 0.1
+        while True:
+            pipe = self.redis.pipeline(transaction=False)
+            for _entry_id, msg in candidates:
+                await self._scripts.start_task(
+                    keys=[self.keys.task(msg.task.id)],
+                    args=[self.worker_id, repr(now), msg.attempt],
+                    client=pipe,
+                )
+            try:
+                return [bool(v) for v in await pipe.execute()]
+            except TRANSIENT_ERRORS as exc:
+                log.warning("marking tasks started failed (%s); retrying", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    # ---------------------------------------------------------------- executing
+
+    async def _execute(self, running: _Running) -> None:
+        assert self._executor is not None
+        task = running.message.task
+        cancelled = False
+        try:
+            outcome = await asyncio.wait_for(self._executor.run(task), timeout=task.timeout)
+        except TimeoutError:
+            outcome = Outcome(output=None, error=f"timed out after {task.timeout:g}s")
+        except asyncio.CancelledError:
+            if not running.cancel_requested:
+                raise  # drain hand-back: the entry is returned to the stream, no result
+            cancelled = True
+            outcome = Outcome(output=None, error="cancelled while running")
+        except Exception as exc:  # an executor bug must not kill the worker
+            log.exception("executor crashed on task %s", task.id)
+            outcome = Outcome(output=None, error=f"executor error: {type(exc).__name__}: {exc}")
+        self._done.append(_Done(running, outcome, time.time(), cancelled))
+        self._flush_wanted.set()
+
+    # ----------------------------------------------------------------- flushing
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            try:
+                await self._flush()
+            except TRANSIENT_ERRORS as exc:
+                log.warning("writing results failed (%s); will retry", exc)
+                await _wait_any(self._stopping, timeout=0.5)
+                self._flush_wanted.set()
+                continue
+            if self._stopping.is_set() and not self._running and not self._done:
+                return
+
+    async def _flush(self) -> None:
+        done, self._done = self._done, []
+        dead, self._dead = self._dead, []
+        skipped, self._skipped = self._skipped, []
+        if not done and not dead and not skipped:
+            return
+        try:
+            await self._write(done, dead, skipped)
+        except BaseException:
+            self._done[:0] = done
+            self._dead[:0] = dead
+            self._skipped[:0] = skipped
+            raise
+        for item in done:
+            self._running.pop(item.running.entry_id, None)
+        self.completed += len(done)
+        self._slot_freed.set()
+
+    async def _write(
+        self, done: list[_Done], dead: list[_DeadLetter], skipped: list[bytes]
+    ) -> None:
+        finals: list[FinalResult] = []
+        retries: list[tuple[_Done, float]] = []
+        for item in done:
+            msg = item.running.message
+            task = msg.task
+            error = item.outcome.error
+            if error is None:
+                status = TaskStatus.COMPLETED
+            elif item.cancelled:
+                status = TaskStatus.CANCELLED
+            elif msg.attempt < task.max_attempts:
+                delay = retry_delay(
+                    msg.attempt, self.settings.retry_backoff_base, self.settings.retry_backoff_max
+                )
+                retries.append((item, time.time() + delay))
+                continue
+            else:
+                status = TaskStatus.DEAD_LETTERED
+            finals.append(self._final(item, status))
+        ack_ids = [item.running.entry_id for item in done] + [d.entry_id for d in dead] + skipped
+
+        def extra(pipe: Any) -> None:
+            self._queue_retries(pipe, retries)
+            self._queue_dead_letters(pipe, finals, dead)
+            ack_and_delete(pipe, self.stream, WORKER_GROUP, ack_ids)
+
+        await finalize_results(self.redis, self._scripts, self.settings, finals, extra=extra)
+
+    def _final(self, item: _Done, status: TaskStatus) -> FinalResult:
+        msg = item.running.message
+        error = item.outcome.error
+        if status is TaskStatus.DEAD_LETTERED:
+            error = f"dead-lettered after {msg.attempt} attempt(s); last error: {error}"
+        result = TaskResult(
+            task_id=msg.task.id,
+            pool_id=self.pool_id,
+            worker_id=self.worker_id,
+            status=status,
+            output=item.outcome.output,
+            error=error,
+            exit_code=item.outcome.exit_code,
+            attempts=msg.attempt,
+            duration=round(item.finished_at - item.running.started_at, 6),
+            started_at=item.running.started_at,
+            finished_at=item.finished_at,
+        )
+        token = f"{self.worker_id}/{text(item.running.entry_id)}"
+        return FinalResult(
+            result, msg.task.reply_to, msg.task.describe(), list(msg.task.tags), token
+        )
+
+    def _queue_retries(self, pipe: Any, retries: list[tuple[_Done, float]]) -> None:
+        for item, due in retries:
+            msg = item.running.message
+            history = [
+                *msg.history,
+                f"attempt {msg.attempt} on {self.worker_id}: {item.outcome.error}",
+            ]
+            again = TaskDelegate(task=msg.task, attempt=msg.attempt + 1, history=history[-20:])
+            member = pack({"pool": msg.task.pool_id or "", "fields": dict(encode(again))})
+            pipe.zadd(self.keys.delayed, {member: due})
+            pipe.hset(
+                self.keys.task(msg.task.id),
+                mapping={
+                    "status": str(TaskStatus.RETRYING),
+                    "error": str(item.outcome.error)[:2000],
+                },
+            )
+
+    def _queue_dead_letters(
+        self, pipe: Any, finals: list[FinalResult], dead: list[_DeadLetter]
+    ) -> None:
+        for final in finals:
+            if final.result.status is TaskStatus.DEAD_LETTERED:
+                queue_dead_letter(
+                    pipe,
+                    self.settings,
+                    task_id=final.result.task_id,
+                    pool_id=self.pool_id,
+                    reason=final.result.error or "",
+                    attempts=final.result.attempts,
+                )
+        for item in dead:
+            log.warning("dead-lettered %s: %s", text(item.entry_id), item.reason)
+            queue_dead_letter(
+                pipe,
+                self.settings,
+                task_id=text(item.fields.get(b"task")),
+                pool_id=self.pool_id,
+                reason=f"malformed entry {text(item.entry_id)} on {self.stream}: {item.reason}",
+                raw=item.fields,
+            )
+
+    # ---------------------------------------------------------------- heartbeat
+
+    def _queue_heartbeat(self, pipe: Any) -> None:
+        key = self.keys.worker(self.worker_id)
+        now = time.time()
+        pipe.hset(
+            key,
+            mapping={
+                "pool": self.pool_id,
+                "pid": str(os.getpid()),
+                "host": socket.gethostname(),
+                "in_flight": str(len(self._running)),
+                "concurrency": str(self.concurrency),
+                "completed": str(self.completed),
+                "started_at": repr(self._started_at),
+                "last_seen": repr(now),
+                "status": "draining" if self._stopping.is_set() else "running",
+            },
+        )
+        pipe.pexpire(key, int(self.settings.heartbeat_ttl * 1000))
+
+    async def _heartbeat_loop(self) -> None:
+        last_event = 0.0
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            running = list(self._running.values())
+            pipe = self.redis.pipeline(transaction=False)
+            self._queue_heartbeat(pipe)
+            pipe.hget(self.keys.pool(self.pool_id), "status")
+            for item in running:
+                pipe.hget(self.keys.task(item.message.task.id), "cancel_requested")
+            now = time.time()
+            if now - last_event >= HEARTBEAT_EVENT_EVERY:
+                beat = Heartbeat(
+                    worker_id=self.worker_id, pool_id=self.pool_id, in_flight=len(running)
+                )
+                pipe.xadd(
+                    self.keys.events,
+                    encode(beat),
+                    maxlen=self.settings.events_max_len,
+                    approximate=True,
+                )
+                last_event = now
+            try:
+                replies = await pipe.execute()
+            except TRANSIENT_ERRORS as exc:
+                log.warning("heartbeat failed: %s", exc)
+                continue
+            status = text(replies[2])
+            if status in (PoolStatus.CLOSING, PoolStatus.CLOSED, PoolStatus.FAILED, ""):
+                if not self._stopping.is_set():
+                    log.info("pool %s is %s: draining", self.pool_id, status or "gone")
+                self._stopping.set()
+            for item, flag in zip(running, replies[3 : 3 + len(running)], strict=True):
+                if text(flag) == "1" and not item.cancel_requested and item.task is not None:
+                    item.cancel_requested = True
+                    item.task.cancel()
+
+    # -------------------------------------------------------------------- drain
+
+    async def _drain(self) -> None:
+        """Let in-flight tasks finish within the grace period; hand back the rest."""
+        pending = [r.task for r in self._running.values() if r.task is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=self.settings.drain_grace)
+        leftovers = [r for r in self._running.values() if r.task is not None and not r.task.done()]
+        for r in leftovers:
+            assert r.task is not None
+            r.task.cancel()
+        if leftovers:
+            await asyncio.gather(*(r.task for r in leftovers if r.task), return_exceptions=True)
+            await self._hand_back(leftovers)
+
+    async def _hand_back(self, leftovers: list[_Running]) -> None:
+        """Return unfinished entries to the pool's stream as fresh entries (same attempt)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for r in leftovers:
+            pipe.xadd(self.stream, encode(r.message))
+            pipe.hset(self.keys.task(r.message.task.id), "status", str(TaskStatus.QUEUED))
+            self._running.pop(r.entry_id, None)
+        ack_and_delete(pipe, self.stream, WORKER_GROUP, [r.entry_id for r in leftovers])
+        await pipe.execute()
+        log.info("handed back %d unfinished task(s)", len(leftovers))
+
+    async def _leave(self) -> None:
+        """Leave the group (only once nothing is pending on us) and drop the heartbeat."""
+        try:
+            pending = await self.redis.xpending_range(
+                self.stream, WORKER_GROUP, min="-", max="+", count=1, consumername=self.worker_id
+            )
+            pipe = self.redis.pipeline(transaction=False)
+            if not pending:
+                pipe.xgroup_delconsumer(self.stream, WORKER_GROUP, self.worker_id)
+            pipe.srem(self.keys.pool_workers(self.pool_id), self.worker_id)
+            pipe.delete(self.keys.worker(self.worker_id))
+            await pipe.execute()
+        except RedisError as exc:
+            log.warning("could not leave the group cleanly: %s", exc)
+
+
+async def _wait_any(*events: asyncio.Event, timeout: float | None = None) -> None:
+    """Wait until any of the events is set, or the timeout passes."""
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+
+async def serve(
+    settings: Settings,
+    pool_id: str,
+    *,
+    concurrency: int | None = None,
+    burst: bool = False,
+    worker_id: str | None = None,
+) -> int:
+    """Run a worker until SIGTERM/SIGINT (drain) and return a process exit code."""
+    worker = Worker(settings, pool_id, concurrency=concurrency, burst=burst, worker_id=worker_id)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.request_stop)
+    await worker.run()
+    return 0
