@@ -1,6 +1,6 @@
-"""The functions every `python` pool offers without configuration.
+"""The functions a `python` pool can call: the built-ins, plus those its config registers.
 
-A pool's config may register more (`functions: {name: "module:function"}`) and may shadow
+A pool's config may register more (`functions: {name: "module:function"}`), which may shadow
 these names; a task payload can only name a function, never code to import. Each built-in is
 small and predictable so demos and tests can exercise the whole task path:
 
@@ -14,8 +14,11 @@ small and predictable so demos and tests can exercise the whole task path:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from shared.errors import ExecutorError
 
 MAX_SLEEP_SECONDS = 7 * 24 * 3600.0
 
@@ -71,3 +74,28 @@ BUILTINS: dict[str, Callable[..., Any]] = {
     "add": add,
 }
 """The built-in functions by the name a `call` task (or `default_function`) uses."""
+
+
+def function_table(functions: Mapping[str, str]) -> dict[str, Callable[..., Any]]:
+    """The built-ins plus `functions` ({name: "module:function"}, from trusted pool config).
+
+    Each registered function is imported now, so a pool with a bad entry fails when it is
+    spawned: ExecutorError names the entry that cannot be imported or is not callable.
+    """
+    table = dict(BUILTINS)
+    for name, target in functions.items():
+        module_name, _, attr_path = target.partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for part in attr_path.split("."):
+                obj = getattr(obj, part)
+        except Exception as exc:  # importing runs arbitrary module code
+            raise ExecutorError(
+                f"function {name!r} -> {target!r} cannot be imported: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not callable(obj):
+            raise ExecutorError(
+                f"function {name!r} -> {target!r} is a {type(obj).__name__}, not callable"
+            )
+        table[name] = obj
+    return table

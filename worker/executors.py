@@ -1,16 +1,12 @@
-"""How a worker runs one task with its pool's executor (DESIGN.md §6), chosen by `worker_type`.
+"""How a worker runs a task with its pool's executor (DESIGN.md §6), chosen by `worker_type`:
+PythonExecutor (`python`), ShellExecutor (`shell`), TerminalExecutor (`terminal-claude`,
+`terminal-qwen`). `build_executor` raises ExecutorError at pool spawn / worker start when the
+executor cannot work; `run` reports a task's own failure as `Outcome(error=...)`, never raises.
 
-    python                           PythonExecutor    a function registered by trusted pool config
-    shell                            ShellExecutor     an argv from the pool's allow-list, no shell
-    terminal-claude, terminal-qwen   TerminalExecutor  an AI CLI run non-interactively
-
-`build_executor` fails fast with ExecutorError (at pool spawn / worker start) when the executor
-cannot work. `run` never raises for a task's own failure: it returns `Outcome(error=...)`.
-
-Every subprocess starts in its own session, so it leads a process group. When `run` is cancelled
-(the worker's timeout or shutdown) the group gets SIGTERM, then SIGKILL after a grace period, the
-process is reaped, and CancelledError propagates. After a normal exit, stragglers left in the
-group are killed too. Only a process that deliberately leaves the group (setsid) can escape.
+Subprocesses never go through a shell and each leads its own session and process group. When
+`run` is cancelled (the worker's timeout or shutdown) the group gets SIGTERM, then SIGKILL after
+a grace period, the process is reaped and CancelledError propagates. After a normal exit,
+stragglers left in the group are killed too; only a process that calls setsid can escape.
 """
 
 from __future__ import annotations
@@ -18,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import importlib
 import inspect
 import json
 import logging
@@ -32,32 +27,27 @@ from typing import Any, Protocol, TypeVar
 from shared.codec import pack, unpack
 from shared.errors import ExecutorError
 from shared.models import PoolSpec, TaskSpec, WorkerType
-from worker.builtins import BUILTINS
+from worker.builtins import function_table
 
 log = logging.getLogger(__name__)
 
 MAX_CAPTURE_BYTES = 1024 * 1024  # kept of a subprocess's stdout (head) and stderr (tail)
 MAX_LINE_BYTES = 8 * 1024 * 1024  # one stream-json line; longer lines are skipped
 MAX_OUTPUT_BYTES = 4 * 1024 * 1024  # a python function's packed return value
-ERROR_TAIL_CHARS = 2000  # of stderr quoted in an error
+ERROR_TAIL_CHARS = 2000  # of stderr (or of an error result) quoted in an error
 KILL_GRACE_SECONDS = 2.0
 _ABANDON_SECONDS = 5.0  # after SIGKILL: stop waiting for pipes held open by an escaped process
 _CHUNK = 64 * 1024
+_STREAM_JSON = ("--output-format", "stream-json")
 
 DEFAULT_TEMPLATES: dict[WorkerType, tuple[str, ...]] = {
-    WorkerType.TERMINAL_CLAUDE: (
-        "claude",
-        "-p",
-        "{prompt}",
-        "--output-format",
-        "stream-json",
-        "--verbose",
-    ),
-    WorkerType.TERMINAL_QWEN: ("qwen", "-p", "{prompt}", "--output-format", "stream-json"),
+    WorkerType.TERMINAL_CLAUDE: ("claude", "-p", "{prompt}", *_STREAM_JSON, "--verbose"),
+    WorkerType.TERMINAL_QWEN: ("qwen", "-p", "{prompt}", *_STREAM_JSON),
 }
 """The command template of each terminal-* worker type when the pool sets none."""
 
 _T = TypeVar("_T")
+_Sink = Callable[[bytes], None]
 
 
 @dataclass
@@ -73,12 +63,10 @@ class Executor(Protocol):
     """Runs tasks for one worker. `run` reports task failures in the Outcome, never raises."""
 
     async def run(self, task: TaskSpec) -> Outcome:
-        """Run one task to completion; honour cancellation by killing what it started."""
-        ...
+        """Run one task; on cancellation kill what it started, then re-raise."""
 
     async def aclose(self) -> None:
         """Release resources and kill any subprocess still running."""
-        ...
 
 
 def build_executor(spec: PoolSpec) -> Executor:
@@ -91,45 +79,20 @@ def build_executor(spec: PoolSpec) -> Executor:
 
 
 def _wrong_kind(spec: PoolSpec, task: TaskSpec, accepts: str) -> Outcome:
-    return Outcome(
-        None, error=f"a {spec.worker_type} pool runs {accepts} tasks; got a {task.kind} task"
-    )
-
-
-# --------------------------------------------------------------------------------------- python
-
-
-def _import_function(name: str, target: str) -> Callable[..., Any]:
-    module_name, _, attr_path = target.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr_path.split("."):
-            obj = getattr(obj, part)
-    except Exception as exc:  # an import can raise anything
-        raise ExecutorError(
-            f"function {name!r} -> {target!r} cannot be imported: {type(exc).__name__}: {exc}"
-        ) from exc
-    if not callable(obj):
-        raise ExecutorError(
-            f"function {name!r} -> {target!r} is a {type(obj).__name__}, not callable"
-        )
-    return obj  # type: ignore[no-any-return]
+    return Outcome(None, f"a {spec.worker_type} pool runs {accepts} tasks, not {task.kind} tasks")
 
 
 class PythonExecutor:
     """Calls functions that trusted pool config registers; a task only names one.
 
-    The table is the built-ins (`worker.builtins`) plus `spec.functions` ("module:function",
-    which may shadow a built-in). A `call` task calls `task.call(*args, **kwargs)`; a `prompt`
-    task calls `spec.default_function(prompt)`. Async functions are awaited; sync ones run in a
-    thread (a timeout abandons such a thread rather than stopping it).
+    The table is `worker.builtins.function_table`: the built-ins plus `spec.functions`. A `call`
+    task calls `task.call(*args, **kwargs)`; a `prompt` task calls
+    `spec.default_function(prompt)`. Async functions are awaited; sync ones run in a thread (a
+    timeout abandons such a thread, it cannot stop it). The result must be msgpack-able.
     """
 
     def __init__(self, spec: PoolSpec) -> None:
-        self._spec = spec
-        self._functions: dict[str, Callable[..., Any]] = dict(BUILTINS)
-        for name, target in spec.functions.items():
-            self._functions[name] = _import_function(name, target)
+        self._spec, self._functions = spec, function_table(spec.functions)
         if spec.default_function not in self._functions:
             raise ExecutorError(
                 f"default_function {spec.default_function!r} of pool {spec.name!r} is not "
@@ -152,7 +115,7 @@ class PythonExecutor:
         function = self._functions.get(name)
         if function is None:
             names = ", ".join(self.names)
-            return Outcome(None, error=f"unknown function {name!r}; this pool has: {names}")
+            return Outcome(None, f"unknown function {name!r}; this pool has: {names}")
         try:
             if inspect.iscoroutinefunction(function):
                 result = await function(*args, **kwargs)
@@ -161,10 +124,7 @@ class PythonExecutor:
                 if inspect.isawaitable(result):
                     result = await result
         except Exception as exc:
-            text = str(exc)
-            return Outcome(
-                None, error=f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-            )
+            return Outcome(None, f"{type(exc).__name__}: {exc}".removesuffix(": "))
         return _checked_result(name, result)
 
     async def aclose(self) -> None:
@@ -175,23 +135,11 @@ def _checked_result(name: str, result: Any) -> Outcome:
     try:
         packed = pack(result)
         if len(packed) > MAX_OUTPUT_BYTES:
-            return Outcome(
-                None,
-                error=f"function {name!r} returned {len(packed)} bytes (packed); "
-                f"the limit is {MAX_OUTPUT_BYTES}",
-            )
-        value = unpack(packed)  # what the client will see; rejects non-str map keys
+            raise ValueError(f"{len(packed)} bytes packed; the limit is {MAX_OUTPUT_BYTES}")
+        return Outcome(unpack(packed))  # what the client will see; unpack rejects non-str keys
     except Exception as exc:  # msgpack raises TypeError, ValueError, OverflowError...
-        return Outcome(
-            None,
-            error=f"function {name!r} returned a {type(result).__name__} that is not "
-            f"msgpack-serialisable (return None, bool, int, float, str, bytes, lists and "
-            f"dicts with str keys): {exc}",
-        )
-    return Outcome(value)
-
-
-# ---------------------------------------------------------------------------------- processes
+        what = f"function {name!r} returned a {type(result).__name__} that cannot be sent"
+        return Outcome(None, f"{what} (msgpack: JSON-like values, str dict keys): {exc}")
 
 
 async def _uncancellable(awaitable: Awaitable[_T]) -> _T:
@@ -233,7 +181,7 @@ class _Capture:
 class _Lines:
     """Splits a byte stream into lines for `on_line`; skips lines longer than `limit`."""
 
-    def __init__(self, on_line: Callable[[bytes], None], limit: int = MAX_LINE_BYTES) -> None:
+    def __init__(self, on_line: _Sink, limit: int = MAX_LINE_BYTES) -> None:
         self._on_line, self._limit, self._buffer = on_line, limit, bytearray()
         self._skipping, self.skipped = False, 0
 
@@ -256,7 +204,7 @@ class _Lines:
         self._buffer = bytearray()
 
 
-async def _drain(stream: asyncio.StreamReader | None, sink: Callable[[bytes], None]) -> None:
+async def _drain(stream: asyncio.StreamReader | None, sink: _Sink) -> None:
     while stream is not None and (chunk := await stream.read(_CHUNK)):
         sink(chunk)
 
@@ -286,7 +234,7 @@ class _Child:
         return bool(done)
 
     async def stop(self, grace: float, linger: float = 0.0) -> None:
-        """Wait `linger` s for a natural exit, then SIGTERM the group, `grace` s, SIGKILL."""
+        """Wait `linger` s for a natural exit, then SIGTERM the group, wait `grace` s, SIGKILL."""
         if not self.finished.done() and not (linger > 0 and await self._settle(linger)):
             self.signal_group(signal.SIGTERM)
             if not await self._settle(grace):
@@ -300,9 +248,6 @@ class _Child:
             self.finished.exception()  # mark retrieved
 
 
-_Sink = Callable[[bytes], None]
-
-
 class _ProcessExecutor:
     """Runs subprocesses for a pool and makes sure none outlives its run or `aclose`."""
 
@@ -313,8 +258,8 @@ class _ProcessExecutor:
         self, argv: Sequence[str], env: Mapping[str, str] | None, out: _Sink, err: _Sink,
         wake: asyncio.Event | None = None,
     ) -> int | None:  # fmt: skip
-        """Run `argv` (never a shell) to its exit, or until `wake` is set and then let it linger
-        `grace` s; return its exit code. Raise OSError if it cannot start."""
+        """Run `argv` to its exit (or until `wake` is set, then let it linger `grace` s) and
+        return its exit code; raise OSError if it cannot start."""
         spawn = asyncio.ensure_future(
             asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -323,9 +268,8 @@ class _ProcessExecutor:
         )  # fmt: skip
         try:
             proc = await asyncio.shield(spawn)
-        except asyncio.CancelledError:  # it may have forked already: finish, then kill it
-            with contextlib.suppress(Exception):
-                await _uncancellable(_Child(await _uncancellable(spawn), out, err).stop(0))
+        except asyncio.CancelledError:  # it may have forked already: let it finish, then kill it
+            await _uncancellable(self._kill_spawned(spawn, out, err))
             raise
         child, linger = _Child(proc, out, err), 0.0
         self._live.add(child)
@@ -340,6 +284,12 @@ class _ProcessExecutor:
             self._live.discard(child)
             await _uncancellable(child.stop(self._grace, linger))
         return proc.returncode
+
+    async def _kill_spawned(
+        self, spawn: asyncio.Future[asyncio.subprocess.Process], out: _Sink, err: _Sink
+    ) -> None:
+        with contextlib.suppress(Exception):  # a failed spawn left nothing to kill
+            await _Child(await spawn, out, err).stop(self._grace)
 
     async def aclose(self) -> None:
         """Kill every subprocess still running."""
@@ -364,9 +314,6 @@ def _exit_error(what: str, code: int | None, stderr: _Capture) -> str:
     if len(text) > ERROR_TAIL_CHARS:
         text = "…" + text[-ERROR_TAIL_CHARS:]
     return f"{what} {how}" + (f"; stderr: {text}" if text else "")
-
-
-# ------------------------------------------------------------------------------------ shell
 
 
 def _locate(program: str) -> str | None:
@@ -394,10 +341,7 @@ class ShellExecutor(_ProcessExecutor):
         for entry in spec.allowed_commands:
             path = _locate(entry)
             if path is None:
-                raise ExecutorError(
-                    f"allowed command {entry!r} of pool {spec.name!r} is not found on PATH "
-                    "or is not executable"
-                )
+                raise ExecutorError(f"allowed command {entry!r} is not an executable on PATH")
             self._allowed[entry] = path
 
     def resolve(self, program: str) -> str | None:
@@ -416,50 +360,40 @@ class ShellExecutor(_ProcessExecutor):
         if path is None:
             allowed = ", ".join(self._spec.allowed_commands)
             return Outcome(
-                None, error=f"command {program!r} is not in this pool's allowed_commands: {allowed}"
+                None, f"command {program!r} is not in this pool's allowed_commands: {allowed}"
             )
         stdout, stderr = _Capture(), _Capture(tail=True)
         argv = [path, *task.command[1:]]
         try:
             code = await self._execute(argv, None, stdout.feed, stderr.feed)
         except OSError as exc:
-            return Outcome(None, error=_start_error(program, exc, argv))
+            return Outcome(None, _start_error(program, exc, argv))
         output = stdout.text()
         if stdout.total > stdout.limit:
             output += f"\n[stdout truncated: kept the first {stdout.limit} of {stdout.total} bytes]"
-        if code == 0:
-            return Outcome(output, exit_code=code)
-        return Outcome(
-            output, error=_exit_error(f"command {program!r}", code, stderr), exit_code=code
-        )
-
-
-# --------------------------------------------------------------------------------- terminal
+        error = None if code == 0 else _exit_error(f"command {program!r}", code, stderr)
+        return Outcome(output, error, code)
 
 
 class StreamJsonCollector:
     """Turns an AI CLI's stdout, fed one line at a time, into text.
 
-    Lines holding a JSON object with a string `type` are stream-json events: the text blocks of
-    `assistant` messages are collected, and a `result` event ends the run (its `result` field is
-    the final output, `is_error` marks failure); later lines are ignored. Other lines are kept
+    A line holding a JSON object with a string `type` is a stream-json event: the text blocks
+    of `assistant` messages are collected, and a `result` event ends the run (its `result` is
+    the final output, `is_error` marks failure; later lines are ignored). Other lines are kept
     as plain text, so a CLI that prints plain text works too.
     """
 
-    def __init__(
-        self, on_result: Callable[[], None] | None = None, limit: int = MAX_CAPTURE_BYTES
-    ) -> None:
+    def __init__(self, on_result: Callable[[], None] | None = None, limit: int = MAX_CAPTURE_BYTES):
         self.result: dict[str, Any] | None = None
-        self.truncated = 0
-        self._parts: list[str] = []
-        self._size, self._limit, self._on_result = 0, limit, on_result
+        self.truncated, self._parts, self._size = 0, list[str](), 0
+        self._limit, self._on_result = limit, on_result
 
     def feed_line(self, raw: bytes) -> None:
         """Take one line of stdout (without its newline)."""
         if self.result is not None:
             return
-        line = raw.decode("utf-8", "replace").rstrip("\r")
-        event: Any = None
+        line, event = raw.decode("utf-8", "replace").rstrip("\r"), None
         if line.lstrip().startswith("{"):
             with contextlib.suppress(ValueError):
                 event = json.loads(line)
@@ -478,11 +412,10 @@ class StreamJsonCollector:
                 self._on_result()
 
     def _add(self, text: str) -> None:
-        room = self._limit - self._size
+        room = max(self._limit - self._size, 0)
         if len(text) > room:
-            self.truncated += len(text) - max(room, 0)
-            text = text[: max(room, 0)]
-        if text or room > 0:
+            self.truncated, text = self.truncated + len(text) - room, text[:room]
+        if room:
             self._parts.append(text)
             self._size += len(text) + 1
 
@@ -493,10 +426,8 @@ class StreamJsonCollector:
 
     def text(self) -> str:
         """The collected assistant and plain text, one piece per line."""
-        text = "\n".join(self._parts)
-        if self.truncated:
-            text += f"\n[output truncated: {self.truncated} more characters]"
-        return text
+        more = f"\n[output truncated: {self.truncated} more characters]" if self.truncated else ""
+        return "\n".join(self._parts) + more
 
     def output(self) -> str:
         """The result event's `result` when there is one, else the collected text."""
@@ -508,9 +439,9 @@ class TerminalExecutor(_ProcessExecutor):
     """Runs an AI CLI (claude, qwen) non-interactively on a `prompt` task.
 
     The argv is `spec.command_template` (else DEFAULT_TEMPLATES) with `{prompt}` replaced inside
-    each element that holds it; a prompt starting with '-' gets a leading space where it forms a
-    whole argument, so it cannot pass as an option. `options["cli_env"]` adds environment
-    variables. Stdout is read with StreamJsonCollector; after the result event the CLI has
+    each element that holds it; a prompt starting with '-' gets a leading space where it forms
+    a whole argument, so it cannot pass for an option. `options["cli_env"]` adds environment
+    variables. Stdout goes through StreamJsonCollector; after the result event the CLI has
     `grace` s to exit before its process group is terminated.
     """
 
@@ -519,7 +450,7 @@ class TerminalExecutor(_ProcessExecutor):
         template = list(spec.command_template or DEFAULT_TEMPLATES.get(spec.worker_type, ()))
         if not template:
             raise ExecutorError(f"pool {spec.name!r} has no command_template to run")
-        binary = shutil.which(template[0])
+        binary, self._name = shutil.which(template[0]), os.path.basename(template[0])
         if binary is None:
             raise ExecutorError(
                 f"{spec.worker_type} pool needs the {template[0]!r} CLI on PATH; not found "
@@ -536,16 +467,15 @@ class TerminalExecutor(_ProcessExecutor):
     def argv(self, prompt: str) -> list[str]:
         """The argv that runs `prompt`."""
         whole = " " + prompt if prompt.startswith("-") else prompt
-        rest = [
-            whole if a == "{prompt}" else a.replace("{prompt}", prompt) for a in self._template[1:]
-        ]
+        rest = (
+            a.replace("{prompt}", whole if a == "{prompt}" else prompt) for a in self._template[1:]
+        )
         return [self._template[0], *rest]
 
     async def run(self, task: TaskSpec) -> Outcome:
         """Run the CLI on the prompt; output is the result text (or all the text printed)."""
         if task.prompt is None:
             return _wrong_kind(self._spec, task, "'prompt'")
-        name = os.path.basename(self._template[0])
         wake = asyncio.Event()
         collector = StreamJsonCollector(on_result=wake.set)
         lines, stderr = _Lines(collector.feed_line), _Capture(tail=True)
@@ -553,21 +483,16 @@ class TerminalExecutor(_ProcessExecutor):
         try:
             code = await self._execute(argv, self._env, lines.feed, stderr.feed, wake)
         except OSError as exc:
-            return Outcome(None, error=_start_error(name, exc, argv))
+            return Outcome(None, _start_error(self._name, exc, argv))
         lines.close()
-        output = collector.output()
-        if lines.skipped and collector.result is None:
-            output += f"\n[{lines.skipped} line(s) over {MAX_LINE_BYTES} bytes skipped]"
-        if collector.result is not None:
-            if not collector.is_error:
-                return Outcome(output, exit_code=code)
-            subtype = collector.result.get("subtype")
-            detail = f" ({subtype})" if isinstance(subtype, str) else ""
-            text = output.strip()[-ERROR_TAIL_CHARS:] or "no message"
-            error = f"{name} reported an error{detail}: {text}"
-            return Outcome(output, error=error, exit_code=code)
-        if code == 0:
-            return Outcome(output, exit_code=code)
-        return Outcome(
-            output, error=_exit_error(f"{name} (no result)", code, stderr), exit_code=code
-        )
+        output, result = collector.output(), collector.result
+        if result is None:
+            if lines.skipped:
+                output += f"\n[{lines.skipped} line(s) over {MAX_LINE_BYTES} bytes skipped]"
+            error = None if code == 0 else _exit_error(f"{self._name} (no result)", code, stderr)
+            return Outcome(output, error, code)
+        if not collector.is_error:
+            return Outcome(output, None, code)
+        subtype = f" ({result['subtype']})" if isinstance(result.get("subtype"), str) else ""
+        text = output.strip()[-ERROR_TAIL_CHARS:] or "no message"
+        return Outcome(output, f"{self._name} reported an error{subtype}: {text}", code)

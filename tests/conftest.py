@@ -1,0 +1,103 @@
+"""Shared fixtures: settings under a unique key prefix on the real Redis, an in-process
+orchestrator, and pools of real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from shared.config import Settings, load_settings
+from shared.models import new_id
+
+REDIS_URL = os.environ.get("MAHAVISHNU_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def make_settings(prefix: str, tmp_path: Path, **overrides: Any) -> Settings:
+    """Fast-ticking settings for tests under `prefix`."""
+    values: dict[str, Any] = {
+        "redis_url": REDIS_URL,
+        "key_prefix": prefix,
+        "heartbeat_interval": 0.2,
+        "heartbeat_ttl": 2.0,
+        "supervise_interval": 0.1,
+        "drain_grace": 5.0,
+        "worker_block_ms": 200,
+        "retry_backoff_base": 0.05,
+        "retry_backoff_max": 0.2,
+        "orchestrator_lease_ttl": 2.0,
+        "spawn_timeout": 20.0,
+        "embedded_broker_dir": tmp_path / "redis",
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+async def delete_prefix(url: str, prefix: str) -> None:
+    """Delete every key under `prefix`."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        batch = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+        for i in range(0, len(batch), 500):
+            await client.delete(*batch[i : i + 500])
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix no other test uses."""
+    return f"test-{new_id('x')}:"
+
+
+@pytest.fixture
+async def settings(
+    prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Settings]:
+    """Settings on the real Redis under a unique prefix; the keys are deleted afterwards.
+
+    The same values go into the environment, so processes started by the test see them too.
+    """
+    from orchestrator.local_pool import settings_env
+
+    monkeypatch.setenv("MAHAVISHNU_SETTINGS_DIR", str(tmp_path / "no-settings"))
+    value = make_settings(prefix, tmp_path)
+    for name, env_value in settings_env(value).items():
+        monkeypatch.setenv(name, env_value)
+    yield value
+    await delete_prefix(value.redis_url, prefix)
+
+
+@pytest.fixture
+async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    """A plain client on the test Redis."""
+    client = aioredis.Redis.from_url(settings.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def orchestrator(settings: Settings, tmp_path: Path) -> AsyncIterator[Any]:
+    """An orchestrator running in-process; its local workers are stopped afterwards."""
+    from orchestrator.orchestrator import Orchestrator
+
+    orch = Orchestrator(settings, log_dir=tmp_path / "logs")
+    task = asyncio.create_task(orch.run())
+    await orch.wait_ready()
+    yield orch
+    orch.request_stop()
+    await task
+
+
+@pytest.fixture
+async def manager(settings: Settings) -> AsyncIterator[Any]:
+    """A PoolManager client."""
+    from shared.client import PoolManager
+
+    async with PoolManager(settings) as pm:
+        yield pm

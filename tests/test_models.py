@@ -1,0 +1,130 @@
+"""Validation of tasks and pool specs: bad values are rejected with the field and value named."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from shared.codec import describe_validation_error
+from shared.models import (
+    MAX_PROMPT_CHARS,
+    PoolSpec,
+    PoolType,
+    TaskKind,
+    TaskSpec,
+    TaskStatus,
+    WorkerType,
+    executor_runs,
+    parse_pool_type,
+)
+
+
+def error_text(exc: pytest.ExceptionInfo[ValidationError]) -> str:
+    return describe_validation_error(exc.value)
+
+
+def test_a_task_carries_exactly_one_payload() -> None:
+    assert TaskSpec(prompt="hi").kind is TaskKind.PROMPT
+    assert TaskSpec(command=["echo", "x"]).kind is TaskKind.COMMAND
+    assert TaskSpec(call="add", args=[1, 2]).kind is TaskKind.CALL
+    with pytest.raises(
+        ValidationError, match="exactly one of 'prompt', 'command' or 'call'; got none"
+    ):
+        TaskSpec()
+    with pytest.raises(ValidationError, match="got prompt, call"):
+        TaskSpec(prompt="x", call="echo")
+
+
+def test_an_oversized_prompt_is_rejected_naming_the_field() -> None:
+    with pytest.raises(ValidationError) as exc:
+        TaskSpec(prompt="x" * (MAX_PROMPT_CHARS + 1))
+    assert error_text(exc).startswith("prompt=")
+    assert "at most 1000000 characters" in error_text(exc)
+
+
+def test_a_negative_timeout_is_rejected_with_its_value() -> None:
+    with pytest.raises(ValidationError) as exc:
+        TaskSpec(prompt="x", timeout=-1)
+    assert "timeout=-1" in error_text(exc)
+    assert "greater than 0" in error_text(exc)
+
+
+def test_unknown_fields_and_strategies_are_rejected() -> None:
+    with pytest.raises(ValidationError) as exc:
+        TaskSpec(prompt="x", strategy="fastest")
+    assert "strategy='fastest'" in error_text(exc)
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        TaskSpec(prompt="x", code="import os")
+
+
+def test_affinity_needs_a_key() -> None:
+    with pytest.raises(ValidationError, match="affinity_key"):
+        TaskSpec(prompt="x", strategy="affinity")
+
+
+def test_ids_and_labels_are_checked() -> None:
+    with pytest.raises(ValidationError, match="pool_id 'a b' is not a valid id"):
+        TaskSpec(prompt="x", pool_id="a b")
+    with pytest.raises(ValidationError, match="label name"):
+        TaskSpec(prompt="x", labels={"bad key": "1"})
+
+
+def test_command_arguments_may_not_hold_nul() -> None:
+    with pytest.raises(ValidationError, match="NUL"):
+        TaskSpec(command=["echo", "a\x00b"])
+
+
+def test_min_workers_above_max_is_rejected_with_both_values() -> None:
+    with pytest.raises(
+        ValidationError, match=r"min_workers \(5\) must not exceed max_workers \(2\)"
+    ):
+        PoolSpec(name="p", min_workers=5, max_workers=2)
+
+
+def test_pool_type_aliases_of_the_original_resolve() -> None:
+    assert PoolSpec(name="p", pool_type="mahavishnu").pool_type is PoolType.LOCAL
+    assert PoolSpec(name="p", pool_type="session-buddy").pool_type is PoolType.DELEGATED
+    assert parse_pool_type("Kubernetes") is PoolType.KUBERNETES
+
+
+def test_an_unknown_pool_type_names_the_choices() -> None:
+    with pytest.raises(ValidationError) as exc:
+        PoolSpec(name="p", pool_type="docker")
+    text = error_text(exc)
+    assert "pool_type='docker'" in text
+    assert "mahavishnu" in text and "session-buddy" in text
+
+
+def test_a_shell_pool_needs_an_allow_list() -> None:
+    with pytest.raises(ValidationError, match="allowed_commands"):
+        PoolSpec(name="p", worker_type="shell")
+    assert PoolSpec(name="p", worker_type="shell", allowed_commands=["echo"]).allowed_commands
+
+
+def test_registered_functions_must_be_module_colon_function() -> None:
+    with pytest.raises(ValidationError, match="module:function"):
+        PoolSpec(name="p", functions={"f": "os.system"})
+
+
+def test_executors_run_only_their_kinds() -> None:
+    assert executor_runs(WorkerType.PYTHON, TaskKind.PROMPT)
+    assert executor_runs(WorkerType.PYTHON, TaskKind.CALL)
+    assert not executor_runs(WorkerType.PYTHON, TaskKind.COMMAND)
+    assert executor_runs(WorkerType.SHELL, TaskKind.COMMAND)
+    assert not executor_runs(WorkerType.TERMINAL_CLAUDE, TaskKind.CALL)
+
+
+def test_final_statuses() -> None:
+    finals = {s for s in TaskStatus if s.is_final}
+    assert finals == {
+        TaskStatus.COMPLETED,
+        TaskStatus.FAILED,
+        TaskStatus.CANCELLED,
+        TaskStatus.DEAD_LETTERED,
+    }
+
+
+def test_task_ids_are_unique_and_time_ordered() -> None:
+    ids = [TaskSpec(prompt="x").id for _ in range(100)]
+    assert len(set(ids)) == 100
+    assert ids[0].split("-")[1] <= ids[-1].split("-")[1]
