@@ -452,7 +452,7 @@ class PoolManager:
         await self._control(Control(action=ControlAction.SPAWN, pool_id=spec.id, spec=spec))
         if not wait:
             return spec.id
-        await self._await_pool_status(spec.id, last, {PoolStatus.RUNNING}, timeout, "spawn")
+        await self._await_pool(spec.id, last, _is(PoolStatus.RUNNING), timeout, "spawn")
         return spec.id
 
     async def scale(self, pool_id: str, workers: int, *, wait: bool = False) -> None:
@@ -466,7 +466,11 @@ class PoolManager:
         last = await self._last_event_id()
         await self._control(Control(action=ControlAction.SCALE, pool_id=pool_id, workers=workers))
         if wait:
-            await self._await_pool_status(pool_id, last, {PoolStatus.RUNNING}, None, "scale")
+
+            def scaled(info: PoolInfo) -> bool:
+                return info.target_workers == workers and info.status is PoolStatus.RUNNING
+
+            await self._await_pool(pool_id, last, scaled, None, "scale")
 
     async def close_pool(
         self, pool_id: str, *, wait: bool = True, timeout: float | None = None
@@ -476,7 +480,7 @@ class PoolManager:
         last = await self._last_event_id()
         await self._control(Control(action=ControlAction.CLOSE, pool_id=pool_id))
         if wait:
-            await self._await_pool_status(pool_id, last, {PoolStatus.CLOSED}, timeout, "close")
+            await self._await_pool(pool_id, last, _is(PoolStatus.CLOSED), timeout, "close")
 
     async def close_all(self, *, wait: bool = True, timeout: float | None = None) -> list[str]:
         """Close every live pool; return their ids."""
@@ -574,14 +578,15 @@ class PoolManager:
                 if accept(msg, fields):
                     return msg, entry_id
 
-    async def _await_pool_status(
+    async def _await_pool(
         self,
         pool_id: str,
         since: bytes,
-        wanted: set[PoolStatus],
+        reached: Callable[[PoolInfo], bool],
         timeout: float | None,
         action: str,
     ) -> None:
+        """Wait, on the events stream, until the pool's state satisfies `reached`."""
         limit = timeout if timeout is not None else self.settings.spawn_timeout
         seen_orchestrator = False
 
@@ -597,11 +602,11 @@ class PoolManager:
         deadline = time.monotonic() + limit
         while True:
             pools = await read_pools(self.redis, self.settings, [pool_id])
-            if pools and pools[0].status in wanted:
+            if pools and reached(pools[0]):
                 return
             if pools and pools[0].status is PoolStatus.FAILED:
                 raise PoolUnavailable(f"pool {pool_id!r} failed to {action}: {pools[0].detail}")
-            if pools and pools[0].status is PoolStatus.CLOSED and PoolStatus.CLOSED not in wanted:
+            if pools and pools[0].status is PoolStatus.CLOSED:
                 raise PoolUnavailable(f"pool {pool_id!r} is closed")
             left = deadline - time.monotonic()
             if left <= 0:
@@ -619,6 +624,12 @@ class PoolManager:
         state = pools[0].status if pools else "unknown"
         detail = f" ({pools[0].detail})" if pools and pools[0].detail else ""
         raise PoolUnavailable(
-            f"pool {pool_id!r} did not reach {'/'.join(sorted(wanted))} within {limit:g}s; "
-            f"it is {state}{detail}"
+            f"pool {pool_id!r} did not finish '{action}' within {limit:g}s; it is {state}{detail}"
         )
+
+
+def _is(status: PoolStatus) -> Callable[[PoolInfo], bool]:
+    def reached(info: PoolInfo) -> bool:
+        return info.status is status
+
+    return reached

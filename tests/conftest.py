@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +101,17 @@ async def manager(settings: Settings) -> AsyncIterator[Any]:
 
     async with PoolManager(settings) as pm:
         yield pm
+
+
+async def wait_until(
+    condition: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "condition"
+) -> None:
+    """Re-check a state that has no event of its own (e.g. a task reaching `running`) until true.
+
+    Each check is a Redis round trip; the short pause only keeps the loop from spinning.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)

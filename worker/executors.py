@@ -132,14 +132,15 @@ class PythonExecutor:
 
 
 def _checked_result(name: str, result: Any) -> Outcome:
+    what = f"function {name!r} returned a {type(result).__name__}"
     try:
         packed = pack(result)
-        if len(packed) > MAX_OUTPUT_BYTES:
-            raise ValueError(f"{len(packed)} bytes packed; the limit is {MAX_OUTPUT_BYTES}")
-        return Outcome(unpack(packed))  # what the client will see; unpack rejects non-str keys
+        value = unpack(packed)  # what the client will see; unpack rejects non-str dict keys
     except Exception as exc:  # msgpack raises TypeError, ValueError, OverflowError...
-        what = f"function {name!r} returned a {type(result).__name__} that cannot be sent"
-        return Outcome(None, f"{what} (msgpack: JSON-like values, str dict keys): {exc}")
+        return Outcome(None, f"{what} that is not msgpack-serialisable (use JSON-like data): {exc}")
+    if len(packed) > MAX_OUTPUT_BYTES:
+        return Outcome(None, f"{what} of {len(packed)} bytes; the limit is {MAX_OUTPUT_BYTES}")
+    return Outcome(value)
 
 
 async def _uncancellable(awaitable: Awaitable[_T]) -> _T:
