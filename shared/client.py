@@ -527,19 +527,18 @@ class PoolManager:
     async def send_to_pool(
         self, pool_id: str, result: TaskResult, *, from_pool: str | None = None
     ) -> str:
-        """Share a result with another pool's inbox (RESULT_SHARE); InboxFull when it is full."""
-        info = await self.get_pool(pool_id)
+        """Share a result with a pool's inbox (RESULT_SHARE); InboxFull when it is full.
+
+        The pool's workers file shared results in its memory stream, where memory search finds
+        them.
+        """
         fields = flat_fields(dict(encode(ResultShare(result=result, from_pool=from_pool))))
         try:
-            entry = await self._scripts.xadd_bounded(
-                keys=[self.keys.pool_inbox(pool_id)], args=[info.spec.inbox_max, *fields]
+            entry = await self._scripts.send_to_inbox(
+                keys=[self.keys.pool(pool_id), self.keys.pool_inbox(pool_id)], args=fields
             )
         except ResponseError as exc:
-            if "QUEUEFULL" in str(exc):
-                raise InboxFull(
-                    f"inbox of pool {pool_id!r} is full ({info.spec.inbox_max} messages); not sent"
-                ) from None
-            raise
+            raise inbox_error(pool_id, exc) from None
         return text(entry)
 
     # ---------------------------------------------------------------- events
@@ -626,6 +625,15 @@ class PoolManager:
         raise PoolUnavailable(
             f"pool {pool_id!r} did not finish '{action}' within {limit:g}s; it is {state}{detail}"
         )
+
+
+def inbox_error(pool_id: str, exc: Exception) -> Exception:
+    """The error a sender sees when a RESULT_SHARE cannot be written to a pool's inbox."""
+    if "INBOXFULL" in str(exc):
+        return InboxFull(f"inbox of pool {pool_id!r} is full; the result was not sent")
+    if "NOPOOL" in str(exc):
+        return PoolNotFound(f"no pool with id {pool_id!r}")
+    return exc
 
 
 def _is(status: PoolStatus) -> Callable[[PoolInfo], bool]:

@@ -72,13 +72,14 @@ class TaskCompleted(_Message):
 
 
 class StatusUpdate(_Message):
-    """A pool's (or a worker's) status changed."""
+    """A pool's status changed (`status`), or one of its workers' (`worker_id`, `worker_status`)."""
 
     type: Literal[MessageType.STATUS_UPDATE] = MessageType.STATUS_UPDATE
     pool_id: str
-    status: PoolStatus
+    status: PoolStatus | None = None
     detail: str = ""
     worker_id: str | None = None
+    worker_status: str = ""
 
 
 class Heartbeat(_Message):

@@ -176,7 +176,13 @@ class TaskSpec(BaseModel):
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=256)
     reply_to: str | None = None
     tags: list[str] = Field(default_factory=list, max_length=32)
+    share_with: list[str] = Field(default_factory=list, max_length=16)
     submitted_at: float = Field(default_factory=time.time)
+
+    @field_validator("share_with")
+    @classmethod
+    def _share_targets_are_ids(cls, value: list[str]) -> list[str]:
+        return [_check_id(v, "share_with pool id") for v in value]
 
     @field_validator("id")
     @classmethod

@@ -39,6 +39,20 @@ end
 return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
 """
 
+# KEYS[1] = pool hash, KEYS[2] = pool inbox. ARGV[1..] = fields. Writes only while the pool
+# exists and its inbox is under the pool's inbox_max.
+SEND_TO_INBOX = """
+local limit = redis.call('HGET', KEYS[1], 'inbox_max')
+if not limit then
+  return redis.error_reply('NOPOOL no pool ' .. KEYS[1])
+end
+local n = redis.call('XLEN', KEYS[2])
+if n >= tonumber(limit) then
+  return redis.error_reply('INBOXFULL ' .. KEYS[2] .. ' holds ' .. n .. ' of ' .. limit)
+end
+return redis.call('XADD', KEYS[2], '*', unpack(ARGV))
+"""
+
 # KEYS[1] = task hash. ARGV[1] = ttl, ARGV[2] = writer token; ARGV[3..] = field/value pairs.
 # Sets the fields unless the task is already final. Returns 1 when written, 0 when final. A
 # writer retrying after a lost reply (same token) gets 1 again, so it still announces the result.
@@ -135,5 +149,6 @@ class Scripts:
         self.finalize_task: AsyncScript = redis.register_script(FINALIZE_TASK)
         self.start_task: AsyncScript = redis.register_script(START_TASK)
         self.cancel_task: AsyncScript = redis.register_script(CANCEL_TASK)
+        self.send_to_inbox: AsyncScript = redis.register_script(SEND_TO_INBOX)
         self.acquire_lease: AsyncScript = redis.register_script(ACQUIRE_LEASE)
         self.release_lease: AsyncScript = redis.register_script(RELEASE_LEASE)

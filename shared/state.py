@@ -37,6 +37,7 @@ def pool_hash_fields(spec: PoolSpec, status: PoolStatus, **extra: Any) -> dict[s
         "max_workers": str(spec.max_workers),
         "concurrency": str(spec.concurrency),
         "max_queue": str(spec.max_queue),
+        "inbox_max": str(spec.inbox_max),
         "labels": json.dumps(spec.labels, sort_keys=True),
         "auto_scale": "1" if spec.auto_scale else "0",
         "status": str(status),
@@ -212,23 +213,7 @@ def announce(pipe: Any, settings: Settings, final: FinalResult) -> None:
     )
     pipe.xadd(keys.events, encode(event), maxlen=settings.events_max_len, approximate=True)
     if res.pool_id:
-        output = res.output if isinstance(res.output, str) else json.dumps(res.output, default=str)
-        limit = settings.memory_output_chars
-        record = {
-            "task": res.task_id,
-            "pool": res.pool_id,
-            "worker": res.worker_id or "",
-            "status": str(res.status),
-            "prompt": final.summary,
-            "output": output[:limit],
-            "error": (res.error or "")[:limit],
-            "duration": f"{res.duration:.6f}",
-            "finished_at": repr(res.finished_at or time.time()),
-            "tags": ",".join(final.tags),
-        }
-        pipe.xadd(
-            keys.pool_memory(res.pool_id), record, maxlen=settings.memory_max_len, approximate=True
-        )
+        queue_memory_record(pipe, settings, final, pool_id=res.pool_id)
         load_key = keys.pool_load(res.pool_id)
         if res.status is TaskStatus.COMPLETED:
             pipe.hincrby(load_key, "completed", 1)
@@ -258,3 +243,25 @@ def queue_dead_letter(
     if raw is not None:
         record["raw"] = pack({text(k): v for k, v in raw.items()})
     pipe.xadd(settings.keys.dlq, record, maxlen=settings.dlq_max_len, approximate=True)
+
+
+def queue_memory_record(pipe: Any, settings: Settings, final: FinalResult, *, pool_id: str) -> None:
+    """Queue a memory record of a result (what was asked, a bounded output) on a pool's stream."""
+    res = final.result
+    output = res.output if isinstance(res.output, str) else json.dumps(res.output, default=str)
+    limit = settings.memory_output_chars
+    record = {
+        "task": res.task_id,
+        "pool": res.pool_id or pool_id,
+        "worker": res.worker_id or "",
+        "status": str(res.status),
+        "prompt": final.summary,
+        "output": output[:limit],
+        "error": (res.error or "")[:limit],
+        "duration": f"{res.duration:.6f}",
+        "finished_at": repr(res.finished_at or time.time()),
+        "tags": ",".join(final.tags),
+    }
+    pipe.xadd(
+        settings.keys.pool_memory(pool_id), record, maxlen=settings.memory_max_len, approximate=True
+    )

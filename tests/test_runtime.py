@@ -295,3 +295,41 @@ async def test_scale_changes_the_number_of_workers(orchestrator: Any, manager: P
     assert health["pools"][pool_id]["live_workers"] == 3
     with pytest.raises(InvalidRequest, match="outside"):
         await manager.scale(pool_id, 9)
+
+
+async def test_a_result_shared_with_another_pool_lands_in_its_memory(
+    orchestrator: Any, manager: PoolManager, redis: aioredis.Redis, settings: Settings
+) -> None:
+    a, b = await two_pools(manager)
+    result = await manager.execute_on_pool(a, {"prompt": "for b", "share_with": [b]}, timeout=15)
+    memory = settings.keys.pool_memory(b)
+
+    async def filed() -> bool:
+        records = [fields for _, fields in await redis.xrange(memory)]
+        return any(
+            r[b"task"] == result.task_id.encode() and r[b"tags"] == b"shared" for r in records
+        )
+
+    await wait_until(filed, what="the shared result in pool b's memory")
+    assert await redis.xlen(settings.keys.pool_inbox(b)) == 0
+
+
+async def test_a_share_to_a_full_inbox_is_dead_lettered_not_dropped(
+    orchestrator: Any, manager: PoolManager, redis: aioredis.Redis, settings: Settings
+) -> None:
+    sender = await manager.spawn_pool("local", name="s", min_workers=1)
+    full = await manager.spawn_pool("local", name="f", min_workers=0, inbox_max=1)
+    shared = TaskResult(task_id="t-x", status=TaskStatus.COMPLETED, output="data")
+    await manager.send_to_pool(full, shared)
+    result = await manager.execute_on_pool(
+        sender, {"prompt": "x", "share_with": [full]}, timeout=15
+    )
+    assert result.ok
+
+    async def dead_lettered() -> bool:
+        return any(
+            b"not shared with pool" in f[b"reason"]
+            for _, f in await redis.xrange(settings.keys.dlq)
+        )
+
+    await wait_until(dead_lettered, what="the dead letter of the unshared result")

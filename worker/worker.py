@@ -26,7 +26,16 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from shared.codec import Heartbeat, TaskDelegate, decode, encode, pack
+from shared.client import inbox_error
+from shared.codec import (
+    Heartbeat,
+    ResultShare,
+    StatusUpdate,
+    TaskDelegate,
+    decode,
+    encode,
+    pack,
+)
 from shared.config import Settings
 from shared.connection import (
     TRANSIENT_ERRORS,
@@ -42,8 +51,13 @@ from shared.connection import (
 from shared.errors import MalformedMessage, PoolNotFound, PoolUnavailable
 from shared.keys import WORKER_GROUP
 from shared.models import PoolSpec, PoolStatus, TaskResult, TaskStatus, new_id
-from shared.scripts import Scripts
-from shared.state import FinalResult, finalize_results, queue_dead_letter
+from shared.scripts import Scripts, flat_fields
+from shared.state import (
+    FinalResult,
+    finalize_results,
+    queue_dead_letter,
+    queue_memory_record,
+)
 from worker.executors import Executor, Outcome, build_executor
 
 log = logging.getLogger("mahavishnu.worker")
@@ -119,6 +133,11 @@ class Worker:
         """The pool's task stream."""
         return self.keys.pool_tasks(self.pool_id)
 
+    @property
+    def inbox(self) -> str:
+        """The pool's inbox of results shared by other pools."""
+        return self.keys.pool_inbox(self.pool_id)
+
     def request_stop(self) -> None:
         """Begin a graceful drain (what SIGTERM does)."""
         self._stopping.set()
@@ -135,9 +154,11 @@ class Worker:
             self.concurrency = self.spec.concurrency
         self._executor = build_executor(self.spec)
         await ensure_group(self.redis, self.stream, WORKER_GROUP)
+        await ensure_group(self.redis, self.inbox, WORKER_GROUP)
         pipe = self.redis.pipeline(transaction=False)
         pipe.sadd(self.keys.pool_workers(self.pool_id), self.worker_id)
         self._queue_heartbeat(pipe)
+        self._queue_status(pipe, "joined")
         await pipe.execute()
         log.info(
             "worker %s joined pool %s (concurrency %d)",
@@ -181,7 +202,7 @@ class Worker:
                 reply = await self._reader.xreadgroup(
                     WORKER_GROUP,
                     self.worker_id,
-                    {self.stream: ">"},
+                    {self.stream: ">", self.inbox: ">"},
                     count=free,
                     block=self.settings.worker_block_ms,
                 )
@@ -194,13 +215,43 @@ class Worker:
             except RedisError as exc:
                 if "NOGROUP" in str(exc):
                     await ensure_group(self.redis, self.stream, WORKER_GROUP)
+                    await ensure_group(self.redis, self.inbox, WORKER_GROUP)
                     continue
                 raise
-            entries = [entry for _, entry in flatten_read(reply)]
+            pairs = flatten_read(reply)
+            entries = [entry for stream, entry in pairs if stream == self.stream]
+            shared = [entry for stream, entry in pairs if stream == self.inbox]
+            if shared:
+                await self._file_shared(shared)
             if entries:
                 await self._accept(entries)
-            elif self.burst and not self._running:
+            elif self.burst and not self._running and not shared:
                 return
+
+    async def _file_shared(self, entries: list[Entry]) -> None:
+        """File results shared by other pools (RESULT_SHARE) in this pool's memory stream."""
+        pipe = self.redis.pipeline(transaction=False)
+        for entry_id, fields in entries:
+            try:
+                msg = decode(fields)
+                if not isinstance(msg, ResultShare):
+                    raise MalformedMessage(f"a {msg.type} message does not belong in an inbox")
+            except MalformedMessage as exc:
+                queue_dead_letter(
+                    pipe,
+                    self.settings,
+                    task_id=text(fields.get(b"task")),
+                    pool_id=self.pool_id,
+                    reason=f"malformed entry {text(entry_id)} on {self.inbox}: {exc}",
+                    raw=fields,
+                )
+                continue
+            res = msg.result
+            origin = msg.from_pool or res.pool_id or "a client"
+            final = FinalResult(res, summary=f"shared by {origin}", tags=["shared"])
+            queue_memory_record(pipe, self.settings, final, pool_id=self.pool_id)
+        ack_and_delete(pipe, self.inbox, WORKER_GROUP, [entry_id for entry_id, _ in entries])
+        await pipe.execute()
 
     async def _accept(self, entries: list[Entry]) -> None:
         """Decode a batch, mark the runnable tasks running in one round trip, start them."""
@@ -307,6 +358,7 @@ class Worker:
         self, done: list[_Done], dead: list[_DeadLetter], skipped: list[bytes]
     ) -> None:
         finals: list[FinalResult] = []
+        final_items: list[_Done] = []
         retries: list[tuple[_Done, float]] = []
         for item in done:
             msg = item.running.message
@@ -325,6 +377,7 @@ class Worker:
             else:
                 status = TaskStatus.DEAD_LETTERED
             finals.append(self._final(item, status))
+            final_items.append(item)
         ack_ids = [item.running.entry_id for item in done] + [d.entry_id for d in dead] + skipped
 
         def extra(pipe: Any) -> None:
@@ -332,7 +385,43 @@ class Worker:
             self._queue_dead_letters(pipe, finals, dead)
             ack_and_delete(pipe, self.stream, WORKER_GROUP, ack_ids)
 
-        await finalize_results(self.redis, self._scripts, self.settings, finals, extra=extra)
+        written = await finalize_results(
+            self.redis, self._scripts, self.settings, finals, extra=extra
+        )
+        shares = [
+            (final, target)
+            for final, item, new in zip(finals, final_items, written, strict=True)
+            if new
+            for target in item.running.message.task.share_with
+        ]
+        if shares:
+            await self._share(shares)
+
+    async def _share(self, shares: list[tuple[FinalResult, str]]) -> None:
+        """Send results to the inboxes their tasks named; a full inbox is dead-lettered, loudly."""
+        pipe = self.redis.pipeline(transaction=False)
+        for final, target in shares:
+            message = ResultShare(result=final.result, from_pool=self.pool_id)
+            await self._scripts.send_to_inbox(
+                keys=[self.keys.pool(target), self.keys.pool_inbox(target)],
+                args=flat_fields(dict(encode(message))),
+                client=pipe,
+            )
+        replies = await pipe.execute(raise_on_error=False)
+        pipe = self.redis.pipeline(transaction=False)
+        for (final, target), reply in zip(shares, replies, strict=True):
+            if isinstance(reply, Exception):
+                error = inbox_error(target, reply)
+                log.warning("result of %s not shared: %s", final.result.task_id, error)
+                queue_dead_letter(
+                    pipe,
+                    self.settings,
+                    task_id=final.result.task_id,
+                    pool_id=self.pool_id,
+                    reason=f"result not shared with pool {target}: {error}",
+                )
+        if len(pipe):
+            await pipe.execute()
 
     def _final(self, item: _Done, status: TaskStatus) -> FinalResult:
         msg = item.running.message
@@ -420,6 +509,17 @@ class Worker:
         )
         pipe.pexpire(key, int(self.settings.heartbeat_ttl * 1000))
 
+    def _queue_status(self, pipe: Any, worker_status: str) -> None:
+        update = StatusUpdate(
+            pool_id=self.pool_id,
+            worker_id=self.worker_id,
+            worker_status=worker_status,
+            detail=f"worker {self.worker_id} {worker_status} (completed {self.completed})",
+        )
+        pipe.xadd(
+            self.keys.events, encode(update), maxlen=self.settings.events_max_len, approximate=True
+        )
+
     async def _heartbeat_loop(self) -> None:
         last_event = 0.0
         while True:
@@ -494,6 +594,7 @@ class Worker:
                 pipe.xgroup_delconsumer(self.stream, WORKER_GROUP, self.worker_id)
             pipe.srem(self.keys.pool_workers(self.pool_id), self.worker_id)
             pipe.delete(self.keys.worker(self.worker_id))
+            self._queue_status(pipe, "left")
             await pipe.execute()
         except RedisError as exc:
             log.warning("could not leave the group cleanly: %s", exc)

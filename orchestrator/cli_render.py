@@ -1,0 +1,294 @@
+"""How `mahavishnu` shows things: rich tables for people, one JSON document for `--json`.
+
+Everything here only formats data it is given; the commands in `orchestrator.cli` fetch it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator.inspect import entry_time, iso_time, is_time_field
+from shared.models import PoolInfo, TaskResult
+
+STATUS_STYLE = {
+    "running": "green",
+    "completed": "green",
+    "starting": "yellow",
+    "scaling": "yellow",
+    "degraded": "yellow",
+    "queued": "cyan",
+    "pending": "cyan",
+    "retrying": "yellow",
+    "closing": "magenta",
+    "closed": "dim",
+    "cancelled": "magenta",
+    "failed": "red",
+    "dead_lettered": "red",
+}
+
+
+def stdout_console() -> Console:
+    """A console on stdout (created per use, so test runners that swap sys.stdout see it)."""
+    return Console(file=sys.stdout, highlight=False, soft_wrap=False)
+
+
+def stderr_console() -> Console:
+    """A console on stderr for progress, status lines and messages around `--json` output."""
+    return Console(file=sys.stderr, highlight=False)
+
+
+def emit_json(document: Any) -> None:
+    """Write one JSON document to stdout (nothing else goes there under `--json`)."""
+    sys.stdout.write(json.dumps(document, indent=2, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def styled(status: str) -> Text:
+    """A status word in its colour."""
+    return Text(status, style=STATUS_STYLE.get(status, ""))
+
+
+def as_text(value: Any) -> str:
+    """A value for a table cell or stdout: strings as they are, everything else as JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, indent=2, default=str, ensure_ascii=False)
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def pool_document(info: PoolInfo) -> dict[str, Any]:
+    """A pool as a JSON-ready dict (spec, status, target, load, detail, created time)."""
+    return info.model_dump(mode="json")
+
+
+def pools_table(pools: Sequence[PoolInfo], *, title: str = "pools") -> Table:
+    """One row per pool: identity, status, workers, load and counters."""
+    table = Table(title=title, title_justify="left")
+    for column in ("id", "name", "type", "executor", "status", "workers"):
+        table.add_column(column, no_wrap=column == "id")
+    for column in ("in_flight", "queued", "completed", "failed", "avg_ms"):
+        table.add_column(column, justify="right")
+    table.add_column("labels")
+    for info in pools:
+        load = info.load
+        table.add_row(
+            info.spec.id,
+            info.spec.name,
+            str(info.spec.pool_type),
+            str(info.spec.worker_type),
+            styled(str(info.status)),
+            f"{load.workers}/{info.target_workers}",
+            str(load.in_flight),
+            str(load.queued),
+            str(load.completed),
+            str(load.failed),
+            f"{load.avg_ms:.1f}",
+            _labels(info.spec.labels),
+        )
+    return table
+
+
+def monitor_view(pools: Sequence[PoolInfo], health: Mapping[str, Any] | None) -> RenderableType:
+    """The `pool monitor` view: the pools table, plus a pool's workers when one is watched."""
+    parts: list[RenderableType] = [
+        pools_table(pools, title=f"pools at {time.strftime('%H:%M:%S')}")
+    ]
+    failing = [p for p in pools if p.detail and str(p.status) in ("failed", "degraded")]
+    parts.extend(Text(f"{p.spec.id}: {p.detail}", style="yellow") for p in failing)
+    if health is not None:
+        for pool_id, report in health.get("pools", {}).items():
+            if any(p.spec.id == pool_id for p in pools):
+                parts.append(workers_table(pool_id, report.get("workers", {})))
+    return Group(*parts)
+
+
+def workers_table(pool_id: str, workers: Mapping[str, Mapping[str, Any]]) -> Table:
+    """One row per live worker of a pool, from its heartbeat."""
+    table = Table(title=f"workers of {pool_id}", title_justify="left")
+    for column in ("worker", "status", "in_flight", "last_seen_s", "host", "pid"):
+        table.add_column(column, justify="right" if column in ("in_flight", "pid") else "left")
+    for worker_id, beat in sorted(workers.items()):
+        table.add_row(
+            worker_id,
+            styled(str(beat.get("status", ""))),
+            str(beat.get("in_flight", "")),
+            str(beat.get("last_seen_s", "")),
+            str(beat.get("host", "")),
+            str(beat.get("pid", "")),
+        )
+    return table
+
+
+def health_view(report: Mapping[str, Any]) -> RenderableType:
+    """The `pool health` view: overall verdict, broker, orchestrators and per-pool health."""
+    healthy = bool(report.get("healthy"))
+    verdict = Text("healthy" if healthy else "unhealthy", style="green" if healthy else "red")
+    broker = report.get("broker", {})
+    if broker.get("ok"):
+        broker_line = f"broker {broker.get('url')} (redis {broker.get('version')})"
+    else:
+        broker_line = f"broker {broker.get('url')} unreachable: {broker.get('error')}"
+    orchestrators = report.get("orchestrators", [])
+    now = time.time()
+    names = []
+    for beat in orchestrators:
+        try:
+            age = f"{now - float(beat.get('last_seen', now)):.1f}s ago"
+        except ValueError:
+            age = "?"
+        names.append(f"{beat.get('id')} (pid {beat.get('pid')} on {beat.get('host')}, {age})")
+    orch_line = "orchestrators: " + (", ".join(names) if names else "none running")
+    table = Table(title="pools", title_justify="left")
+    for column in ("id", "name", "status", "healthy", "live/target", "detail"):
+        table.add_column(column)
+    for pool_id, pool in sorted(report.get("pools", {}).items()):
+        ok = bool(pool.get("healthy"))
+        table.add_row(
+            pool_id,
+            str(pool.get("name", "")),
+            styled(str(pool.get("status", ""))),
+            Text("yes" if ok else "no", style="green" if ok else "red"),
+            f"{pool.get('live_workers', 0)}/{pool.get('target_workers', 0)}",
+            str(pool.get("detail", "")),
+        )
+    return Group(Text.assemble("health: ", verdict), Text(broker_line), Text(orch_line), table)
+
+
+def result_line(result: TaskResult) -> Text:
+    """A one-line summary of a task result (for stderr, next to its output on stdout)."""
+    status = str(result.status)
+    mark = "✓" if result.ok else "✗"
+    parts = [f"{mark} {result.task_id} {status}"]
+    if result.duration:
+        parts.append(f"in {result.duration * 1000:.1f} ms")
+    if result.pool_id:
+        parts.append(f"on pool {result.pool_id}")
+    if result.worker_id:
+        parts.append(f"worker {result.worker_id}")
+    parts.append(f"attempt(s) {result.attempts}")
+    if result.exit_code is not None:
+        parts.append(f"exit code {result.exit_code}")
+    line = " · ".join(parts)
+    if result.error:
+        line += f": {result.error}"
+    return Text(line, style=STATUS_STYLE.get(status, ""))
+
+
+def task_table(result: TaskResult) -> Table:
+    """Every field of a task's state or result, times as ISO."""
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for name, value in result.model_dump(mode="json").items():
+        if value is None or value == "":
+            continue
+        if name == "status":
+            table.add_row(name, styled(str(value)))
+            continue
+        shown = as_text(value)
+        if is_time_field(name) and isinstance(value, int | float) and value:
+            shown = f"{iso_time(float(value))} ({value})"
+        table.add_row(name, Text(shown))
+    return table
+
+
+def _cell(name: str, value: Any) -> Text:
+    shown = as_text(value)
+    if is_time_field(name) and isinstance(value, str):
+        try:
+            shown = f"{value} ({iso_time(float(value))})"
+        except (ValueError, OverflowError, OSError):
+            pass
+    return Text(shown)
+
+
+def inspect_view(doc: Mapping[str, Any]) -> RenderableType:
+    """The `inspect` view of a decoded key (see `orchestrator.inspect.inspect_key`)."""
+    ttl = doc.get("ttl_s")
+    head = f"[bold]{escape(str(doc['key']))}[/]  {doc['type']}"
+    if doc.get("kind"):
+        head += f", {doc['kind']}"
+    head += f", ttl {ttl:g}s" if ttl is not None else ", no ttl"
+    parts: list[RenderableType] = [Text.from_markup(head)]
+    kind = doc["type"]
+    if kind == "hash":
+        table = Table(show_header=False, box=None, pad_edge=False)
+        table.add_column("field", style="bold")
+        table.add_column("value", overflow="fold")
+        for name, value in doc["fields"].items():
+            table.add_row(name, _cell(name, value))
+        parts.append(table)
+    elif kind == "stream":
+        shown = len(doc["entries"])
+        parts.append(Text(f"{doc['length']} entries, showing {shown}"))
+        for group in doc["groups"]:
+            parts.append(
+                Text(
+                    f"group {group['name']}: {group['consumers']} consumer(s), "
+                    f"{group['pending']} pending, lag {group['lag']}, "
+                    f"last delivered {group['last_delivered_id']}",
+                    style="dim",
+                )
+            )
+        table = Table("id", "time", "fields")
+        for entry in doc["entries"]:
+            table.add_row(entry["id"], entry_time(entry["id"]) or "", Text(as_text(entry["fields"])))
+        parts.append(table)
+    elif kind == "zset":
+        parts.append(Text(f"{doc['size']} members, showing {len(doc['members'])}"))
+        table = Table("score", "time", "member")
+        for item in doc["members"]:
+            table.add_row(str(item["score"]), item["time"] or "", Text(as_text(item["member"])))
+        parts.append(table)
+    elif kind in ("set", "list"):
+        items = doc.get("members", doc.get("items", []))
+        parts.append(Text(f"{doc['size']} {'members' if kind == 'set' else 'items'}"))
+        parts.extend(Text(as_text(i)) for i in items)
+    else:
+        parts.append(Text(as_text(doc.get("value"))))
+    return Group(*parts)
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The value at `fraction` (0..1) of the sorted values (nearest rank); 0 when empty."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(fraction * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def demo_table(summary: Mapping[str, Any]) -> Table:
+    """The `up --demo` summary: counts, throughput and latency."""
+    table = Table(title="demo summary", title_justify="left", show_header=False)
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    latency = summary["latency_ms"]
+    rows = [
+        ("tasks", str(summary["tasks"])),
+        ("completed", str(summary["completed"])),
+        ("failed", str(summary["failed"])),
+        ("dead-lettered", str(summary["dead_lettered"])),
+        ("cancelled", str(summary["cancelled"])),
+        ("not finished in time", str(summary["timed_out"])),
+        ("elapsed", f"{summary['elapsed_s']:.2f} s"),
+        ("throughput", f"{summary['throughput_per_s']:.1f} tasks/s"),
+        ("latency p50", f"{latency['p50']:.1f} ms"),
+        ("latency p99", f"{latency['p99']:.1f} ms"),
+        ("latency max", f"{latency['max']:.1f} ms"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table

@@ -1,0 +1,128 @@
+"""Streamable HTTP for the MCP facade: bearer-token auth and Host/Origin checks.
+
+The SDK's own HTTP auth is OAuth (a token verifier plus authorization-server metadata), which a
+task system's operators do not need; a static bearer token from the settings is checked by a
+small ASGI middleware in front of the SDK's app instead. A request without the right token gets
+401 before it reaches the SDK, so it touches nothing (no session, no tool, no Redis).
+`GET /healthz` answers without a token (for Kubernetes probes) and reads nothing.
+
+Host/Origin checks (DNS-rebinding protection) come from `mcp_allowed_hosts`: empty means
+loopback names only when bound to loopback, and no Host check when bound to a routable address
+(the token is the guard there); a list adds those names (e.g. a Kubernetes Service's DNS name,
+`host:*` for any port); `*` turns the check off.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+from typing import Any
+
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from shared.errors import ConfigError
+
+MCP_PATH = "/mcp"
+HEALTH_PATH = "/healthz"
+MIN_TOKEN_CHARS = 16
+LOOPBACK_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a bind address or name) only accepts connections from this machine."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_token(token: str | None, *, require_auth: bool, host: str) -> str | None:
+    """The token to require, or None when auth is off; ConfigError when that is not allowed."""
+    if require_auth:
+        if not token:
+            raise ConfigError(
+                "mcp --http needs a bearer token: set MAHAVISHNU_MCP_HTTP_TOKEN (or mcp_http_token "
+                "in settings/local.yaml); auth may be turned off only on a loopback address"
+            )
+        if len(token) < MIN_TOKEN_CHARS:
+            raise ConfigError(
+                f"mcp_http_token is too short ({len(token)} chars): use at least "
+                f"{MIN_TOKEN_CHARS}, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        return token
+    if not is_loopback(host):
+        raise ConfigError(
+            f"auth may be turned off only when bound to a loopback address, not {host!r}; "
+            "set MAHAVISHNU_MCP_HTTP_TOKEN instead"
+        )
+    return None
+
+
+def transport_security(host: str, allowed_hosts: list[str]) -> TransportSecuritySettings:
+    """Host/Origin checks for the bind address and the configured extra host names."""
+    extra = [h.strip() for h in allowed_hosts if h.strip()]
+    if "*" in extra or (not extra and not is_loopback(host)):
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    hosts = [*LOOPBACK_HOSTS, *extra]
+    origins: list[str] = []
+    for item in hosts:
+        origins.extend([f"http://{item}", f"https://{item}"])
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any], *extra: tuple[bytes, bytes]) -> None:
+    payload = json.dumps(body).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class BearerAuth:
+    """ASGI middleware: every HTTP request but `GET /healthz` needs `Authorization: Bearer T`."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self._token = token.encode() if token else None
+
+    def _authorized(self, scope: Scope) -> bool:
+        if self._token is None:
+            return True
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                scheme, _, presented = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    return hmac.compare_digest(presented.strip(), self._token)
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer /healthz, refuse unauthenticated requests, pass the rest to the SDK's app."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope.get("path") == HEALTH_PATH and scope.get("method") in ("GET", "HEAD"):
+            await _send_json(send, 200, {"status": "ok"})
+            return
+        if not self._authorized(scope):
+            await _send_json(
+                send,
+                401,
+                {
+                    "error": "invalid_token",
+                    "error_description": "missing or wrong bearer token "
+                    "(send 'Authorization: Bearer <MAHAVISHNU_MCP_HTTP_TOKEN>')",
+                },
+                (b"www-authenticate", b'Bearer realm="mahavishnu", error="invalid_token"'),
+            )
+            return
+        await self.app(scope, receive, send)

@@ -1,0 +1,312 @@
+"""The structured results of the MCP facade's tools: stable field names, one model per answer.
+
+An execute result keeps the original's keys (pool_id, worker_id, status, output, error,
+duration) and adds task_id, attempts, exit_code, plus `done` and a human `message` (for a task
+still running when the call stopped waiting, for a dead letter, for a failure).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from shared.models import PoolInfo, TaskResult, TaskStatus
+
+
+class ExecuteResult(BaseModel):
+    """The outcome (or current state) of one task."""
+
+    task_id: str
+    pool_id: str | None = None
+    worker_id: str | None = None
+    status: str = Field(description="pending, queued, running, retrying (not done) or "
+                        "completed, failed, cancelled, dead_lettered (done)")
+    output: Any = None
+    error: str | None = None
+    duration: float = 0.0
+    attempts: int = 0
+    exit_code: int | None = None
+    done: bool = Field(description="true when the status is final")
+    message: str = Field(default="", description="what the caller should know or do next")
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @classmethod
+    def from_result(cls, result: TaskResult, message: str = "") -> ExecuteResult:
+        """Wrap a TaskResult, explaining failures, dead letters and unfinished tasks."""
+        status = result.status
+        if not message:
+            if status is TaskStatus.DEAD_LETTERED:
+                message = (
+                    f"dead-lettered after {result.attempts} attempt(s): {result.error or '?'}; "
+                    "see pool_dead_letters"
+                )
+            elif status is TaskStatus.FAILED:
+                message = f"failed: {result.error or 'no reason given'}"
+            elif status is TaskStatus.CANCELLED:
+                message = f"cancelled: {result.error or 'on request'}"
+            elif not status.is_final:
+                message = f"still {status}; poll task_result with task_id={result.task_id!r}"
+        return cls(
+            task_id=result.task_id,
+            pool_id=result.pool_id,
+            worker_id=result.worker_id,
+            status=str(status),
+            output=result.output,
+            error=result.error,
+            duration=result.duration,
+            attempts=result.attempts,
+            exit_code=result.exit_code,
+            done=status.is_final,
+            message=message,
+            started_at=result.started_at,
+            finished_at=result.finished_at,
+        )
+
+
+class TaskSubmitted(BaseModel):
+    """A task queued without waiting."""
+
+    task_id: str
+    status: str
+    pool_id: str | None = Field(default=None, description="the pool, when sent to one directly")
+    routed: bool = Field(description="true when the orchestrators pick the pool")
+    message: str = ""
+
+
+class TaskCancelResult(BaseModel):
+    """What a cancel request did."""
+
+    task_id: str
+    previous_status: str
+    status: str
+    cancelled: bool = Field(description="true when the task is (or will be) stopped")
+    message: str
+
+
+class PoolSummary(BaseModel):
+    """One pool as pool_list shows it."""
+
+    pool_id: str
+    name: str
+    pool_type: str
+    worker_type: str
+    status: str
+    min_workers: int
+    max_workers: int
+    target_workers: int
+    workers: int = Field(description="workers with a live heartbeat at the last supervision tick")
+    concurrency: int
+    labels: dict[str, str]
+    auto_scale: bool
+    created_at: float
+    detail: str = ""
+
+    @classmethod
+    def from_info(cls, info: PoolInfo) -> PoolSummary:
+        """Summarise a PoolInfo."""
+        spec = info.spec
+        return cls(
+            pool_id=spec.id,
+            name=spec.name,
+            pool_type=str(spec.pool_type),
+            worker_type=str(spec.worker_type),
+            status=str(info.status),
+            min_workers=spec.min_workers,
+            max_workers=spec.max_workers,
+            target_workers=info.target_workers,
+            workers=info.load.workers,
+            concurrency=spec.concurrency,
+            labels=spec.labels,
+            auto_scale=spec.auto_scale,
+            created_at=info.created_at,
+            detail=info.detail,
+        )
+
+
+class PoolListResult(BaseModel):
+    """Every live pool."""
+
+    count: int
+    pools: list[PoolSummary]
+
+
+class SpawnResult(BaseModel):
+    """A pool that was asked for (and, when waited for, is running)."""
+
+    pool_id: str
+    name: str
+    pool_type: str
+    worker_type: str
+    status: str
+    min_workers: int
+    max_workers: int
+    message: str = ""
+
+
+class PoolMetrics(BaseModel):
+    """A pool's load metrics (from its load hash, written by the supervising orchestrator)."""
+
+    pool_id: str
+    name: str
+    status: str
+    workers: int
+    target_workers: int
+    capacity: int
+    in_flight: int
+    queued: int
+    completed: int
+    failed: int
+    avg_ms: float = Field(description="mean duration of completed tasks, in milliseconds")
+    load: float | None = Field(description="(in_flight + queued) / capacity; null: no capacity")
+    updated_at: float
+
+    @classmethod
+    def from_info(cls, info: PoolInfo) -> PoolMetrics:
+        """The metrics of a PoolInfo."""
+        load = info.load
+        return cls(
+            pool_id=info.spec.id,
+            name=info.spec.name,
+            status=str(info.status),
+            workers=load.workers,
+            target_workers=info.target_workers,
+            capacity=load.capacity,
+            in_flight=load.in_flight,
+            queued=load.queued,
+            completed=load.completed,
+            failed=load.failed,
+            avg_ms=load.avg_ms,
+            load=None if math.isinf(load.load) else round(load.load, 4),
+            updated_at=load.updated_at,
+        )
+
+
+class MonitorTotals(BaseModel):
+    """Sums over the monitored pools."""
+
+    pools: int
+    workers: int
+    in_flight: int
+    queued: int
+    completed: int
+    failed: int
+    avg_ms: float
+
+
+class MonitorResult(BaseModel):
+    """Metrics per pool plus totals."""
+
+    pools: list[PoolMetrics]
+    totals: MonitorTotals
+
+
+class ScaleResult(BaseModel):
+    """A scale request."""
+
+    pool_id: str
+    target_workers: int
+    previous_target: int
+    status: str
+    message: str = ""
+
+
+class CloseResult(BaseModel):
+    """A close request for one pool."""
+
+    pool_id: str
+    status: str
+    closed: bool = Field(description="false while the pool's workers are still draining")
+    message: str = ""
+
+
+class CloseAllResult(BaseModel):
+    """A close request for every live pool."""
+
+    count: int
+    pools: list[CloseResult]
+
+
+class WorkerHealth(BaseModel):
+    """One live worker."""
+
+    in_flight: int
+    status: str
+    last_seen_s: float
+    host: str
+    pid: str
+
+
+class PoolHealth(BaseModel):
+    """One pool's health: running with at least one live worker heartbeat."""
+
+    name: str
+    status: str
+    healthy: bool
+    live_workers: int
+    target_workers: int
+    detail: str
+    workers: dict[str, WorkerHealth]
+
+
+class HealthResult(BaseModel):
+    """Health of the broker, the orchestrators and every pool."""
+
+    healthy: bool
+    broker: dict[str, Any]
+    orchestrators: list[dict[str, Any]]
+    pools: dict[str, PoolHealth]
+
+
+class MemoryHitModel(BaseModel):
+    """One memory record and its relevance score."""
+
+    task_id: str
+    pool_id: str
+    worker_id: str
+    status: str
+    prompt: str
+    output: str
+    error: str
+    duration: float
+    finished_at: float
+    tags: list[str]
+    score: float
+    entry_id: str
+
+
+class MemorySearchResult(BaseModel):
+    """Ranked memory records."""
+
+    query: str
+    count: int
+    hits: list[MemoryHitModel]
+    pool_ids: list[str] = Field(description="the pools searched")
+    scanned: int = Field(description="how many records were read and ranked")
+
+
+class DeadLetterModel(BaseModel):
+    """One dead-letter entry."""
+
+    entry_id: str
+    task_id: str
+    pool_id: str
+    reason: str
+    attempts: int
+    at: float
+    requeueable: bool
+    requeue_problem: str = Field(default="", description="why it cannot be requeued")
+    history: list[str] = Field(default_factory=list)
+
+
+class DeadLettersResult(BaseModel):
+    """The dead-letter stream (newest first), or the outcome of a requeue."""
+
+    action: str
+    total: int = Field(description="entries in the dead-letter stream")
+    entries: list[DeadLetterModel]
+    requeued_task_id: str | None = None
+    requeued_entry_id: str | None = None
+    message: str = ""
