@@ -103,6 +103,7 @@ class _Waiting:
     entry_id: bytes
     message: TaskDelegate
     since: float
+    fields: dict[bytes, bytes]  # the entry as read: forwarded unchanged, never re-encoded
 
 
 class Orchestrator:
@@ -234,7 +235,7 @@ class Orchestrator:
             if not isinstance(msg, TaskDelegate):
                 bad.append((entry_id, f"a {msg.type} message does not belong on ingress", fields))
                 continue
-            items.append(_Waiting(entry_id, msg, now))
+            items.append(_Waiting(entry_id, msg, now, fields))
         items.extend(self._waiting)
         if not items and not bad:
             return
@@ -255,7 +256,7 @@ class Orchestrator:
         pipe = self.redis.pipeline(transaction=False)
         for item, pool in routed:
             task = item.message.task
-            pipe.xadd(self.keys.pool_tasks(pool.pool_id), encode(item.message))
+            pipe.xadd(self.keys.pool_tasks(pool.pool_id), item.fields)
             pipe.hset(
                 self.keys.task(task.id),
                 mapping={"status": str(TaskStatus.QUEUED), "pool": pool.pool_id},
