@@ -54,6 +54,7 @@ async def test_a_surviving_orchestrator_adopts_the_pools_of_a_dead_one(
     survivor, survivor_task = await start(settings, tmp_path, "o-survivor")
     try:
         assert (await manager.get_pool(pool_id)).status.value == "running"
+
         # a crash: the loops stop without releasing leases; its worker processes live on
         async def crash() -> None:
             await doomed._reader.aclose()

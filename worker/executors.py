@@ -396,7 +396,7 @@ class StreamJsonCollector:
             return
         line, event = raw.decode("utf-8", "replace").rstrip("\r"), None
         if line.lstrip().startswith("{"):
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, RecursionError):  # deep nesting: not an event
                 event = json.loads(line)
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             self._add(line)
