@@ -217,12 +217,28 @@ class Orchestrator:
                 for stream in (self.keys.ingress, self.keys.control):
                     await ensure_group(self.redis, stream, ORCHESTRATOR_GROUP)
 
-    async def route(self, entries: list[Entry]) -> None:
-        """Route a batch of ingress entries plus the tasks still waiting for a pool."""
-        async with self._route_lock:
-            await self._route(entries)
+    async def route(self, entries: list[Entry], *, reclaimed: bool = False) -> None:
+        """Route a batch of ingress entries plus the tasks still waiting for a pool.
 
-    async def _route(self, entries: list[Entry]) -> None:
+        `reclaimed` entries were read by an orchestrator that died: one it had already routed
+        (its task hash names the entry) goes to the same pool again, never to a different one.
+        """
+        async with self._route_lock:
+            await self._route(entries, reclaimed)
+
+    async def _earlier_choices(self, items: list[_Waiting]) -> dict[bytes, str]:
+        """Pools that a dead orchestrator had already chosen for these ingress entries."""
+        pipe = self.redis.pipeline(transaction=False)
+        for item in items:
+            pipe.hmget(self.keys.task(item.message.task.id), ["routed_from", "pool"])
+        replies = await pipe.execute()
+        return {
+            item.entry_id: text(pool)
+            for item, (source, pool) in zip(items, replies, strict=True)
+            if source is not None and source == item.entry_id and pool
+        }
+
+    async def _route(self, entries: list[Entry], reclaimed: bool = False) -> None:
         now = time.time()
         items: list[_Waiting] = []
         bad: list[tuple[bytes, str, dict[bytes, bytes]]] = []
@@ -236,16 +252,20 @@ class Orchestrator:
                 bad.append((entry_id, f"a {msg.type} message does not belong on ingress", fields))
                 continue
             items.append(_Waiting(entry_id, msg, now, fields))
+        earlier = await self._earlier_choices(items) if reclaimed and items else {}
         items.extend(self._waiting)
         if not items and not bad:
             return
         candidates = await self._candidates()
+        by_id = {c.pool_id: c for c in candidates}
         routed: list[tuple[_Waiting, Candidate]] = []
         waiting: list[_Waiting] = []
         expired: list[tuple[_Waiting, str]] = []
         for item in items:
             task = item.message.task
-            chosen = self.router.choose(task, eligible(candidates, task))
+            chosen = by_id.get(earlier.get(item.entry_id, ""))
+            if chosen is None:
+                chosen = self.router.choose(task, eligible(candidates, task))
             if chosen is not None:
                 routed.append((item, chosen))
             elif now - item.since >= task.queue_timeout:
@@ -255,12 +275,16 @@ class Orchestrator:
         self._waiting = waiting
         pipe = self.redis.pipeline(transaction=False)
         for item, pool in routed:
-            task = item.message.task
-            pipe.xadd(self.keys.pool_tasks(pool.pool_id), item.fields)
+            # the choice is recorded before the entry is forwarded (see `route`)
             pipe.hset(
-                self.keys.task(task.id),
-                mapping={"status": str(TaskStatus.QUEUED), "pool": pool.pool_id},
+                self.keys.task(item.message.task.id),
+                mapping={
+                    "status": str(TaskStatus.QUEUED),
+                    "pool": pool.pool_id,
+                    "routed_from": item.entry_id,
+                },
             )
+            pipe.xadd(self.keys.pool_tasks(pool.pool_id), item.fields)
         ack_and_delete(pipe, self.keys.ingress, ORCHESTRATOR_GROUP, [i.entry_id for i, _ in routed])
         self._queue_malformed(pipe, self.keys.ingress, bad)
         if len(pipe):
@@ -343,6 +367,7 @@ class Orchestrator:
                 msg.task.describe(),
                 list(msg.task.tags),
                 token=f"{self.id}/{msg.task.id}/{msg.attempt}",
+                history=[*msg.history, reason],
             )
             for msg, reason in failures
         ]
@@ -357,6 +382,7 @@ class Orchestrator:
                         pool_id=pool_id,
                         reason=final.result.error or "",
                         attempts=final.result.attempts,
+                        history=final.history,
                     )
             if ack is not None:
                 ack_and_delete(pipe, *ack)
@@ -864,7 +890,7 @@ class Orchestrator:
                     entries = [(i, f) for i, f in claimed if f]
                     log.info("took over %d entr(ies) of dead orchestrator %s", len(entries), name)
                     if stream == self.keys.ingress:
-                        await self.route(entries)
+                        await self.route(entries, reclaimed=True)
                     else:
                         for entry in entries:
                             await self._handle_control(entry)

@@ -146,6 +146,7 @@ class FinalResult:
     summary: str = ""
     tags: list[str] = field(default_factory=list)
     token: str = ""  # the writer's id for this delivery: a retried write is recognised
+    history: list[str] = field(default_factory=list)  # one line per failed attempt
 
 
 async def finalize_results(
@@ -231,6 +232,7 @@ def queue_dead_letter(
     reason: str,
     attempts: int = 0,
     raw: dict[Any, Any] | None = None,
+    history: list[str] | None = None,
 ) -> None:
     """Queue one dead-letter record (the task, its pool, why, and the raw entry if unreadable)."""
     record: dict[str, str | bytes] = {
@@ -242,6 +244,8 @@ def queue_dead_letter(
     }
     if raw is not None:
         record["raw"] = pack({text(k): v for k, v in raw.items()})
+    if history:
+        record["history"] = json.dumps(history)
     pipe.xadd(settings.keys.dlq, record, maxlen=settings.dlq_max_len, approximate=True)
 
 

@@ -443,17 +443,26 @@ class Worker:
         )
         token = f"{self.worker_id}/{text(item.running.entry_id)}"
         return FinalResult(
-            result, msg.task.reply_to, msg.task.describe(), list(msg.task.tags), token
+            result,
+            msg.task.reply_to,
+            msg.task.describe(),
+            list(msg.task.tags),
+            token,
+            self._history(item),
         )
+
+    def _history(self, item: _Done) -> list[str]:
+        """The task's attempt history including this attempt (the last 20 lines)."""
+        msg = item.running.message
+        line = f"attempt {msg.attempt} on {self.worker_id}: {item.outcome.error}"
+        return [*msg.history, line][-20:]
 
     def _queue_retries(self, pipe: Any, retries: list[tuple[_Done, float]]) -> None:
         for item, due in retries:
             msg = item.running.message
-            history = [
-                *msg.history,
-                f"attempt {msg.attempt} on {self.worker_id}: {item.outcome.error}",
-            ]
-            again = TaskDelegate(task=msg.task, attempt=msg.attempt + 1, history=history[-20:])
+            again = TaskDelegate(
+                task=msg.task, attempt=msg.attempt + 1, history=self._history(item)
+            )
             member = pack({"pool": msg.task.pool_id or "", "fields": dict(encode(again))})
             pipe.zadd(self.keys.delayed, {member: due})
             pipe.hset(
@@ -476,6 +485,7 @@ class Worker:
                     pool_id=self.pool_id,
                     reason=final.result.error or "",
                     attempts=final.result.attempts,
+                    history=final.history,
                 )
         for item in dead:
             log.warning("dead-lettered %s: %s", text(item.entry_id), item.reason)
