@@ -120,8 +120,8 @@ class Orchestrator:
         self.settings = settings
         self.keys = settings.keys
         self.id = orchestrator_id or new_id("o")
-        self.redis: Redis = connect(settings)
-        self._reader: Redis = connect(settings, blocking=True)
+        self.redis: Redis = connect(settings, retries=0)
+        self._reader: Redis = connect(settings, blocking=True, retries=0)
         self._scripts = Scripts(self.redis)
         self.router = Router(settings.pool_routing_strategy)
         self.local = LocalPoolSupervisor(settings, log_dir or Path(".mahavishnu/logs"))
@@ -187,28 +187,34 @@ class Orchestrator:
 
     async def _ingress_loop(self) -> None:
         backoff = 0.1
+        recover = False
         while not self._stopping.is_set():
-            streams = {self.keys.control: ">"}
-            if len(self._waiting) < MAX_WAITING:
-                streams[self.keys.ingress] = ">"
-            block = 250 if self._waiting else 1000
             try:
-                reply = await self._reader.xreadgroup(
-                    ORCHESTRATOR_GROUP,
-                    self.id,
-                    streams,
-                    count=self.settings.route_batch,
-                    block=block,
-                )
-                entries = flatten_read(reply)
-                controls = [e for s, e in entries if s == self.keys.control]
+                recovered = recover
+                if recover:
+                    entries = await self._read_own_pending()
+                    recover = False
+                else:
+                    streams = {self.keys.control: ">"}
+                    if len(self._waiting) < MAX_WAITING:
+                        streams[self.keys.ingress] = ">"
+                    reply = await self._reader.xreadgroup(
+                        ORCHESTRATOR_GROUP,
+                        self.id,
+                        streams,
+                        count=self.settings.route_batch,
+                        block=250 if self._waiting else 1000,
+                    )
+                    entries = flatten_read(reply)
+                for stream, entry in entries:
+                    if stream == self.keys.control:
+                        await self._handle_control(entry)
                 tasks = [e for s, e in entries if s == self.keys.ingress]
-                for entry in controls:
-                    await self._handle_control(entry)
-                await self.route(tasks)
+                await self.route(tasks, reclaimed=recovered)
                 backoff = 0.1
             except TRANSIENT_ERRORS as exc:
                 log.warning("ingress read failed (%s); retrying in %.1fs", exc, backoff)
+                recover = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             except RedisError as exc:
@@ -216,6 +222,24 @@ class Orchestrator:
                     raise
                 for stream in (self.keys.ingress, self.keys.control):
                     await ensure_group(self.redis, stream, ORCHESTRATOR_GROUP)
+
+    async def _read_own_pending(self) -> list[tuple[str, Entry]]:
+        """Entries pending on this orchestrator that it does not hold (lost read replies)."""
+        reply = await self._reader.xreadgroup(
+            ORCHESTRATOR_GROUP,
+            self.id,
+            {self.keys.control: "0", self.keys.ingress: "0"},
+            count=10_000,
+        )
+        held = {w.entry_id for w in self._waiting}
+        entries = [(s, e) for s, e in flatten_read(reply) if e[0] not in held]
+        gone = [(s, e[0]) for s, e in entries if not e[1]]
+        if gone:  # deleted while pending on us: nothing to do but acknowledge
+            pipe = self.redis.pipeline(transaction=False)
+            for stream, entry_id in gone:
+                ack_and_delete(pipe, stream, ORCHESTRATOR_GROUP, [entry_id])
+            await pipe.execute()
+        return [(s, e) for s, e in entries if e[1]]
 
     async def route(self, entries: list[Entry], *, reclaimed: bool = False) -> None:
         """Route a batch of ingress entries plus the tasks still waiting for a pool.

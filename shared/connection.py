@@ -13,8 +13,16 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.config import Settings
@@ -29,14 +37,25 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
+    BusyLoadingError,  # a restarted server loading its AOF
+    TryAgainError,
+    MasterDownError,
+    ReadOnlyError,  # a failover in progress
+    ClusterDownError,
     ConnectionError,
     OSError,
 )
+"""Errors after which the same call can succeed later: loops back off and try again."""
 
 
-def connect(settings: Settings, *, blocking: bool = False) -> Redis:
-    """A client for the configured broker. `blocking=True` for connections that XREAD BLOCK."""
-    retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5)
+def connect(settings: Settings, *, blocking: bool = False, retries: int = 5) -> Redis:
+    """A client for the configured broker. `blocking=True` for connections that XREAD BLOCK.
+
+    redis-py re-sends a whole pipeline after a dropped connection, even when the server had
+    run it; processes whose writes must not repeat (workers, orchestrators) pass `retries=0` and
+    retry at a level where their writes are guarded.
+    """
+    retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
     return aioredis.Redis.from_url(
         settings.redis_url,
         decode_responses=False,

@@ -55,14 +55,16 @@ return redis.call('XADD', KEYS[2], '*', unpack(ARGV))
 
 # KEYS[1] = task hash. ARGV[1] = ttl, ARGV[2] = writer token; ARGV[3..] = field/value pairs.
 # Sets the fields unless the task is already final. Returns 1 when written, 0 when final. A
-# writer retrying after a lost reply (same token) gets 1 again, so it still announces the result.
+# writer retrying after a lost reply (same token) gets 1 again, so it still announces the result,
+# unless its announcement went through (the `announced` mark, set last by `finalize_results`).
 _FINAL = "status == 'completed' or status == 'failed' or status == 'cancelled' or "
 _FINAL += "status == 'dead_lettered'"
 
 FINALIZE_TASK = f"""
 local status = redis.call('HGET', KEYS[1], 'status')
 if {_FINAL} then
-  if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'final_token') == ARGV[2] then
+  if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'final_token') == ARGV[2]
+      and redis.call('HGET', KEYS[1], 'announced') ~= '1' then
     return 1
   end
   return 0

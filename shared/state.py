@@ -190,6 +190,7 @@ async def finalize_results(
     for final, new in zip(finals, written, strict=True):
         if new:
             announce(pipe, settings, final)
+            pipe.hset(keys.task(final.result.task_id), "announced", "1")
     if extra is not None:
         extra(pipe)
     if len(pipe):

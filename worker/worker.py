@@ -113,8 +113,8 @@ class Worker:
         self.burst = burst
         self._concurrency_override = concurrency
         self.concurrency = concurrency or settings.worker_concurrency
-        self.redis: Redis = connect(settings)
-        self._reader: Redis = connect(settings, blocking=True)
+        self.redis: Redis = connect(settings, retries=0)
+        self._reader: Redis = connect(settings, blocking=True, retries=0)
         self._scripts = Scripts(self.redis)
         self.spec: PoolSpec | None = None
         self._executor: Executor | None = None
@@ -192,41 +192,65 @@ class Worker:
 
     async def _read_loop(self) -> None:
         backoff = 0.1
+        recover = False
         while not self._stopping.is_set():
             free = self.concurrency - len(self._running)
-            if free <= 0:
+            if free <= 0 and not recover:
                 self._slot_freed.clear()
                 await _wait_any(self._slot_freed, self._stopping)
                 continue
             try:
-                reply = await self._reader.xreadgroup(
-                    WORKER_GROUP,
-                    self.worker_id,
-                    {self.stream: ">", self.inbox: ">"},
-                    count=free,
-                    block=self.settings.worker_block_ms,
-                )
+                if recover:
+                    # a reply lost with a dropped connection leaves entries pending on us that
+                    # we never saw: read our own pending list again (id 0) and take those
+                    pairs = await self._read_own_pending()
+                    recover = False
+                else:
+                    reply = await self._reader.xreadgroup(
+                        WORKER_GROUP,
+                        self.worker_id,
+                        {self.stream: ">", self.inbox: ">"},
+                        count=free,
+                        block=self.settings.worker_block_ms,
+                    )
+                    pairs = flatten_read(reply)
                 backoff = 0.1
+                entries = [entry for stream, entry in pairs if stream == self.stream]
+                shared = [entry for stream, entry in pairs if stream == self.inbox]
+                if shared:
+                    await self._file_shared(shared)
+                if entries:
+                    await self._accept(entries)
+                elif self.burst and not self._running and not shared:
+                    return
             except TRANSIENT_ERRORS as exc:
                 log.warning("reading %s failed (%s); retrying in %.1fs", self.stream, exc, backoff)
+                recover = True
                 await _wait_any(self._stopping, timeout=backoff)
                 backoff = min(backoff * 2, 5.0)
-                continue
             except RedisError as exc:
-                if "NOGROUP" in str(exc):
-                    await ensure_group(self.redis, self.stream, WORKER_GROUP)
-                    await ensure_group(self.redis, self.inbox, WORKER_GROUP)
-                    continue
-                raise
-            pairs = flatten_read(reply)
-            entries = [entry for stream, entry in pairs if stream == self.stream]
-            shared = [entry for stream, entry in pairs if stream == self.inbox]
-            if shared:
-                await self._file_shared(shared)
-            if entries:
-                await self._accept(entries)
-            elif self.burst and not self._running and not shared:
-                return
+                if "NOGROUP" not in str(exc):
+                    raise
+                await ensure_group(self.redis, self.stream, WORKER_GROUP)
+                await ensure_group(self.redis, self.inbox, WORKER_GROUP)
+
+    async def _read_own_pending(self) -> list[tuple[str, Entry]]:
+        """Entries pending on this worker that it does not know about (lost read replies)."""
+        reply = await self._reader.xreadgroup(
+            WORKER_GROUP, self.worker_id, {self.stream: "0", self.inbox: "0"}, count=10_000
+        )
+        known = set(self._running) | set(self._skipped) | {d.entry_id for d in self._dead}
+        pairs = []
+        for stream, (entry_id, fields) in flatten_read(reply):
+            if entry_id in known:
+                continue
+            if not fields:  # deleted while pending on us: nothing to run, just acknowledge
+                self._skipped.append(entry_id)
+                continue
+            pairs.append((stream, (entry_id, fields)))
+        if pairs:
+            log.warning("recovered %d entr(ies) delivered to us by a lost read", len(pairs))
+        return pairs
 
     async def _file_shared(self, entries: list[Entry]) -> None:
         """File results shared by other pools (RESULT_SHARE) in this pool's memory stream."""
@@ -328,8 +352,11 @@ class Worker:
             self._flush_wanted.clear()
             try:
                 await self._flush()
-            except TRANSIENT_ERRORS as exc:
-                log.warning("writing results failed (%s); will retry", exc)
+            except Exception as exc:  # results are kept and written again: never give up
+                if isinstance(exc, TRANSIENT_ERRORS):
+                    log.warning("writing results failed (%s); will retry", exc)
+                else:
+                    log.exception("writing results failed; will retry")
                 await _wait_any(self._stopping, timeout=0.5)
                 self._flush_wanted.set()
                 continue
