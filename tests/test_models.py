@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from shared.codec import describe_validation_error
@@ -128,3 +130,45 @@ def test_task_ids_are_unique_and_time_ordered() -> None:
     ids = [TaskSpec(prompt="x").id for _ in range(100)]
     assert len(set(ids)) == 100
     assert ids[0].split("-")[1] <= ids[-1].split("-")[1]
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "prompt",
+                "command",
+                "call",
+                "args",
+                "timeout",
+                "labels",
+                "pool_id",
+                "max_attempts",
+                "x",
+            ]
+        ),
+        st.none()
+        | st.integers()
+        | st.floats()
+        | st.text(max_size=30)
+        | st.lists(st.text(max_size=5)),
+        max_size=5,
+    )
+)
+def test_any_input_is_a_valid_task_or_a_validation_error(data: dict[str, object]) -> None:
+    try:
+        task = TaskSpec.model_validate(data)
+    except ValidationError as exc:
+        assert describe_validation_error(exc)
+    else:
+        assert task.kind in TaskKind
+
+
+@given(st.integers(-5, 20), st.integers(-5, 20), st.text(max_size=12))
+def test_any_pool_spec_is_valid_or_names_its_problem(low: int, high: int, kind: str) -> None:
+    try:
+        spec = PoolSpec(name="p", min_workers=low, max_workers=high, pool_type=kind or "local")
+    except ValidationError as exc:
+        assert describe_validation_error(exc)
+    else:
+        assert 0 <= spec.min_workers <= spec.max_workers

@@ -136,7 +136,13 @@ async def test_random_bytes_in_pool_ingress_and_control_streams(chaos: Chaos) ->
     chaos.start_orchestrator("o1")
     pool_id = await chaos.spawn("p", min_workers=1, concurrency=8)
     rng = random.Random(1234)
-    targets = [chaos.keys.pool_tasks(pool_id), chaos.keys.ingress, chaos.keys.control]
+    consumed = [
+        chaos.keys.pool_tasks(pool_id),
+        chaos.keys.pool_inbox(pool_id),
+        chaos.keys.ingress,
+        chaos.keys.control,
+    ]
+    targets = [*consumed, chaos.keys.events, chaos.keys.replies(chaos.manager.client_id)]
     injected = 0
     for _ in range(5):
         await chaos.submit(20)
@@ -151,10 +157,11 @@ async def test_random_bytes_in_pool_ingress_and_control_streams(chaos: Chaos) ->
                 if rng.random() < 0.5:
                     fields[b"type"] = rng.choice([b"TASK_DELEGATE", b"CONTROL", b"RESULT_SHARE"])
                 await chaos.redis.xadd(stream, fields)
-                injected += 1
-    chaos.figures.faults = f"{injected} random entries in 3 streams"
+                injected += stream in consumed
+    chaos.figures.faults = f"random entries in {len(targets)} streams"
     fig = await chaos.finish()
     assert_nothing_lost(fig)
+    # every entry injected into a group-consumed stream is dead-lettered with its reason
     dead = await chaos.redis.xlen(chaos.keys.dlq)
     assert dead == injected
     assert (await chaos.manager.execute_on_pool(pool_id, {"prompt": "alive"}, timeout=10)).ok
