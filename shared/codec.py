@@ -194,6 +194,11 @@ def decode(fields: dict[Any, Any]) -> Message:
     version = _text(headers.get("v", b"1"))
     if not version.isdigit():
         raise MalformedMessage(f"schema version {version[:20]!r} is not a number")
+    if int(version) > SCHEMA_VERSION:
+        raise MalformedMessage(
+            f"{kind_text} entry was written by a newer version (schema v{version}; "
+            f"this process reads up to v{SCHEMA_VERSION}): upgrade it"
+        )
     body_raw = headers.get("body")
     if body_raw is None:
         raise MalformedMessage(f"{kind_text} entry has no 'body' field")

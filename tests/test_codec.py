@@ -60,6 +60,7 @@ def test_every_message_type_round_trips() -> None:
         ({b"type": b"TASK_DELEGATE", b"body": msgpack.packb([1])}, "is a list, not a map"),
         ({b"type": b"TASK_DELEGATE", b"body": msgpack.packb({"task": {}})}, "task: Value error"),
         ({b"type": b"TASK_DELEGATE", b"v": b"x", b"body": b"\x80"}, "version 'x'"),
+        ({b"type": b"TASK_DELEGATE", b"v": b"9", b"body": b"\x80"}, "written by a newer version"),
     ],
 )
 def test_garbage_is_a_malformed_message_with_the_reason(

@@ -333,3 +333,23 @@ async def test_a_share_to_a_full_inbox_is_dead_lettered_not_dropped(
         )
 
     await wait_until(dead_lettered, what="the dead letter of the unshared result")
+
+
+async def test_a_hung_command_is_killed_at_its_timeout(
+    orchestrator: Any, manager: PoolManager
+) -> None:
+    pool_id = await manager.spawn_pool(
+        "local", name="sh", min_workers=1, worker_type="shell", allowed_commands=["sleep", "echo"]
+    )
+    hung = await manager.execute_on_pool(
+        pool_id, {"command": ["sleep", "60"], "timeout": 0.5, "max_attempts": 1}, timeout=20
+    )
+    assert hung.status is TaskStatus.DEAD_LETTERED
+    assert "timed out after 0.5s" in (hung.error or "")
+    ok = await manager.execute_on_pool(pool_id, {"command": ["echo", "hi"]}, timeout=10)
+    assert ok.ok and ok.output.strip() == "hi" and ok.exit_code == 0
+    refused = await manager.execute_on_pool(
+        pool_id, {"command": ["rm", "-rf", "/tmp/x"], "max_attempts": 1}, timeout=10
+    )
+    assert refused.status is TaskStatus.DEAD_LETTERED
+    assert "not in this pool's allowed_commands" in (refused.error or "")
