@@ -1,0 +1,5 @@
+"""`python -m orchestrator`: the `mahavishnu` command line."""
+
+from orchestrator.cli import main
+
+main()

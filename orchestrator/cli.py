@@ -1,0 +1,638 @@
+"""`mahavishnu`: the command line of the pools (DESIGN.md §7).
+
+    mahavishnu up [--demo]                 broker + orchestrator + a default pool, in one command
+    mahavishnu orchestrator | worker | mcp  the long-running processes
+    mahavishnu pool spawn|list|exec|route|scale|close|close-all|health|monitor
+    mahavishnu task submit|status|result|cancel
+    mahavishnu top | inspect KEY
+
+Every command that reports something takes `--json` (one JSON document on stdout, nothing
+else there). Errors the system reports on purpose exit 1 with one `error: ...` line on stderr;
+usage errors exit 2. The commands are thin: they talk to Redis through `shared.client`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
+from urllib.parse import urlsplit
+
+import typer
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from orchestrator import cli_render as render
+from shared.config import ENV_PREFIX, Settings, load_settings
+from shared.errors import MahavishnuError, ResultTimeout
+
+if TYPE_CHECKING:
+    from shared.client import PoolManager
+    from shared.models import TaskResult
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="mahavishnu",
+    help="Mahavishnu pools: a distributed task system on Redis Streams.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+pool_app = typer.Typer(help="Spawn, use, watch and close pools.", no_args_is_help=True)
+task_app = typer.Typer(help="Submit, follow and cancel single tasks.", no_args_is_help=True)
+app.add_typer(pool_app, name="pool")
+app.add_typer(task_app, name="task")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout.")]
+PromptOpt = Annotated[str | None, typer.Option(help="A prompt for the pool's executor.")]
+CallOpt = Annotated[str | None, typer.Option(help="Name of a function the pool registers.")]
+ArgOpt = Annotated[
+    list[str] | None,
+    typer.Option("--arg", help="Argument of --call as JSON (a bare word is a string). Repeatable."),
+]
+KwargOpt = Annotated[
+    list[str] | None, typer.Option("--kwarg", help="NAME=JSON keyword argument of --call.")
+]
+CommandOpt = Annotated[
+    bool, typer.Option("--command", help="Run ARGV (put `--` before options of the program).")
+]
+ArgvArg = Annotated[
+    list[str] | None, typer.Argument(help="With --command: the program and its arguments.")
+]
+TimeoutOpt = Annotated[
+    float | None, typer.Option(help="Task timeout in seconds (default from settings).")
+]
+QueueTimeoutOpt = Annotated[
+    float | None, typer.Option(help="Seconds a task may wait for an eligible pool.")
+]
+AttemptsOpt = Annotated[int | None, typer.Option(help="Deliveries before dead-lettering.")]
+IdemOpt = Annotated[str | None, typer.Option(help="Re-submitting the same key returns one task.")]
+TagOpt = Annotated[list[str] | None, typer.Option("--tag", help="Tag for the memory record.")]
+LabelOpt = Annotated[list[str] | None, typer.Option("--label", help="Required pool label k=v.")]
+StrategyOpt = Annotated[
+    str | None, typer.Option(help="round_robin, least_loaded, random or affinity.")
+]
+AffinityOpt = Annotated[str | None, typer.Option(help="Same key, same pool (with affinity).")]
+
+
+# ---------------------------------------------------------------------------------- plumbing
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one `error: ...` line on stderr and exit with `code`."""
+    line = " ".join(str(message).split())
+    print(f"error: {line}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    """The settings, or exit with the one-line ConfigError (the Redis password masked)."""
+    try:
+        settings = load_settings()
+        _ = urlsplit(settings.redis_url).port  # a malformed port fails here, not in redis-py
+        return settings
+    except ValueError as exc:
+        message = f"invalid settings: redis_url is malformed: {exc}"
+    except MahavishnuError as exc:
+        message = str(exc)
+    fail(render.mask_secrets(message, os.environ.get(f"{ENV_PREFIX}REDIS_URL", "")))
+
+
+def _scrub(message: str, settings: Settings | None) -> str:
+    if settings is None:
+        return message
+    message = message.replace(settings.redis_url, settings.redis_url_redacted)
+    return render.mask_secrets(message, settings.redis_url)
+
+
+def _guard(settings: Settings | None, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run `fn`, turning every deliberate error into one line on stderr and exit code 1."""
+    try:
+        return fn(*args, **kwargs)
+    except ResultTimeout as exc:
+        fail(f"{exc}; it goes on: `mahavishnu task result {exc.task_id}` waits for it")
+    except MahavishnuError as exc:
+        fail(_scrub(str(exc), settings))
+    except ValidationError as exc:
+        from shared.codec import describe_validation_error
+
+        fail(f"invalid value: {describe_validation_error(exc)}")
+    except RedisError as exc:
+        where = settings.redis_url_redacted if settings else "the configured URL"
+        fail(_scrub(f"Redis at {where}: {type(exc).__name__}: {exc}", settings))
+    except OSError as exc:
+        fail(_scrub(f"{type(exc).__name__}: {exc}", settings))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise typer.Exit(130) from None
+
+
+def _run(
+    settings: Settings, fn: Callable[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    """`asyncio.run(fn(*args))` inside `_guard`."""
+    return _guard(settings, lambda: asyncio.run(fn(*args, **kwargs)))
+
+
+def _client(settings: Settings) -> PoolManager:
+    from shared.client import PoolManager
+
+    return PoolManager(settings)
+
+
+def _logging(level: str) -> None:
+    try:
+        logging.basicConfig(
+            level=level.upper(),
+            stream=sys.stderr,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        )
+    except ValueError:
+        fail(f"--log-level {level!r}: use DEBUG, INFO, WARNING or ERROR")
+
+
+# ---------------------------------------------------------------------------------- processes
+
+
+@app.command()
+def up(
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="Workers of the pool (default from settings).")
+    ] = None,
+    demo: Annotated[bool, typer.Option(help="Run a demo batch, print a summary, exit.")] = False,
+    tasks: Annotated[int, typer.Option(min=1, max=1_000_000, help="Tasks of --demo.")] = 200,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds the demo may take.")] = 120.0,
+    log_level: Annotated[str, typer.Option(help="Log level of the orchestrator.")] = "WARNING",
+    json_out: JsonOpt = False,
+) -> None:
+    """Start everything on this machine: broker if needed, an orchestrator and a pool."""
+    settings = _settings()
+    _logging(log_level)
+    code = _run(
+        settings, render.run_up, settings, workers=workers, demo=demo, tasks=tasks, timeout=timeout,
+        json_out=json_out,
+    )  # fmt: skip
+    raise typer.Exit(code)
+
+
+@app.command("orchestrator")
+def orchestrator_cmd(
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Run an orchestrator until SIGTERM or Ctrl-C (it routes, supervises and scales pools)."""
+    from orchestrator.orchestrator import serve
+
+    settings = _settings()
+    _logging(log_level)
+    logging.getLogger("mahavishnu").info(
+        "orchestrator on %s, prefix %s", settings.redis_url_redacted, settings.key_prefix
+    )
+    raise typer.Exit(_run(settings, serve, settings))
+
+
+@app.command("worker")
+def worker_cmd(
+    pool: Annotated[str, typer.Option(help="Id of the pool to serve.")],
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Tasks run at once.")] = None,
+    burst: Annotated[bool, typer.Option(help="Exit when the queue is empty.")] = False,
+    worker_id: Annotated[str | None, typer.Option(help="Consumer name (default: new).")] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Run one worker of a pool until SIGTERM or Ctrl-C (it drains first)."""
+    from worker.worker import serve
+
+    settings = _settings()
+    _logging(log_level)
+    code = _run(
+        settings, serve, settings, pool, concurrency=concurrency, burst=burst, worker_id=worker_id
+    )
+    raise typer.Exit(code)
+
+
+@app.command("mcp")
+def mcp_cmd(
+    http: Annotated[bool, typer.Option(help="Serve streamable HTTP instead of stdio.")] = False,
+    host: Annotated[str, typer.Option(help="HTTP address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")] = 8765,
+) -> None:
+    """Run the MCP facade (stdio by default) with the pool tools."""
+    settings = _settings()
+    try:
+        module = importlib.import_module("orchestrator.mcp_server")
+    except ModuleNotFoundError as exc:
+        if exc.name != "orchestrator.mcp_server":
+            raise
+        fail("the MCP facade (orchestrator/mcp_server.py) is not part of this installation")
+    _guard(settings, module.run_mcp, settings, http=http, host=host, port=port)
+
+
+# ---------------------------------------------------------------------------------- pools
+
+
+@pool_app.command("spawn")
+def pool_spawn(
+    pool_type: Annotated[
+        str | None, typer.Option("--type", help="local (mahavishnu), delegated (session-buddy)…")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Pool name (default: generated).")] = None,
+    min_workers: Annotated[int | None, typer.Option(help="Fewest workers.")] = None,
+    max_workers: Annotated[int | None, typer.Option(help="Most workers.")] = None,
+    worker_type: Annotated[
+        str | None, typer.Option(help="python, shell, terminal-claude or terminal-qwen.")
+    ] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Tasks per worker at once.")] = None,
+    label: Annotated[list[str] | None, typer.Option(help="Label k=v. Repeatable.")] = None,
+    auto_scale: Annotated[bool, typer.Option(help="Scale on backlog.")] = False,
+    function: Annotated[
+        list[str] | None, typer.Option(help="name=module:func to register. Repeatable.")
+    ] = None,
+    allow_command: Annotated[
+        list[str] | None, typer.Option(help="Program a shell pool may run. Repeatable.")
+    ] = None,
+    max_queue: Annotated[int | None, typer.Option(help="Backlog limit.")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once requested.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Seconds to wait for running.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Ask the orchestrators for a new pool and wait until it runs."""
+    settings = _settings()
+
+    async def spawn() -> None:
+        from shared.client import make_pool_spec
+
+        low = settings.pool_default_min_workers if min_workers is None else min_workers
+        high = (
+            max_workers if max_workers is not None else max(low, settings.pool_default_max_workers)
+        )
+        spec = make_pool_spec(
+            pool_type or str(settings.default_pool_type),
+            None,
+            name=name,
+            min_workers=low,
+            max_workers=high,
+            worker_type=worker_type,
+            concurrency=settings.worker_concurrency if concurrency is None else concurrency,
+            labels=render.pairs(label, "--label"),
+            auto_scale=auto_scale,
+            functions=render.pairs(function, "--function"),
+            allowed_commands=allow_command or None,
+            max_queue=max_queue,
+        )
+        async with _client(settings) as pools:
+            await pools.spawn_pool(config=spec, wait=not no_wait, timeout=timeout)
+            info = None if no_wait else await pools.get_pool(spec.id)
+        if json_out:
+            doc = render.pool_document(info) if info else {"spec": spec.model_dump(mode="json")}
+            render.emit_json({"pool_id": spec.id, "status": "requested", **doc})
+            return
+        kind = f"{spec.pool_type}/{spec.worker_type}"
+        state = f"is {info.status}, {info.target_workers} worker(s)" if info else "was requested"
+        render.stdout_console().print(f"pool [bold]{spec.id}[/] ({spec.name}, {kind}) {state}")
+
+    _run(settings, spawn)
+
+
+@pool_app.command("list")
+def pool_list(json_out: JsonOpt = False) -> None:
+    """List the live pools with their status and load."""
+    settings = _settings()
+
+    async def list_pools() -> None:
+        async with _client(settings) as pools:
+            found = await pools.list_pools()
+        if json_out:
+            render.emit_json([render.pool_document(p) for p in found])
+        elif not found:
+            render.stdout_console().print("no pools; start one with `mahavishnu pool spawn`")
+        else:
+            render.stdout_console().print(render.pools_table(found))
+
+    _run(settings, list_pools)
+
+
+@pool_app.command("exec")
+def pool_exec(
+    pool_id: Annotated[str, typer.Argument(help="The pool to run on.")],
+    argv: ArgvArg = None,
+    prompt: PromptOpt = None,
+    call: CallOpt = None,
+    arg: ArgOpt = None,
+    kwarg: KwargOpt = None,
+    command: CommandOpt = False,
+    timeout: TimeoutOpt = None,
+    max_attempts: AttemptsOpt = None,
+    idempotency_key: IdemOpt = None,
+    tag: TagOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run a task on one pool and print its result (exit 1 unless it completed)."""
+    settings = _settings()
+
+    async def execute() -> TaskResult:
+        task = render.build_task(
+            settings, prompt=prompt, call=call, args=arg, kwargs=kwarg, command=command,
+            argv=argv, timeout=timeout, max_attempts=max_attempts, pool_id=pool_id,
+            idempotency_key=idempotency_key, tags=tag,
+        )  # fmt: skip
+        async with _client(settings) as pools:
+            task_id = await pools.submit(task)
+            return await pools.result(task_id, render.wait_bound(settings, task, routed=False))
+
+    render.show_result(_run(settings, execute), json_out)
+
+
+@pool_app.command("route")
+def pool_route(
+    argv: ArgvArg = None,
+    prompt: PromptOpt = None,
+    call: CallOpt = None,
+    arg: ArgOpt = None,
+    kwarg: KwargOpt = None,
+    command: CommandOpt = False,
+    strategy: StrategyOpt = None,
+    affinity_key: AffinityOpt = None,
+    label: LabelOpt = None,
+    queue_timeout: QueueTimeoutOpt = None,
+    timeout: TimeoutOpt = None,
+    max_attempts: AttemptsOpt = None,
+    idempotency_key: IdemOpt = None,
+    tag: TagOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Let the orchestrators pick a pool for a task; print its result."""
+    settings = _settings()
+
+    async def route() -> TaskResult:
+        task = render.build_task(
+            settings, prompt=prompt, call=call, args=arg, kwargs=kwarg, command=command,
+            argv=argv, timeout=timeout, max_attempts=max_attempts, strategy=strategy,
+            affinity_key=affinity_key, labels=render.pairs(label, "--label"),
+            queue_timeout=queue_timeout,
+            idempotency_key=idempotency_key, tags=tag,
+        )  # fmt: skip
+        async with _client(settings) as pools:
+            task_id = await pools.submit(task)
+            return await pools.result(task_id, render.wait_bound(settings, task, routed=True))
+
+    render.show_result(_run(settings, route), json_out)
+
+
+@pool_app.command("scale")
+def pool_scale(
+    pool_id: Annotated[str, typer.Argument(help="The pool to scale.")],
+    workers: Annotated[int, typer.Argument(help="Target number of workers.")],
+    wait: Annotated[bool, typer.Option(help="Wait until the pool runs again.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Set a pool's target number of workers (within its min and max)."""
+    settings = _settings()
+
+    async def scale() -> None:
+        async with _client(settings) as pools:
+            await pools.scale(pool_id, workers, wait=wait)
+        if json_out:
+            render.emit_json({"pool_id": pool_id, "workers": workers})
+        else:
+            render.stdout_console().print(f"pool [bold]{pool_id}[/] scales to {workers} worker(s)")
+
+    _run(settings, scale)
+
+
+@pool_app.command("close")
+def pool_close(
+    pool_id: Annotated[str, typer.Argument(help="The pool to close.")],
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once requested.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Seconds to wait for closed.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Close a pool: its workers drain and stop."""
+    settings = _settings()
+
+    async def close() -> None:
+        async with _client(settings) as pools:
+            await pools.close_pool(pool_id, wait=not no_wait, timeout=timeout)
+        state = "close requested" if no_wait else "closed"
+        if json_out:
+            render.emit_json({"pool_id": pool_id, "status": state})
+        else:
+            render.stdout_console().print(f"pool [bold]{pool_id}[/] {state}")
+
+    _run(settings, close)
+
+
+@pool_app.command("close-all")
+def pool_close_all(
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once requested.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Seconds to wait per pool.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Close every live pool."""
+    settings = _settings()
+
+    async def close_all() -> None:
+        async with _client(settings) as pools:
+            closed = await pools.close_all(wait=not no_wait, timeout=timeout)
+        if json_out:
+            render.emit_json({"closed": closed})
+        else:
+            render.stdout_console().print(f"closed {len(closed)} pool(s): {' '.join(closed)}")
+
+    _run(settings, close_all)
+
+
+@pool_app.command("health")
+def pool_health(json_out: JsonOpt = False) -> None:
+    """Health of the broker, the orchestrators and every pool (exit 1 when unhealthy)."""
+    settings = _settings()
+
+    async def health() -> dict[str, Any]:
+        async with _client(settings) as pools:
+            return await pools.health_check()
+
+    report = _run(settings, health)
+    if json_out:
+        render.emit_json(report)
+    else:
+        render.stdout_console().print(render.health_view(report))
+    if not report.get("healthy"):
+        raise typer.Exit(1)
+
+
+@pool_app.command("monitor")
+def pool_monitor(
+    pool_id: Annotated[
+        str | None, typer.Argument(help="Only this pool (with its workers).")
+    ] = None,
+    watch: Annotated[bool, typer.Option(help="Refresh until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes.")] = 1.0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Workers, in-flight, queued, completed, failed and mean latency per pool."""
+    if watch and json_out:
+        raise typer.BadParameter(
+            "--json prints one snapshot; leave out --watch", param_hint="--json"
+        )
+    settings = _settings()
+    _run(
+        settings,
+        render.monitor,
+        settings,
+        pool_id,
+        watch=watch,
+        interval=interval,
+        json_out=json_out,
+    )
+
+
+@app.command("top")
+def top(
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes.")] = 1.0,
+) -> None:
+    """Watch every pool's load live (like `pool monitor --watch`)."""
+    settings = _settings()
+    _run(settings, render.monitor, settings, None, watch=True, interval=interval, json_out=False)
+
+
+# ---------------------------------------------------------------------------------- tasks
+
+
+@task_app.command("submit")
+def task_submit(
+    argv: ArgvArg = None,
+    prompt: PromptOpt = None,
+    call: CallOpt = None,
+    arg: ArgOpt = None,
+    kwarg: KwargOpt = None,
+    command: CommandOpt = False,
+    pool: Annotated[str | None, typer.Option(help="Send to this pool (default: route).")] = None,
+    strategy: StrategyOpt = None,
+    affinity_key: AffinityOpt = None,
+    label: LabelOpt = None,
+    queue_timeout: QueueTimeoutOpt = None,
+    timeout: TimeoutOpt = None,
+    max_attempts: AttemptsOpt = None,
+    idempotency_key: IdemOpt = None,
+    tag: TagOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Queue a task without waiting and print its id."""
+    settings = _settings()
+
+    async def submit() -> str:
+        task = render.build_task(
+            settings, prompt=prompt, call=call, args=arg, kwargs=kwarg, command=command,
+            argv=argv, timeout=timeout, max_attempts=max_attempts, pool_id=pool,
+            strategy=strategy, affinity_key=affinity_key, labels=render.pairs(label, "--label"),
+            queue_timeout=queue_timeout,
+            idempotency_key=idempotency_key, tags=tag,
+        )  # fmt: skip
+        async with _client(settings) as pools:
+            return await pools.submit(task, expect_reply=False)
+
+    task_id = _run(settings, submit)
+    if json_out:
+        render.emit_json({"task_id": task_id})
+    else:
+        print(task_id)
+
+
+@task_app.command("status")
+def task_status(
+    task_id: Annotated[str, typer.Argument(help="The task.")], json_out: JsonOpt = False
+) -> None:
+    """Show a task's current state (its result once final)."""
+    settings = _settings()
+
+    async def status() -> TaskResult:
+        async with _client(settings) as pools:
+            return await pools.status(task_id)
+
+    result = _run(settings, status)
+    if json_out:
+        render.emit_json(result.model_dump(mode="json"))
+    else:
+        render.stdout_console().print(render.task_table(result))
+
+
+@task_app.command("result")
+def task_result(
+    task_id: Annotated[str, typer.Argument(help="The task.")],
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds to wait (default: forever).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Wait for a task's final result and print it (exit 1 unless it completed)."""
+    settings = _settings()
+
+    async def result() -> TaskResult:
+        async with _client(settings) as pools:
+            return await pools.result(task_id, timeout)
+
+    render.show_result(_run(settings, result), json_out)
+
+
+@task_app.command("cancel")
+def task_cancel(
+    task_id: Annotated[str, typer.Argument(help="The task.")], json_out: JsonOpt = False
+) -> None:
+    """Cancel a task: a queued one never starts, a running one is stopped."""
+    settings = _settings()
+
+    async def cancel() -> tuple[str, str]:
+        async with _client(settings) as pools:
+            before = await pools.cancel(task_id)
+            return str(before), str((await pools.status(task_id)).status)
+
+    before, now = _run(settings, cancel)
+    final = before in ("completed", "failed", "cancelled", "dead_lettered")
+    if json_out:
+        render.emit_json(
+            {"task_id": task_id, "previous_status": before, "status": now, "cancelled": not final}
+        )
+    elif final:
+        render.stdout_console().print(f"task {task_id} was already {before}; nothing changed")
+    else:
+        render.stdout_console().print(f"task {task_id} cancelled (it was {before}; now {now})")
+
+
+# ---------------------------------------------------------------------------------- inspect
+
+
+@app.command("inspect")
+def inspect_cmd(
+    key: Annotated[str, typer.Argument(help="A key, with or without the prefix.")],
+    count: Annotated[int, typer.Option(min=1, help="Entries or members to show.")] = 20,
+    last: Annotated[bool, typer.Option(help="Show the newest entries instead.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Decode one of our Redis keys: hash, stream, sorted set, set or string."""
+    from orchestrator.inspect import inspect_key
+    from shared.connection import connect
+
+    settings = _settings()
+
+    async def inspect() -> dict[str, Any]:
+        redis = connect(settings)
+        try:
+            return await inspect_key(redis, settings, key, count=count, last=last)
+        finally:
+            await redis.aclose()
+
+    doc = _run(settings, inspect)
+    if json_out:
+        render.emit_json(doc)
+    else:
+        render.stdout_console().print(render.inspect_view(doc))
+
+
+def main() -> None:
+    """Entry point of the `mahavishnu` console script and `python -m orchestrator`."""
+    app(prog_name="mahavishnu")
