@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ from shared.connection import (
 from shared.errors import ExecutorError, MalformedMessage
 from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
 from shared.models import PoolSpec, PoolStatus, PoolType, TaskResult, TaskStatus, new_id
-from shared.scripts import Scripts
+from shared.scripts import Scripts, flat_fields
 from shared.state import (
     ACCEPTING_STATUSES,
     FinalResult,
@@ -129,6 +130,7 @@ class Orchestrator:
         self.pools: dict[str, PoolView] = {}
         self._waiting: list[_Waiting] = []
         self._route_lock = asyncio.Lock()
+        self._tick_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._ticked = asyncio.Event()
         self._low_backlog_since: dict[str, float] = {}
@@ -218,7 +220,8 @@ class Orchestrator:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             except RedisError as exc:
-                if "NOGROUP" not in str(exc):
+                # NOGROUP / UNBLOCKED: the stream or its group was deleted under us
+                if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                     raise
                 for stream in (self.keys.ingress, self.keys.control):
                     await ensure_group(self.redis, stream, ORCHESTRATOR_GROUP)
@@ -478,33 +481,43 @@ class Orchestrator:
         spec = PoolSpec.model_validate_json(raw["spec"])
         target = max(spec.min_workers, min(spec.max_workers, workers))
         await self._set_status(
-            pool_id, PoolStatus.SCALING, f"scaling to {target}", target_workers=target
+            pool_id,
+            PoolStatus.SCALING,
+            f"scaling to {target}",
+            expect=ACCEPTING_STATUSES,
+            target_workers=target,
         )
         await self.tick()
 
     async def _close(self, pool_id: str) -> None:
-        status = text(await self.redis.hget(self.keys.pool(pool_id), "status"))
-        if status and status not in (PoolStatus.CLOSING, PoolStatus.CLOSED):
-            await self._set_status(pool_id, PoolStatus.CLOSING, "closing")
+        closable = {*ACCEPTING_STATUSES, PoolStatus.FAILED}
+        if await self._set_status(pool_id, PoolStatus.CLOSING, "closing", expect=closable):
             await self.tick()
 
     async def _set_status(
-        self, pool_id: str, status: PoolStatus, detail: str = "", **extra: Any
-    ) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(
-            self.keys.pool(pool_id),
-            mapping={
-                "status": str(status),
-                "detail": detail,
-                **{k: str(v) for k, v in extra.items()},
-            },
+        self,
+        pool_id: str,
+        status: PoolStatus,
+        detail: str = "",
+        *,
+        expect: Iterable[PoolStatus],
+        **extra: Any,
+    ) -> bool:
+        """Set a pool's status if it is still one of `expect`; announce it. True if set."""
+        fields = {"status": str(status), "detail": detail, **{k: str(v) for k, v in extra.items()}}
+        written = await self._scripts.set_pool_status(
+            keys=[self.keys.pool(pool_id)],
+            args=[",".join(str(s) for s in expect), *flat_fields(fields)],
         )
+        if not written:
+            return False
+        pipe = self.redis.pipeline(transaction=False)
         self._publish(pipe, StatusUpdate(pool_id=pool_id, status=status, detail=detail))
         await pipe.execute()
         if pool_id in self.pools:
             self.pools[pool_id].status = status
         log.info("pool %s is %s %s", pool_id, status, detail)
+        return True
 
     def _publish(self, pipe: Any, message: _Message) -> None:
         pipe.xadd(
@@ -528,6 +541,10 @@ class Orchestrator:
 
     async def tick(self) -> None:
         """One supervision pass over every pool (also run right after control commands)."""
+        async with self._tick_lock:
+            await self._tick()
+
+    async def _tick(self) -> None:
         await self._refresh()
         for pool_id in self._owned():
             view = self.pools.get(pool_id)
@@ -603,7 +620,7 @@ class Orchestrator:
             if self.local.start_failed(pool_id):
                 self.local.stop_pool(pool_id)
                 detail = f"workers fail to start: {self.local.pool(pool_id).last_error}"
-                await self._set_status(pool_id, PoolStatus.FAILED, detail)
+                await self._set_status(pool_id, PoolStatus.FAILED, detail, expect=[view.status])
                 return
             target = self._autoscale(view)
             await self._reconcile_processes(view, target)
@@ -620,7 +637,8 @@ class Orchestrator:
         if wanted is PoolStatus.RUNNING and serving > target:
             wanted = PoolStatus.SCALING if view.status is PoolStatus.SCALING else PoolStatus.RUNNING
         if wanted is not view.status:
-            await self._set_status(pool_id, wanted, f"{serving}/{target} workers")
+            detail = f"{serving}/{target} workers"
+            await self._set_status(pool_id, wanted, detail, expect=[view.status])
 
     def _autoscale(self, view: PoolView) -> int:
         target = view.target

@@ -447,6 +447,19 @@ class PoolManager:
             isinstance(config, PoolSpec) or (config and "pool_type" in config)
         ):
             pool_type = str(self.settings.default_pool_type)
+        if not isinstance(config, PoolSpec):
+            given = {**(config or {}), **{k: v for k, v in fields.items() if v is not None}}
+            defaults = {
+                "min_workers": self.settings.pool_default_min_workers,
+                "max_workers": self.settings.pool_default_max_workers,
+                "concurrency": self.settings.worker_concurrency,
+            }
+            for name, value in defaults.items():
+                if name not in given:
+                    fields[name] = value
+            low = given.get("min_workers")
+            if isinstance(low, int) and "max_workers" not in given:
+                fields["max_workers"] = max(defaults["max_workers"], low)
         spec = make_pool_spec(pool_type, config, **fields)
         last = await self._last_event_id()
         await self._control(Control(action=ControlAction.SPAWN, pool_id=spec.id, spec=spec))

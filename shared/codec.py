@@ -225,10 +225,13 @@ def describe_validation_error(exc: ValidationError) -> str:
     """One line per problem, each naming the field and the bad value."""
     lines = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ())) or "value"
-        value = err.get("input")
-        shown = repr(value)
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        if not where:  # a rule over several fields: its message names them
+            lines.append(message)
+            continue
+        shown = repr(err.get("input"))
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        lines.append(f"{where}={shown}: {err.get('msg', 'invalid')}")
+        lines.append(f"{where}={shown}: {message}")
     return "; ".join(lines)

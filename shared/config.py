@@ -105,9 +105,13 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url_scheme(cls, value: str) -> str:
-        scheme = urlsplit(value).scheme
-        if scheme not in {"redis", "rediss", "unix", "valkey", "valkeys"}:
+        parts = urlsplit(value)
+        if parts.scheme not in {"redis", "rediss", "unix", "valkey", "valkeys"}:
             raise ValueError("must start with redis://, rediss:// or unix://")
+        try:
+            parts.port  # noqa: B018 -- parsing the port is the check
+        except ValueError:
+            raise ValueError("has a malformed port; use e.g. redis://127.0.0.1:6379/0") from None
         return value
 
     @field_validator("key_prefix")
@@ -191,6 +195,12 @@ def load_settings(**overrides: Any) -> Settings:
         problems = []
         for err in exc.errors():
             field = str(err["loc"][0]) if err.get("loc") else "?"
-            shown = "***" if "token" in field or "password" in field else repr(err.get("input"))
+            value = err.get("input")
+            if "token" in field or "password" in field:
+                shown = "***"
+            elif field == "redis_url" and isinstance(value, str):
+                shown = repr(redact_url(value))
+            else:
+                shown = repr(value)
             problems.append(f"{field}={shown} from {_source_of(field)}: {err['msg']}")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None

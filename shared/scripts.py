@@ -118,6 +118,18 @@ def flat_fields(fields: dict[str, Any]) -> list[Any]:
     return out
 
 
+# KEYS[1] = pool hash. ARGV[1] = the statuses it may have now, comma-separated; ARGV[2..] =
+# fields. Writes only if the pool's status is one of them (so a stale view cannot overwrite a
+# newer status, e.g. turn a `closing` pool back to `running`). Returns 1 if written.
+SET_POOL_STATUS = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or not string.find(',' .. ARGV[1] .. ',', ',' .. status .. ',', 1, true) then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
 # KEYS[1] = lease key. ARGV[1] = holder id, ARGV[2] = ttl in ms. Takes a free lease or renews
 # one we hold. Returns 1 if we hold it afterwards, 0 if someone else does.
 ACQUIRE_LEASE = """
@@ -152,5 +164,6 @@ class Scripts:
         self.start_task: AsyncScript = redis.register_script(START_TASK)
         self.cancel_task: AsyncScript = redis.register_script(CANCEL_TASK)
         self.send_to_inbox: AsyncScript = redis.register_script(SEND_TO_INBOX)
+        self.set_pool_status: AsyncScript = redis.register_script(SET_POOL_STATUS)
         self.acquire_lease: AsyncScript = redis.register_script(ACQUIRE_LEASE)
         self.release_lease: AsyncScript = redis.register_script(RELEASE_LEASE)

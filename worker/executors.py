@@ -57,6 +57,7 @@ class Outcome:
     output: Any
     error: str | None = None
     exit_code: int | None = None
+    retryable: bool = True  # False: the same task can never succeed here (fail it at once)
 
 
 class Executor(Protocol):
@@ -79,7 +80,8 @@ def build_executor(spec: PoolSpec) -> Executor:
 
 
 def _wrong_kind(spec: PoolSpec, task: TaskSpec, accepts: str) -> Outcome:
-    return Outcome(None, f"a {spec.worker_type} pool runs {accepts} tasks, not {task.kind} tasks")
+    what = f"a {spec.worker_type} pool runs {accepts} tasks, not {task.kind} tasks"
+    return Outcome(None, what, retryable=False)
 
 
 class PythonExecutor:
@@ -115,7 +117,9 @@ class PythonExecutor:
         function = self._functions.get(name)
         if function is None:
             names = ", ".join(self.names)
-            return Outcome(None, f"unknown function {name!r}; this pool has: {names}")
+            return Outcome(
+                None, f"unknown function {name!r}; this pool has: {names}", retryable=False
+            )
         try:
             if inspect.iscoroutinefunction(function):
                 result = await function(*args, **kwargs)
@@ -360,9 +364,8 @@ class ShellExecutor(_ProcessExecutor):
         path = self.resolve(program)
         if path is None:
             allowed = ", ".join(self._spec.allowed_commands)
-            return Outcome(
-                None, f"command {program!r} is not in this pool's allowed_commands: {allowed}"
-            )
+            refusal = f"command {program!r} is not in this pool's allowed_commands: {allowed}"
+            return Outcome(None, refusal, retryable=False)
         stdout, stderr = _Capture(), _Capture(tail=True)
         argv = [path, *task.command[1:]]
         try:

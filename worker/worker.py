@@ -53,6 +53,7 @@ from shared.keys import WORKER_GROUP
 from shared.models import PoolSpec, PoolStatus, TaskResult, TaskStatus, new_id
 from shared.scripts import Scripts, flat_fields
 from shared.state import (
+    ACCEPTING_STATUSES,
     FinalResult,
     finalize_results,
     queue_dead_letter,
@@ -229,8 +230,14 @@ class Worker:
                 await _wait_any(self._stopping, timeout=backoff)
                 backoff = min(backoff * 2, 5.0)
             except RedisError as exc:
-                if "NOGROUP" not in str(exc):
+                # NOGROUP / UNBLOCKED: the stream or its group was deleted under us
+                if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                     raise
+                status = text(await self.redis.hget(self.keys.pool(self.pool_id), "status"))
+                if status not in ACCEPTING_STATUSES:
+                    log.info("pool %s is %s: stopping", self.pool_id, status or "gone")
+                    self._stopping.set()
+                    continue
                 await ensure_group(self.redis, self.stream, WORKER_GROUP)
                 await ensure_group(self.redis, self.inbox, WORKER_GROUP)
 
@@ -395,6 +402,8 @@ class Worker:
                 status = TaskStatus.COMPLETED
             elif item.cancelled:
                 status = TaskStatus.CANCELLED
+            elif not item.outcome.retryable:
+                status = TaskStatus.FAILED
             elif msg.attempt < task.max_attempts:
                 delay = retry_delay(
                     msg.attempt, self.settings.retry_backoff_base, self.settings.retry_backoff_max
