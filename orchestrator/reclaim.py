@@ -1,0 +1,223 @@
+"""Taking work back: entries of dead workers or past their deadline, due retries, and the
+ingress and control entries of dead orchestrators.
+
+An entry is taken from a worker only when the worker's heartbeat has expired or the task's own
+timeout plus `task_deadline_grace` has passed — never for being old, so a long task on a live
+worker runs once. XCLAIM's min-idle time makes two reclaimers racing for one entry safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from orchestrator.records import BadEntry, Records
+from shared.codec import TaskDelegate, decode, encode, unpack
+from shared.connection import Entry, ack_and_delete, text
+from shared.errors import MalformedMessage
+from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
+from shared.models import TaskStatus
+from shared.state import ACCEPTING_STATUSES, queue_dead_letter
+
+log = logging.getLogger("mahavishnu.orchestrator")
+
+RECLAIM_MIN_IDLE_MS = 500
+RETRY_BATCH = 500
+
+
+class Reclaimer:
+    """Finds and re-queues work that its holder can no longer finish."""
+
+    def __init__(self, records: Records, lease_ms: int) -> None:
+        self.records = records
+        self.redis = records.redis
+        self.settings = records.settings
+        self.keys = records.keys
+        self.owner_id = records.owner_id
+        self.lease_ms = lease_ms
+
+    async def pool_entries(self, pool_id: str, live: set[str]) -> None:
+        """Take back a pool's entries held by dead consumers (not in `live`) or past deadline."""
+        stream = self.keys.pool_tasks(pool_id)
+        try:
+            summary = await self.redis.xpending(stream, WORKER_GROUP)
+        except RedisError:
+            return
+        if not summary or not summary.get("pending"):
+            return
+        lost: list[tuple[bytes, str]] = []
+        for consumer in summary.get("consumers") or []:
+            name = text(consumer.get("name"))
+            if name in live:
+                continue
+            ids = await self.redis.xpending_range(
+                stream, WORKER_GROUP, min="-", max="+", count=1000, consumername=name
+            )
+            lost.extend((p["message_id"], f"worker {name} died") for p in ids)
+            if not ids:
+                await self.redis.xgroup_delconsumer(stream, WORKER_GROUP, name)
+        lost.extend(await self._overdue(stream, live))
+        if lost:
+            await self._requeue(stream, pool_id, lost)
+
+    async def _overdue(self, stream: str, live: set[str]) -> list[tuple[bytes, str]]:
+        """Entries on live workers whose task's timeout plus grace has passed."""
+        grace = self.settings.task_deadline_grace
+        pending = await self.redis.xpending_range(
+            stream, WORKER_GROUP, min="-", max="+", count=200, idle=int(grace * 1000)
+        )
+        candidates = {p["message_id"]: p for p in pending if text(p["consumer"]) in live}
+        if not candidates:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for entry_id in candidates:
+            pipe.xrange(stream, min=entry_id, max=entry_id)
+        overdue = []
+        for found in await pipe.execute():
+            for entry_id, fields in found:
+                try:
+                    msg = decode(fields)
+                except MalformedMessage:
+                    continue
+                if not isinstance(msg, TaskDelegate):
+                    continue
+                held = candidates[entry_id]
+                if held["time_since_delivered"] >= (msg.task.timeout + grace) * 1000:
+                    who = text(held["consumer"])
+                    overdue.append((entry_id, f"attempt passed its deadline on {who}"))
+        return overdue
+
+    async def _requeue(self, stream: str, pool_id: str, lost: list[tuple[bytes, str]]) -> None:
+        """Claim lost entries, re-queue each as its next attempt (or dead-letter it)."""
+        reasons = dict(lost)
+        claimed = await self.redis.xclaim(
+            stream,
+            WORKER_GROUP,
+            self.owner_id,
+            min_idle_time=RECLAIM_MIN_IDLE_MS,
+            message_ids=list(reasons),
+        )
+        pipe = self.redis.pipeline(transaction=False)
+        dead: list[tuple[TaskDelegate, str]] = []
+        bad: list[BadEntry] = []
+        done: list[bytes] = []
+        for entry_id, fields in claimed:
+            if not fields:
+                done.append(entry_id)
+                continue
+            try:
+                msg = decode(fields)
+                if not isinstance(msg, TaskDelegate):
+                    raise MalformedMessage(f"a {msg.type} message on a pool stream")
+            except MalformedMessage as exc:
+                bad.append((entry_id, str(exc), fields))
+                continue
+            reason = reasons.get(entry_id, "lost")
+            if msg.attempt >= msg.task.max_attempts:
+                dead.append((msg, f"dead-lettered after {msg.attempt} attempt(s); last: {reason}"))
+            else:
+                history = [*msg.history, f"attempt {msg.attempt}: {reason}"][-20:]
+                again = TaskDelegate(task=msg.task, attempt=msg.attempt + 1, history=history)
+                pipe.xadd(stream, encode(again))
+                pipe.hset(self.keys.task(msg.task.id), "status", str(TaskStatus.QUEUED))
+            done.append(entry_id)
+        self.records.queue_malformed(pipe, stream, bad, group=WORKER_GROUP, pool_id=pool_id)
+        if dead:
+            await self.records.fail(dead, status=TaskStatus.DEAD_LETTERED, pool_id=pool_id)
+        ack_and_delete(pipe, stream, WORKER_GROUP, done)
+        await pipe.execute()
+        if claimed:
+            log.info("took back %d entr(ies) of pool %s", len(claimed), pool_id)
+
+    async def due_retries(self, pool_status: dict[str, Any]) -> None:
+        """Move retries whose time has come back into their pool's stream (or the ingress).
+
+        Only the holder of the scheduler lease does this. `pool_status` maps live pool ids to
+        their status; a retry for a pool that is gone fails with the reason.
+        """
+        got = await self.records.scripts.acquire_lease(
+            keys=[self.keys.scheduler_lease], args=[self.owner_id, self.lease_ms]
+        )
+        if not got:
+            return
+        due = await self.redis.zrangebyscore(
+            self.keys.delayed, "-inf", time.time(), start=0, num=RETRY_BATCH
+        )
+        if not due:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        gone: list[tuple[TaskDelegate, str]] = []
+        for member in due:
+            try:
+                data = unpack(member)
+                fields = {
+                    str(k).encode(): v if isinstance(v, bytes) else str(v).encode()
+                    for k, v in data["fields"].items()
+                }
+                msg = decode(fields)
+                pool_id = str(data.get("pool") or "")
+            except (MalformedMessage, KeyError, TypeError, AttributeError):
+                queue_dead_letter(
+                    pipe,
+                    self.settings,
+                    task_id="",
+                    pool_id=None,
+                    reason=f"unreadable retry entry in {self.keys.delayed}",
+                    raw={"member": member},
+                )
+                continue
+            if not isinstance(msg, TaskDelegate):
+                continue
+            if not pool_id:
+                pipe.xadd(self.keys.ingress, encode(msg))
+                pipe.hset(self.keys.task(msg.task.id), "status", str(TaskStatus.PENDING))
+            elif pool_status.get(pool_id) in ACCEPTING_STATUSES:
+                pipe.xadd(self.keys.pool_tasks(pool_id), encode(msg))
+                pipe.hset(self.keys.task(msg.task.id), "status", str(TaskStatus.QUEUED))
+            else:
+                gone.append((msg, f"pool {pool_id} is gone; the retry cannot run"))
+        pipe.zrem(self.keys.delayed, *due)
+        await pipe.execute()
+        if gone:
+            await self.records.fail(gone)
+
+    async def orphaned_entries(self) -> dict[str, list[Entry]]:
+        """Claim the ingress and control entries of orchestrators whose heartbeat expired.
+
+        Returns them by stream, for the caller to route or carry out like fresh ones.
+        """
+        taken: dict[str, list[Entry]] = {}
+        for stream in (self.keys.ingress, self.keys.control):
+            try:
+                summary = await self.redis.xpending(stream, ORCHESTRATOR_GROUP)
+            except RedisError:
+                continue
+            for consumer in (summary or {}).get("consumers") or []:
+                name = text(consumer.get("name"))
+                if name == self.owner_id or await self.redis.exists(self.keys.orchestrator(name)):
+                    continue
+                ids = await self.redis.xpending_range(
+                    stream, ORCHESTRATOR_GROUP, min="-", max="+", count=1000, consumername=name
+                )
+                if not ids:
+                    await self.redis.xgroup_delconsumer(stream, ORCHESTRATOR_GROUP, name)
+                    continue
+                claimed = await self.redis.xclaim(
+                    stream,
+                    ORCHESTRATOR_GROUP,
+                    self.owner_id,
+                    min_idle_time=RECLAIM_MIN_IDLE_MS,
+                    message_ids=[p["message_id"] for p in ids],
+                )
+                entries = [(i, f) for i, f in claimed if f]
+                gone = [i for i, f in claimed if not f]  # deleted meanwhile: just acknowledge
+                if gone:
+                    pipe = self.redis.pipeline(transaction=False)
+                    ack_and_delete(pipe, stream, ORCHESTRATOR_GROUP, gone)
+                    await pipe.execute()
+                log.info("took over %d entr(ies) of dead orchestrator %s", len(entries), name)
+                taken.setdefault(stream, []).extend(entries)
+        return taken

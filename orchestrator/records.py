@@ -1,0 +1,134 @@
+"""What an orchestrator writes about tasks and pools: final results of tasks it gives up on,
+dead letters, pool status changes and the events that announce them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from shared.codec import StatusUpdate, TaskDelegate, _Message, encode
+from shared.config import Settings
+from shared.connection import Redis, ack_and_delete, text
+from shared.keys import ORCHESTRATOR_GROUP
+from shared.models import PoolStatus, TaskResult, TaskStatus
+from shared.scripts import Scripts, flat_fields
+from shared.state import FinalResult, finalize_results, queue_dead_letter
+
+log = logging.getLogger("mahavishnu.orchestrator")
+
+BadEntry = tuple[bytes, str, dict[bytes, bytes]]
+"""An entry that could not be used: its id, why, and its raw fields."""
+
+
+class Records:
+    """Writes an orchestrator's results, dead letters and pool statuses."""
+
+    def __init__(self, redis: Redis, scripts: Scripts, settings: Settings, owner_id: str) -> None:
+        self.redis = redis
+        self.scripts = scripts
+        self.settings = settings
+        self.keys = settings.keys
+        self.owner_id = owner_id
+
+    def publish(self, pipe: Any, message: _Message) -> None:
+        """Queue a message on the events stream."""
+        pipe.xadd(
+            self.keys.events, encode(message), maxlen=self.settings.events_max_len, approximate=True
+        )
+
+    def queue_malformed(
+        self,
+        pipe: Any,
+        stream: str,
+        bad: list[BadEntry],
+        *,
+        group: str = ORCHESTRATOR_GROUP,
+        pool_id: str | None = None,
+    ) -> None:
+        """Dead-letter unusable entries with the reason, and acknowledge them."""
+        for entry_id, reason, fields in bad:
+            log.warning("dead-lettered entry %s on %s: %s", text(entry_id), stream, reason)
+            queue_dead_letter(
+                pipe,
+                self.settings,
+                task_id=text(fields.get(b"task")),
+                pool_id=pool_id,
+                reason=f"malformed entry {text(entry_id)} on {stream}: {reason}",
+                raw=fields,
+            )
+        ack_and_delete(pipe, stream, group, [b for b, _, _ in bad])
+
+    async def fail(
+        self,
+        failures: list[tuple[TaskDelegate, str]],
+        *,
+        status: TaskStatus = TaskStatus.FAILED,
+        pool_id: str | None = None,
+        ack: tuple[str, str, list[bytes]] | None = None,
+    ) -> None:
+        """Give tasks a final failed (or dead-lettered) result and acknowledge their entries."""
+        now = time.time()
+        finals = [
+            FinalResult(
+                TaskResult(
+                    task_id=msg.task.id,
+                    pool_id=pool_id,
+                    status=status,
+                    error=reason,
+                    attempts=msg.attempt,
+                    finished_at=now,
+                ),
+                msg.task.reply_to,
+                msg.task.describe(),
+                list(msg.task.tags),
+                token=f"{self.owner_id}/{msg.task.id}/{msg.attempt}",
+                history=[*msg.history, reason],
+            )
+            for msg, reason in failures
+        ]
+
+        def extra(pipe: Any) -> None:
+            for final in finals:
+                if final.result.status is TaskStatus.DEAD_LETTERED:
+                    queue_dead_letter(
+                        pipe,
+                        self.settings,
+                        task_id=final.result.task_id,
+                        pool_id=pool_id,
+                        reason=final.result.error or "",
+                        attempts=final.result.attempts,
+                        history=final.history,
+                    )
+            if ack is not None:
+                ack_and_delete(pipe, *ack)
+
+        await finalize_results(self.redis, self.scripts, self.settings, finals, extra=extra)
+
+    async def set_pool_status(
+        self,
+        pool_id: str,
+        status: PoolStatus,
+        detail: str = "",
+        *,
+        expect: Iterable[PoolStatus],
+        **extra: Any,
+    ) -> bool:
+        """Set a pool's status if it is still one of `expect`, and announce it. True if set.
+
+        The check and the write are one script, so a stale view cannot overwrite a newer status
+        (e.g. turn a `closing` pool back to `running`).
+        """
+        fields = {"status": str(status), "detail": detail, **{k: str(v) for k, v in extra.items()}}
+        written = await self.scripts.set_pool_status(
+            keys=[self.keys.pool(pool_id)],
+            args=[",".join(str(s) for s in expect), *flat_fields(fields)],
+        )
+        if not written:
+            return False
+        pipe = self.redis.pipeline(transaction=False)
+        self.publish(pipe, StatusUpdate(pool_id=pool_id, status=status, detail=detail))
+        await pipe.execute()
+        log.info("pool %s is %s %s", pool_id, status, detail)
+        return True

@@ -1,0 +1,291 @@
+"""Pool supervision: the view of every pool, and what the pool's lease holder does each tick.
+
+Each pool is supervised by the one orchestrator holding its lease (a key with a TTL, renewed
+every tick); when that orchestrator dies the lease expires and another adopts the pool. The
+holder reconciles local worker processes with the pool's target (and autoscales), moves the
+pool's status, writes its load hash, takes back lost entries, and finishes closing it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+from orchestrator.local_pool import LocalPoolSupervisor
+from orchestrator.reclaim import Reclaimer
+from orchestrator.records import Records
+from shared.codec import PoolClosed, StatusUpdate, TaskDelegate, decode, encode
+from shared.connection import decode_hash, text
+from shared.errors import MalformedMessage
+from shared.keys import WORKER_GROUP
+from shared.models import PoolSpec, PoolStatus, PoolType, TaskStatus
+from shared.state import ACCEPTING_STATUSES
+
+log = logging.getLogger("mahavishnu.orchestrator")
+
+AUTOSCALE_COOLDOWN = 10.0
+
+
+@dataclass
+class PoolView:
+    """One pool as seen at the last supervision tick."""
+
+    spec: PoolSpec
+    status: PoolStatus
+    raw: dict[str, str]
+    lease: str
+    live_workers: dict[str, dict[str, str]] = field(default_factory=dict)
+    members: set[str] = field(default_factory=set)
+    backlog: int = 0
+
+    @property
+    def capacity(self) -> int:
+        """Sum of the live workers' concurrency."""
+        return sum(int(w.get("concurrency", "0") or 0) for w in self.live_workers.values())
+
+    @property
+    def in_flight(self) -> int:
+        """Sum of the live workers' running tasks."""
+        return sum(int(w.get("in_flight", "0") or 0) for w in self.live_workers.values())
+
+    @property
+    def target(self) -> int:
+        """The number of workers the pool should have."""
+        return int(self.raw.get("target_workers", self.spec.min_workers) or 0)
+
+
+class PoolSupervisor:
+    """Keeps the view of all pools and supervises the ones whose lease this orchestrator holds."""
+
+    def __init__(
+        self, records: Records, reclaimer: Reclaimer, local: LocalPoolSupervisor, lease_ms: int
+    ) -> None:
+        self.records = records
+        self.reclaimer = reclaimer
+        self.local = local
+        self.redis = records.redis
+        self.settings = records.settings
+        self.keys = records.keys
+        self.owner_id = records.owner_id
+        self.lease_ms = lease_ms
+        self.pools: dict[str, PoolView] = {}
+        self._low_backlog_since: dict[str, float] = {}
+        self._closing_since: dict[str, float] = {}
+
+    def owned(self) -> list[str]:
+        """Ids of the pools whose lease this orchestrator holds."""
+        return [p for p, v in self.pools.items() if v.lease == self.owner_id]
+
+    async def refresh(self) -> None:
+        """Heartbeat; read every pool, its lease, workers and backlog; take free leases."""
+        keys = self.keys
+        pipe = self.redis.pipeline(transaction=False)
+        beat = {"pid": os.getpid(), "host": socket.gethostname(), "last_seen": repr(time.time())}
+        pipe.hset(keys.orchestrator(self.owner_id), mapping=beat)
+        pipe.pexpire(keys.orchestrator(self.owner_id), self.lease_ms)
+        pipe.smembers(keys.pools)
+        ids = sorted(text(m) for m in (await pipe.execute())[2])
+        pipe = self.redis.pipeline(transaction=False)
+        for pool_id in ids:
+            pipe.hgetall(keys.pool(pool_id))
+            pipe.smembers(keys.pool_workers(pool_id))
+            pipe.xlen(keys.pool_tasks(pool_id))
+            await self.records.scripts.acquire_lease(
+                keys=[keys.pool_lease(pool_id)], args=[self.owner_id, self.lease_ms], client=pipe
+            )
+            pipe.get(keys.pool_lease(pool_id))
+        replies = await pipe.execute()
+        views: dict[str, PoolView] = {}
+        for n, pool_id in enumerate(ids):
+            raw, members, backlog, _, lease = replies[n * 5 : n * 5 + 5]
+            fields = decode_hash(raw)
+            try:
+                spec = PoolSpec.model_validate_json(fields["spec"])
+                status = PoolStatus(fields.get("status", "failed"))
+            except (KeyError, ValueError):
+                continue
+            views[pool_id] = PoolView(
+                spec=spec,
+                status=status,
+                raw=fields,
+                lease=text(lease),
+                members={text(m) for m in members},
+                backlog=int(backlog),
+            )
+        pipe = self.redis.pipeline(transaction=False)
+        order = [(pool_id, w) for pool_id, v in views.items() for w in sorted(v.members)]
+        for _, worker_id in order:
+            pipe.hgetall(keys.worker(worker_id))
+        beats = await pipe.execute() if order else []
+        for (pool_id, worker_id), worker_beat in zip(order, beats, strict=True):
+            if worker_beat:
+                views[pool_id].live_workers[worker_id] = decode_hash(worker_beat)
+        self.pools = views
+
+    async def supervise(self, view: PoolView) -> None:
+        """One pass over a pool this orchestrator holds the lease of."""
+        pool_id = view.spec.id
+        live = set(view.live_workers)
+        if view.status is PoolStatus.CLOSING:
+            await self._finish_close(view)
+            return
+        if view.status not in ACCEPTING_STATUSES:
+            return
+        starting = {p.worker_id for p in self.local.alive(pool_id)}
+        await self.reclaimer.pool_entries(pool_id, live | starting)
+        if view.spec.pool_type is PoolType.LOCAL:
+            self.local.reap(pool_id, live)
+            if self.local.start_failed(pool_id):
+                self.local.stop_pool(pool_id)
+                detail = f"workers fail to start: {self.local.pool(pool_id).last_error}"
+                await self._set_status(view, PoolStatus.FAILED, detail)
+                return
+            await self._reconcile_processes(view, self._autoscale(view))
+        await self._set_status(view, self._wanted_status(view), "")
+
+    @staticmethod
+    def _wanted_status(view: PoolView) -> PoolStatus:
+        target = view.target
+        serving = len(view.live_workers)
+        if view.status is PoolStatus.SCALING and (serving > 0 or target == 0):
+            return PoolStatus.RUNNING if serving == target else PoolStatus.SCALING
+        if serving >= max(target, 1) or (target == 0 and view.status is PoolStatus.STARTING):
+            return PoolStatus.RUNNING
+        if view.status is PoolStatus.STARTING:
+            return PoolStatus.STARTING
+        return PoolStatus.DEGRADED if serving == 0 else PoolStatus.RUNNING
+
+    async def _set_status(self, view: PoolView, status: PoolStatus, detail: str) -> None:
+        if status is view.status:
+            return
+        detail = detail or f"{len(view.live_workers)}/{view.target} workers"
+        if await self.records.set_pool_status(view.spec.id, status, detail, expect=[view.status]):
+            view.status = status
+
+    def _autoscale(self, view: PoolView) -> int:
+        target = view.target
+        spec = view.spec
+        if not spec.auto_scale:
+            return target
+        per_worker = spec.concurrency * self.settings.autoscale_backlog_per_worker
+        wanted = max(spec.min_workers, min(spec.max_workers, math.ceil(view.backlog / per_worker)))
+        now = time.monotonic()
+        if wanted > target:
+            self._low_backlog_since.pop(spec.id, None)
+            target = wanted
+        elif wanted < target:
+            since = self._low_backlog_since.setdefault(spec.id, now)
+            if now - since >= AUTOSCALE_COOLDOWN:
+                target -= 1
+                self._low_backlog_since[spec.id] = now
+        else:
+            self._low_backlog_since.pop(spec.id, None)
+        return target
+
+    async def _reconcile_processes(self, view: PoolView, target: int) -> None:
+        pool_id = view.spec.id
+        if target != view.target:
+            await self.redis.hset(self.keys.pool(pool_id), "target_workers", str(target))
+            view.raw["target_workers"] = str(target)
+        mine = self.local.alive(pool_id)
+        serving = set(view.live_workers) | {p.worker_id for p in mine}
+        missing = target - len(serving)
+        if missing > 0 and self.local.may_start(pool_id):
+            for _ in range(min(missing, 8)):
+                await self.local.start_worker(pool_id, view.spec.concurrency)
+        elif missing < 0:
+            for proc in sorted(mine, key=lambda p: p.started_at, reverse=True)[:-missing]:
+                self.local.stop_worker(proc)
+
+    async def _finish_close(self, view: PoolView) -> None:
+        """Once the pool's workers have drained, re-route or fail what is left, then close."""
+        pool_id = view.spec.id
+        self.local.stop_pool(pool_id)
+        since = self._closing_since.setdefault(pool_id, time.monotonic())
+        limit = self.settings.drain_grace + self.settings.heartbeat_ttl + 5
+        still = self.local.running(pool_id) or view.live_workers
+        if still and time.monotonic() - since < limit:
+            return
+        await self._requeue_leftovers(pool_id)
+        keys = self.keys
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(
+            keys.pool_tasks(pool_id),
+            keys.pool_load(pool_id),
+            keys.pool_workers(pool_id),
+            keys.pool_inbox(pool_id),
+        )
+        closed = {"status": str(PoolStatus.CLOSED), "closed_at": repr(time.time())}
+        pipe.hset(keys.pool(pool_id), mapping=closed)
+        pipe.expire(keys.pool(pool_id), self.settings.result_ttl)
+        pipe.srem(keys.pools, pool_id)
+        update = StatusUpdate(pool_id=pool_id, status=PoolStatus.CLOSED, detail="closed")
+        self.records.publish(pipe, update)
+        self.records.publish(pipe, PoolClosed(pool_id=pool_id, reason="closed on request"))
+        await self.records.scripts.release_lease(
+            keys=[keys.pool_lease(pool_id)], args=[self.owner_id], client=pipe
+        )
+        await pipe.execute()
+        self._closing_since.pop(pool_id, None)
+        self.local.pools.pop(pool_id, None)
+        self.pools.pop(pool_id, None)
+        log.info("closed pool %s", pool_id)
+
+    async def _requeue_leftovers(self, pool_id: str) -> None:
+        """Re-route a closed pool's routed tasks; fail the ones sent to it directly."""
+        stream = self.keys.pool_tasks(pool_id)
+        start = "-"
+        while True:
+            entries = await self.redis.xrange(stream, min=start, max="+", count=500)
+            if not entries:
+                return
+            start = "(" + text(entries[-1][0])
+            pipe = self.redis.pipeline(transaction=False)
+            failures: list[tuple[TaskDelegate, str]] = []
+            for entry_id, fields in entries:
+                try:
+                    msg = decode(fields)
+                    if not isinstance(msg, TaskDelegate):
+                        raise MalformedMessage(f"a {msg.type} message on a pool stream")
+                except MalformedMessage as exc:
+                    bad = [(entry_id, str(exc), fields)]
+                    self.records.queue_malformed(
+                        pipe, stream, bad, group=WORKER_GROUP, pool_id=pool_id
+                    )
+                    continue
+                if msg.task.pool_id:
+                    failures.append((msg, f"pool {pool_id} closed before the task ran"))
+                else:
+                    pipe.xadd(self.keys.ingress, encode(msg))
+                    pipe.hset(self.keys.task(msg.task.id), "status", str(TaskStatus.PENDING))
+            await pipe.execute()
+            if failures:
+                await self.records.fail(failures, pool_id=pool_id)
+
+    async def write_load(self) -> None:
+        """Write the load hash of every owned pool; forget workers that are gone."""
+        pipe = self.redis.pipeline(transaction=False)
+        now = repr(time.time())
+        for pool_id in self.owned():
+            view = self.pools[pool_id]
+            in_flight = view.in_flight
+            pipe.hset(
+                self.keys.pool_load(pool_id),
+                mapping={
+                    "workers": len(view.live_workers),
+                    "capacity": view.capacity,
+                    "in_flight": in_flight,
+                    "queued": max(0, view.backlog - in_flight),
+                    "updated_at": now,
+                },
+            )
+            starting = {p.worker_id for p in self.local.alive(pool_id)}
+            dead = view.members - set(view.live_workers) - starting
+            if dead:
+                pipe.srem(self.keys.pool_workers(pool_id), *dead)
+        if len(pipe):
+            await pipe.execute()
