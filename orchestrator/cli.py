@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from orchestrator import cli_render as render
+from orchestrator import cli_up
 from shared.config import ENV_PREFIX, Settings, load_settings
 from shared.errors import MahavishnuError, ResultTimeout
 
@@ -176,7 +177,7 @@ def up(
     settings = _settings()
     _logging(log_level)
     code = _run(
-        settings, render.run_up, settings, workers=workers, demo=demo, tasks=tasks, timeout=timeout,
+        settings, cli_up.run_up, settings, workers=workers, demo=demo, tasks=tasks, timeout=timeout,
         json_out=json_out,
     )  # fmt: skip
     raise typer.Exit(code)
@@ -482,7 +483,7 @@ def pool_monitor(
     settings = _settings()
     _run(
         settings,
-        render.monitor,
+        cli_up.monitor,
         settings,
         pool_id,
         watch=watch,
@@ -497,7 +498,7 @@ def top(
 ) -> None:
     """Watch every pool's load live (like `pool monitor --watch`)."""
     settings = _settings()
-    _run(settings, render.monitor, settings, None, watch=True, interval=interval, json_out=False)
+    _run(settings, cli_up.monitor, settings, None, watch=True, interval=interval, json_out=False)
 
 
 # ---------------------------------------------------------------------------------- tasks
