@@ -9,7 +9,7 @@ small ASGI middleware in front of the SDK's app instead. A request without the r
 Host/Origin checks (DNS-rebinding protection) come from `mcp_allowed_hosts`: empty means
 loopback names only when bound to loopback, and no Host check when bound to a routable address
 (the token is the guard there); a list adds those names (e.g. a Kubernetes Service's DNS name,
-`host:*` for any port); `*` turns the check off.
+a bare name also matches it with any port); `*` turns the check off.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def check_token(token: str | None, *, require_auth: bool, host: str) -> str | No
         if len(token) < MIN_TOKEN_CHARS:
             raise ConfigError(
                 f"mcp_http_token is too short ({len(token)} chars): use at least "
-                f"{MIN_TOKEN_CHARS}, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+                f"{MIN_TOKEN_CHARS}, e.g. from "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
         return token
     if not is_loopback(host):
@@ -68,7 +69,11 @@ def transport_security(host: str, allowed_hosts: list[str]) -> TransportSecurity
     extra = [h.strip() for h in allowed_hosts if h.strip()]
     if "*" in extra or (not extra and not is_loopback(host)):
         return TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    hosts = [*LOOPBACK_HOSTS, *extra]
+    hosts = list(LOOPBACK_HOSTS)
+    for item in extra:
+        hosts.append(item)
+        if not item.endswith(("]", ":*")) and ":" not in item:  # a bare name: any port too
+            hosts.append(f"{item}:*")
     origins: list[str] = []
     for item in hosts:
         origins.extend([f"http://{item}", f"https://{item}"])
@@ -77,7 +82,9 @@ def transport_security(host: str, allowed_hosts: list[str]) -> TransportSecurity
     )
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any], *extra: tuple[bytes, bytes]) -> None:
+async def _send_json(
+    send: Send, status: int, body: dict[str, Any], *extra: tuple[bytes, bytes]
+) -> None:
     payload = json.dumps(body).encode()
     headers = [
         (b"content-type", b"application/json"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.models import PoolInfo, TaskResult, TaskStatus
 
@@ -21,8 +21,10 @@ class ExecuteResult(BaseModel):
     task_id: str
     pool_id: str | None = None
     worker_id: str | None = None
-    status: str = Field(description="pending, queued, running, retrying (not done) or "
-                        "completed, failed, cancelled, dead_lettered (done)")
+    status: str = Field(
+        description="pending, queued, running, retrying (not done) or "
+        "completed, failed, cancelled, dead_lettered (done)"
+    )
     output: Any = None
     error: str | None = None
     duration: float = 0.0
@@ -49,6 +51,11 @@ class ExecuteResult(BaseModel):
                 message = f"cancelled: {result.error or 'on request'}"
             elif not status.is_final:
                 message = f"still {status}; poll task_result with task_id={result.task_id!r}"
+                if status is TaskStatus.PENDING:
+                    message += (
+                        " (not routed yet: no eligible pool has room, or no orchestrator is "
+                        "running; pool_health shows both)"
+                    )
         return cls(
             task_id=result.task_id,
             pool_id=result.pool_id,
@@ -230,29 +237,35 @@ class CloseAllResult(BaseModel):
 
 
 class WorkerHealth(BaseModel):
-    """One live worker."""
+    """One live worker (fields the health report adds later are passed through)."""
 
-    in_flight: int
-    status: str
-    last_seen_s: float
-    host: str
-    pid: str
+    model_config = ConfigDict(extra="allow")
+
+    in_flight: int = 0
+    status: str = ""
+    last_seen_s: float = 0.0
+    host: str = ""
+    pid: str = ""
 
 
 class PoolHealth(BaseModel):
     """One pool's health: running with at least one live worker heartbeat."""
 
-    name: str
-    status: str
-    healthy: bool
-    live_workers: int
-    target_workers: int
-    detail: str
-    workers: dict[str, WorkerHealth]
+    model_config = ConfigDict(extra="allow")
+
+    name: str = ""
+    status: str = ""
+    healthy: bool = False
+    live_workers: int = 0
+    target_workers: int = 0
+    detail: str = ""
+    workers: dict[str, WorkerHealth] = Field(default_factory=dict)
 
 
 class HealthResult(BaseModel):
     """Health of the broker, the orchestrators and every pool."""
+
+    model_config = ConfigDict(extra="allow")
 
     healthy: bool
     broker: dict[str, Any]

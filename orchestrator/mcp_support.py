@@ -8,6 +8,7 @@ behind the SDK's generic message (and is logged with its traceback).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from shared.client import PoolManager
-from shared.codec import TaskDelegate, decode, describe_validation_error, unpack
+from shared.codec import Message, TaskDelegate, decode, describe_validation_error, unpack
 from shared.config import Settings
 from shared.connection import Redis, decode_hash, text
 from shared.errors import (
@@ -36,7 +37,7 @@ from shared.errors import (
     ResultTimeout,
     TaskNotFound,
 )
-from shared.models import RoutingStrategy, new_id
+from shared.models import RoutingStrategy, TaskSpec, new_id
 
 ENTRY_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
 _PAGE = 500
@@ -64,7 +65,9 @@ def tool_errors(settings: Settings) -> Iterator[None]:
     except OrchestratorUnavailable as exc:
         raise ToolError(f"no orchestrator: {exc}") from None
     except ResultTimeout as exc:
-        raise ToolError(f"timed out: {exc}; poll task_result with task_id={exc.task_id!r}") from None
+        raise ToolError(
+            f"timed out: {exc}; poll task_result with task_id={exc.task_id!r}"
+        ) from None
     except ExecutorError as exc:
         raise ToolError(f"executor error: {exc}") from None
     except BrokerError as exc:
@@ -115,6 +118,15 @@ def task_payload(
     **fields: Any,
 ) -> dict[str, Any]:
     """A task mapping from tool arguments (None means: not given), validated later by TaskSpec."""
+    given = [
+        n for n, v in (("prompt", prompt), ("command", command), ("call", call)) if v is not None
+    ]
+    if len(given) != 1:
+        got = f"got {' and '.join(given)}" if given else "got none"
+        raise InvalidRequest(
+            f"prompt/command/call: give exactly one of them ({got}): prompt for AI CLI and "
+            "python pools, command for shell pools, call for a python pool's function"
+        )
     if (args or kwargs) and call is None:
         raise InvalidRequest("args/kwargs: only a 'call' task takes arguments; set call too")
     data: dict[str, Any] = {"prompt": prompt, "command": command, "call": call}
@@ -163,8 +175,9 @@ def _entry_fields(raw: Any) -> dict[str, bytes | str]:
 
 
 def parse_dead_letter(entry_id: str, fields: dict[bytes, bytes]) -> DeadLetter:
-    """A DeadLetter from its stream fields; finds the task in `raw` or inline `type`/`body`."""
-    plain = decode_hash({k: v for k, v in fields.items() if k != b"raw"})
+    """A DeadLetter from its stream fields; its task comes from `spec` (the task's JSON) or
+    from `raw` (the packed stream entry a malformed message was dead-lettered with)."""
+    plain = decode_hash({k: v for k, v in fields.items() if k not in (b"raw", b"spec")})
     try:
         attempts = int(plain.get("attempts", "0") or 0)
         at = float(plain.get("at", "0") or 0)
@@ -177,16 +190,19 @@ def parse_dead_letter(entry_id: str, fields: dict[bytes, bytes]) -> DeadLetter:
         reason=plain.get("reason", ""),
         attempts=attempts,
         at=at,
+        history=_history(plain.get("history", "")),
     )
     try:
-        if b"raw" in fields:
-            source: dict[Any, Any] = _entry_fields(fields[b"raw"])
-        elif b"type" in fields and b"body" in fields:
-            source = dict(fields)
+        if b"spec" in fields:
+            msg: Message = TaskDelegate(task=TaskSpec.model_validate_json(fields[b"spec"]))
+        elif b"raw" in fields:
+            msg = decode(_entry_fields(fields[b"raw"]))
         else:
             letter.problem = NO_SPEC
             return letter
-        msg = decode(source)
+    except ValidationError as exc:
+        letter.problem = f"the stored task spec is invalid ({describe_validation_error(exc)})"
+        return letter
     except MalformedMessage as exc:
         letter.problem = f"the original entry cannot be decoded ({exc}), so it cannot be requeued"
         return letter
@@ -195,8 +211,19 @@ def parse_dead_letter(entry_id: str, fields: dict[bytes, bytes]) -> DeadLetter:
         return letter
     letter.message = msg
     letter.task_id = letter.task_id or msg.task.id
-    letter.history = list(msg.history)
+    letter.history = letter.history or list(msg.history)
     return letter
+
+
+def _history(value: str) -> list[str]:
+    """The `history` field of a dead letter (a JSON list of lines), or [] if absent or unusable."""
+    if not value:
+        return []
+    try:
+        lines = json.loads(value)
+    except ValueError:
+        return [value]
+    return [str(line) for line in lines] if isinstance(lines, list) else [str(lines)]
 
 
 async def list_dead_letters(
@@ -258,7 +285,7 @@ async def requeue_dead_letter(
         update={
             "id": new_id("t"),
             "submitted_at": time.time(),
-            "idempotency_key": f"dlq-requeue:{pools.keys.prefix}{entry_id}",
+            "idempotency_key": f"dlq-requeue:{entry_id}",
             "reply_to": None,
         }
     )

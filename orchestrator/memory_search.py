@@ -4,8 +4,8 @@ Every finished task leaves a memory record (task, pool, worker, status, prompt, 
 duration, finished_at, tags) in its pool's memory stream. `search_memory` reads the most recent
 records of the chosen pools and ranks them with BM25 over the tokens of the prompt, the tags,
 the output and the error (prompt and tags count double: they say what the task was about).
-Equal scores go to the more recent record. A query without any searchable word returns the
-most recent records, unranked.
+Equal scores go to the more recent record; a task appears once (a result shared with other
+pools is filed in each). A query without any searchable word returns the most recent records.
 
 The ranking is a pure function (`rank`), so it is tested without Redis; reading is bounded per
 pool (`scan_limit`), so one search never pulls a whole deployment's history into memory.
@@ -34,8 +34,11 @@ _PAGE = 500
 _ID_RE = re.compile(ID_PATTERN)
 _WORD_RE = re.compile(r"[^\W_]+")
 STOP_WORDS = frozenset(
-    "a an and are as at be but by for from has have in is it its of on or that the this to was "
-    "were will with".split()
+    {
+        *("a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "from", "has", "have"),
+        *("in", "is", "it", "its", "of", "on", "or", "that", "the", "this", "to", "was", "were"),
+        *("will", "with"),
+    }
 )
 
 
@@ -142,8 +145,8 @@ def rank(records: Sequence[MemoryRecord], query: str, limit: int) -> list[Memory
     """BM25-rank `records` for `query`; ties (and an empty query) go most recent first."""
     terms = tokenize(query)
     if not terms:
-        recent = sorted(records, key=_recency, reverse=True)[:limit]
-        return [MemoryHit(r, 0.0) for r in recent]
+        recent = sorted(records, key=_recency, reverse=True)
+        return _unique((MemoryHit(r, 0.0) for r in recent), limit)
     docs = [r.weighted_terms() for r in records]
     total = len(docs)
     lengths = [sum(d.values()) for d in docs]
@@ -162,7 +165,22 @@ def rank(records: Sequence[MemoryRecord], query: str, limit: int) -> list[Memory
         if score > 0:
             hits.append(MemoryHit(record, round(score, 6)))
     hits.sort(key=lambda h: (h.score, *_recency(h.record)), reverse=True)
-    return hits[:limit]
+    return _unique(hits, limit)
+
+
+def _unique(hits: Iterable[MemoryHit], limit: int) -> list[MemoryHit]:
+    """The first hit per task (a result shared with other pools is filed in each of them)."""
+    seen: set[str] = set()
+    kept: list[MemoryHit] = []
+    for hit in hits:
+        key = hit.record.task_id or hit.record.entry_id
+        if key in seen:
+            continue
+        seen.add(key)
+        kept.append(hit)
+        if len(kept) >= limit:
+            break
+    return kept
 
 
 async def read_pool_memory(
