@@ -14,7 +14,7 @@ usage errors exit 2. The commands are thin: they talk to Redis through `shared.c
 from __future__ import annotations
 
 import asyncio
-import importlib
+import dataclasses
 import logging
 import os
 import sys
@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import typer
 from pydantic import ValidationError
 from redis.exceptions import RedisError
+from rich.table import Table
 
 from orchestrator import cli_render as render
 from orchestrator import cli_up
@@ -222,16 +223,21 @@ def mcp_cmd(
     http: Annotated[bool, typer.Option(help="Serve streamable HTTP instead of stdio.")] = False,
     host: Annotated[str, typer.Option(help="HTTP address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")] = 8765,
+    no_auth: Annotated[
+        bool,
+        typer.Option("--no-auth", help="HTTP without a bearer token (loopback addresses only)."),
+    ] = False,
 ) -> None:
-    """Run the MCP facade (stdio by default) with the pool tools."""
+    """Run the MCP facade (stdio by default) with the pool tools.
+
+    HTTP needs a bearer token (MAHAVISHNU_MCP_HTTP_TOKEN) unless bound to loopback with
+    --no-auth (or mcp_http_require_auth: false).
+    """
     settings = _settings()
-    try:
-        module = importlib.import_module("orchestrator.mcp_server")
-    except ModuleNotFoundError as exc:
-        if exc.name != "orchestrator.mcp_server":
-            raise
-        fail("the MCP facade (orchestrator/mcp_server.py) is not part of this installation")
-    _guard(settings, module.run_mcp, settings, http=http, host=host, port=port)
+    from orchestrator.mcp_server import run_mcp
+
+    require_auth = settings.mcp_http_require_auth and not no_auth
+    _guard(settings, run_mcp, settings, http=http, host=host, port=port, require_auth=require_auth)
 
 
 # ---------------------------------------------------------------------------------- pools
@@ -266,27 +272,21 @@ def pool_spawn(
     settings = _settings()
 
     async def spawn() -> None:
-        from shared.client import make_pool_spec
-
-        low = settings.pool_default_min_workers if min_workers is None else min_workers
-        high = (
-            max_workers if max_workers is not None else max(low, settings.pool_default_max_workers)
-        )
-        spec = make_pool_spec(
-            pool_type or str(settings.default_pool_type),
-            None,
-            name=name,
-            min_workers=low,
-            max_workers=high,
-            worker_type=worker_type,
-            concurrency=settings.worker_concurrency if concurrency is None else concurrency,
-            labels=render.pairs(label, "--label"),
-            auto_scale=auto_scale,
-            functions=render.pairs(function, "--function"),
-            allowed_commands=allow_command or None,
-            max_queue=max_queue,
-        )
         async with _client(settings) as pools:
+            spec = pools.pool_spec(
+                pool_type,
+                None,
+                name=name,
+                min_workers=min_workers,
+                max_workers=max_workers,
+                worker_type=worker_type,
+                concurrency=concurrency,
+                labels=render.pairs(label, "--label"),
+                auto_scale=auto_scale,
+                functions=render.pairs(function, "--function"),
+                allowed_commands=allow_command or None,
+                max_queue=max_queue,
+            )
             await pools.spawn_pool(config=spec, wait=not no_wait, timeout=timeout)
             info = None if no_wait else await pools.get_pool(spec.id)
         if json_out:
@@ -466,6 +466,36 @@ def pool_health(json_out: JsonOpt = False) -> None:
         raise typer.Exit(1)
 
 
+@pool_app.command("search")
+def pool_search(
+    query: Annotated[str, typer.Argument(help="Words to look for in finished tasks.")],
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Most hits to show.")] = 20,
+    pool: Annotated[
+        list[str] | None, typer.Option("--pool", help="Search these pools only (repeatable).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Search the memory records of finished tasks across pools, best match first."""
+    settings = _settings()
+
+    async def search() -> Any:
+        async with _client(settings) as pools:
+            return await pools.search_memory(query, limit=limit, pool_ids=pool or None)
+
+    found = _run(settings, search)
+    hits = [{"score": round(h.score, 4), **dataclasses.asdict(h.record)} for h in found.hits]
+    if json_out:
+        render.emit_json({"query": query, "scanned": found.scanned, "hits": hits})
+        return
+    table = Table(title=f"{len(hits)} hit(s) in {found.scanned} record(s)")
+    for column in ("score", "task", "pool", "status", "prompt", "output"):
+        table.add_column(column, overflow="fold")
+    for h in found.hits:
+        r = h.record
+        table.add_row(f"{h.score:.2f}", r.task_id, r.pool_id, r.status, r.prompt, r.output[:200])
+    render.stdout_console().print(table)
+
+
 @pool_app.command("monitor")
 def pool_monitor(
     pool_id: Annotated[
@@ -602,6 +632,41 @@ def task_cancel(
         render.stdout_console().print(f"task {task_id} was already {before}; nothing changed")
     else:
         render.stdout_console().print(f"task {task_id} cancelled (it was {before}; now {now})")
+
+
+@task_app.command("dead-letters")
+def task_dead_letters(
+    requeue: Annotated[
+        str | None, typer.Option(help="Re-submit the dead letter with this entry id.")
+    ] = None,
+    pool: Annotated[str | None, typer.Option(help="Only this pool's dead letters.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Most entries to show.")] = 20,
+    json_out: JsonOpt = False,
+) -> None:
+    """List dead letters (newest first) with their reason, or requeue one as a new task."""
+    settings = _settings()
+
+    async def letters() -> tuple[int, list[Any], str | None]:
+        async with _client(settings) as pools:
+            if requeue:
+                letter, task_id = await pools.requeue_dead_letter(requeue, pool_id=pool)
+                return 1, [letter], task_id
+            total, found = await pools.dead_letters(limit=limit, pool_id=pool)
+            return total, found, None
+
+    total, found, task_id = _run(settings, letters)
+    docs = [{k: v for k, v in dataclasses.asdict(x).items() if k != "message"} for x in found]
+    if json_out:
+        render.emit_json({"total": total, "entries": docs, "requeued_task_id": task_id})
+    elif task_id:
+        render.stdout_console().print(f"dead letter {requeue} re-submitted as task {task_id}")
+    else:
+        table = Table(title=f"{len(found)} of {total} dead letter(s)")
+        for column in ("entry", "task", "pool", "attempts", "reason"):
+            table.add_column(column, overflow="fold")
+        for x in found:
+            table.add_row(x.entry_id, x.task_id, x.pool_id, str(x.attempts), x.reason)
+        render.stdout_console().print(table)
 
 
 # ---------------------------------------------------------------------------------- inspect

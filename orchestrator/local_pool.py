@@ -171,6 +171,17 @@ class LocalPoolSupervisor:
             if proc.alive and not proc.stopping:
                 self.stop_worker(proc)
 
+    def kill_pool(self, pool_id: str) -> None:
+        """SIGKILL the process groups of a pool's workers that did not drain in time.
+
+        The processes stay listed, so `stop_all` still reaps them.
+        """
+        for proc in self.pool(pool_id).processes.values():
+            if proc.alive:
+                log.warning("worker %s did not drain in time: killing it", proc.worker_id)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.process.pid, signal.SIGKILL)
+
     def running(self, pool_id: str) -> int:
         """How many processes of the pool have not exited."""
         return sum(1 for p in self.pool(pool_id).processes.values() if p.alive)

@@ -30,16 +30,10 @@ from orchestrator.mcp_models import (
     SpawnResult,
 )
 from orchestrator.mcp_params import Labels, PoolId, ToolContext, state_of
-from orchestrator.mcp_support import (
-    DeadLetter,
-    list_dead_letters,
-    parse_labels,
-    requeue_dead_letter,
-    tool_errors,
-)
-from orchestrator.memory_search import search_memory
-from shared.client import PoolManager, make_pool_spec
+from orchestrator.mcp_support import parse_labels, tool_errors
+from shared.client import PoolManager
 from shared.config import Settings
+from shared.dead_letters import DeadLetter
 from shared.errors import InvalidRequest, MahavishnuError, PoolNotFound, PoolUnavailable
 from shared.models import PoolInfo, PoolStatus
 from shared.state import ACCEPTING_STATUSES
@@ -173,18 +167,10 @@ def register_pool_tools(mcp: MCPServer[Any]) -> None:
         state = state_of(ctx)
         settings = state.settings
         with tool_errors(settings):
-            # the defaults PoolManager.spawn_pool applies to a mapping, applied here to a spec
-            # so that the answer shows exactly what was asked for
-            low = settings.pool_default_min_workers if min_workers is None else min_workers
-            high = max_workers
-            if high is None:
-                high = max(settings.pool_default_max_workers, low)
-            if concurrency is None:
-                concurrency = settings.worker_concurrency
             fields: dict[str, Any] = {
                 "name": name,
-                "min_workers": low,
-                "max_workers": high,
+                "min_workers": min_workers,
+                "max_workers": max_workers,
                 "worker_type": worker_type,
                 "labels": parse_labels(labels) if labels is not None else None,
                 "auto_scale": auto_scale,
@@ -197,7 +183,7 @@ def register_pool_tools(mcp: MCPServer[Any]) -> None:
                 "inbox_max": inbox_max,
                 "options": options,
             }
-            spec = make_pool_spec(pool_type or str(settings.default_pool_type), None, **fields)
+            spec = state.pools.pool_spec(pool_type, None, **fields)
             await state.pools.spawn_pool(None, spec, wait=wait, timeout=timeout)
             try:
                 info = await state.pools.get_pool(spec.id)
@@ -322,9 +308,7 @@ def register_pool_tools(mcp: MCPServer[Any]) -> None:
         most recent records."""
         state = state_of(ctx)
         with tool_errors(state.settings):
-            found = await search_memory(
-                state.pools.redis, state.settings, query, limit=limit, pool_ids=pool_ids
-            )
+            found = await state.pools.search_memory(query, limit=limit, pool_ids=pool_ids)
             hits = [
                 MemoryHitModel(
                     task_id=h.record.task_id,
@@ -377,7 +361,7 @@ def register_pool_tools(mcp: MCPServer[Any]) -> None:
             if action == "requeue":
                 if not entry_id:
                     raise InvalidRequest("entry_id: requeue needs the dead letter's entry_id")
-                letter, task_id = await requeue_dead_letter(pools, entry_id, pool_id=pool_id)
+                letter, task_id = await pools.requeue_dead_letter(entry_id, pool_id=pool_id)
                 total = int(await pools.redis.xlen(pools.keys.dlq))
                 target = pool_id or (letter.message.task.pool_id if letter.message else None)
                 where = f"pool {target}" if target else "the orchestrators (routed)"
@@ -394,9 +378,7 @@ def register_pool_tools(mcp: MCPServer[Any]) -> None:
                 raise InvalidRequest("entry_id: only used with action='requeue'")
             if not 1 <= limit <= 1000:
                 raise InvalidRequest(f"limit={limit}: must be between 1 and 1000")
-            total, letters = await list_dead_letters(
-                pools.redis, state.settings, limit=limit, pool_id=pool_id
-            )
+            total, letters = await pools.dead_letters(limit=limit, pool_id=pool_id)
             return DeadLettersResult(
                 action=action,
                 total=total,

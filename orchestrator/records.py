@@ -85,6 +85,7 @@ class Records:
                 list(msg.task.tags),
                 token=f"{self.owner_id}/{msg.task.id}/{msg.attempt}",
                 history=[*msg.history, reason],
+                spec=msg.task,
             )
             for msg, reason in failures
         ]
@@ -100,6 +101,7 @@ class Records:
                         reason=final.result.error or "",
                         attempts=final.result.attempts,
                         history=final.history,
+                        spec=final.spec,
                     )
             if ack is not None:
                 ack_and_delete(pipe, *ack)

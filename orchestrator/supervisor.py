@@ -210,6 +210,7 @@ class PoolSupervisor:
         still = self.local.running(pool_id) or view.live_workers
         if still and time.monotonic() - since < limit:
             return
+        self.local.kill_pool(pool_id)
         await self._requeue_leftovers(pool_id)
         keys = self.keys
         pipe = self.redis.pipeline(transaction=False)
@@ -222,6 +223,7 @@ class PoolSupervisor:
         closed = {"status": str(PoolStatus.CLOSED), "closed_at": repr(time.time())}
         pipe.hset(keys.pool(pool_id), mapping=closed)
         pipe.expire(keys.pool(pool_id), self.settings.result_ttl)
+        pipe.expire(keys.pool_memory(pool_id), self.settings.result_ttl)  # searchable a while
         pipe.srem(keys.pools, pool_id)
         update = StatusUpdate(pool_id=pool_id, status=PoolStatus.CLOSED, detail="closed")
         self.records.publish(pipe, update)
@@ -231,7 +233,8 @@ class PoolSupervisor:
         )
         await pipe.execute()
         self._closing_since.pop(pool_id, None)
-        self.local.pools.pop(pool_id, None)
+        if not self.local.running(pool_id):
+            self.local.pools.pop(pool_id, None)
         self.pools.pop(pool_id, None)
         log.info("closed pool %s", pool_id)
 

@@ -39,6 +39,7 @@ from shared.codec import (
 )
 from shared.config import Settings, load_settings
 from shared.connection import Redis, connect, decode_hash, flatten_read, text
+from shared.dead_letters import DeadLetter, list_dead_letters, read_dead_letter
 from shared.errors import (
     InboxFull,
     InvalidRequest,
@@ -50,6 +51,7 @@ from shared.errors import (
     ResultTimeout,
     TaskNotFound,
 )
+from shared.memory import SearchOutcome, search_memory
 from shared.models import (
     PoolInfo,
     PoolSpec,
@@ -324,9 +326,9 @@ class PoolManager:
                 self._replies.forget(task_id)
                 return res
             except TimeoutError:
+                self._replies.forget(task_id)  # a later wait reads the events stream
                 current = await self.status(task_id)
                 if current.status.is_final:
-                    self._replies.forget(task_id)
                     return current
                 raise ResultTimeout(
                     f"task {task_id} is still {current.status} after {timeout}s", task_id
@@ -429,6 +431,34 @@ class PoolManager:
 
     # ---------------------------------------------------------------- pools
 
+    def pool_spec(
+        self,
+        pool_type: str | None = None,
+        config: PoolSpec | Mapping[str, Any] | None = None,
+        **fields: Any,
+    ) -> PoolSpec:
+        """A validated pool spec, with this deployment's defaults for what is not given.
+
+        The defaults are `default_pool_type`, `pool_default_min_workers`,
+        `pool_default_max_workers` (raised to min_workers if that is larger) and
+        `worker_concurrency`. A PoolSpec passed as `config` is taken as it is.
+        """
+        if isinstance(config, PoolSpec):
+            return make_pool_spec(pool_type, config, **fields)
+        given = {**(config or {}), **{k: v for k, v in fields.items() if v is not None}}
+        if pool_type is None and "pool_type" not in given:
+            pool_type = str(self.settings.default_pool_type)
+        defaults = {
+            "min_workers": self.settings.pool_default_min_workers,
+            "max_workers": self.settings.pool_default_max_workers,
+            "concurrency": self.settings.worker_concurrency,
+        }
+        low = given.get("min_workers")
+        if isinstance(low, int):
+            defaults["max_workers"] = max(defaults["max_workers"], low)
+        missing = {name: value for name, value in defaults.items() if name not in given}
+        return make_pool_spec(pool_type, config, **{**fields, **missing})
+
     async def spawn_pool(
         self,
         pool_type: str | None = None,
@@ -443,24 +473,7 @@ class PoolManager:
         Raises InvalidRequest for a bad spec, OrchestratorUnavailable when no orchestrator acts
         in time, PoolUnavailable when the pool failed to start (with the reason).
         """
-        if pool_type is None and not (
-            isinstance(config, PoolSpec) or (config and "pool_type" in config)
-        ):
-            pool_type = str(self.settings.default_pool_type)
-        if not isinstance(config, PoolSpec):
-            given = {**(config or {}), **{k: v for k, v in fields.items() if v is not None}}
-            defaults = {
-                "min_workers": self.settings.pool_default_min_workers,
-                "max_workers": self.settings.pool_default_max_workers,
-                "concurrency": self.settings.worker_concurrency,
-            }
-            for name, value in defaults.items():
-                if name not in given:
-                    fields[name] = value
-            low = given.get("min_workers")
-            if isinstance(low, int) and "max_workers" not in given:
-                fields["max_workers"] = max(defaults["max_workers"], low)
-        spec = make_pool_spec(pool_type, config, **fields)
+        spec = self.pool_spec(pool_type, config, **fields)
         last = await self._last_event_id()
         await self._control(Control(action=ControlAction.SPAWN, pool_id=spec.id, spec=spec))
         if not wait:
@@ -553,6 +566,47 @@ class PoolManager:
         except ResponseError as exc:
             raise inbox_error(pool_id, exc) from None
         return text(entry)
+
+    # ---------------------------------------------------- memory and dead letters
+
+    async def search_memory(
+        self, query: str, *, limit: int = 100, pool_ids: Sequence[str] | None = None
+    ) -> SearchOutcome:
+        """Search finished tasks' memory records across pools, best match first (BM25).
+
+        Searches every live pool unless `pool_ids` names some (closed pools keep their memory).
+        """
+        return await search_memory(self.redis, self.settings, query, limit=limit, pool_ids=pool_ids)
+
+    async def dead_letters(
+        self, *, limit: int = 50, pool_id: str | None = None
+    ) -> tuple[int, list[DeadLetter]]:
+        """The dead-letter stream's length and its newest `limit` entries (of one pool)."""
+        return await list_dead_letters(self.redis, self.settings, limit=limit, pool_id=pool_id)
+
+    async def requeue_dead_letter(
+        self, entry_id: str, *, pool_id: str | None = None
+    ) -> tuple[DeadLetter, str]:
+        """Re-submit a dead letter's task as a new task, delete the entry; return the new id.
+
+        The task goes to `pool_id` if given, else where the original was sent. Concurrent
+        requeues of one entry submit one task. InvalidRequest explains one that cannot be.
+        """
+        letter = await read_dead_letter(self.redis, self.settings, entry_id)
+        if letter.message is None:
+            raise InvalidRequest(f"dead letter {entry_id} cannot be requeued: {letter.problem}")
+        original = letter.message.task
+        task = original.model_copy(
+            update={
+                "id": new_id("t"),
+                "submitted_at": time.time(),
+                "idempotency_key": f"dlq-requeue:{entry_id}",
+                "reply_to": None,
+            }
+        )
+        task_id = await self.submit(task, pool_id=pool_id or original.pool_id, expect_reply=False)
+        await self.redis.xdel(self.keys.dlq, entry_id)
+        return letter, task_id
 
     # ---------------------------------------------------------------- events
 

@@ -95,6 +95,7 @@ class Settings(BaseSettings):
 
     # MCP facade
     mcp_http_token: SecretStr | None = None
+    mcp_http_require_auth: bool = True  # False is honoured on loopback addresses only
     mcp_allowed_hosts: list[str] = Field(default_factory=list)
 
     @field_validator("default_pool_type", mode="before")

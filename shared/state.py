@@ -18,7 +18,15 @@ from shared.codec import ResultShare, TaskCompleted, encode, pack, unpack
 from shared.config import Settings
 from shared.connection import Redis, decode_hash, text
 from shared.errors import MalformedMessage
-from shared.models import LoadMetrics, PoolInfo, PoolSpec, PoolStatus, TaskResult, TaskStatus
+from shared.models import (
+    LoadMetrics,
+    PoolInfo,
+    PoolSpec,
+    PoolStatus,
+    TaskResult,
+    TaskSpec,
+    TaskStatus,
+)
 from shared.scripts import Scripts, flat_fields
 
 ACCEPTING_STATUSES = frozenset(
@@ -147,6 +155,7 @@ class FinalResult:
     tags: list[str] = field(default_factory=list)
     token: str = ""  # the writer's id for this delivery: a retried write is recognised
     history: list[str] = field(default_factory=list)  # one line per failed attempt
+    spec: TaskSpec | None = None  # kept in a dead letter, so it can be requeued
 
 
 async def finalize_results(
@@ -234,6 +243,7 @@ def queue_dead_letter(
     attempts: int = 0,
     raw: dict[Any, Any] | None = None,
     history: list[str] | None = None,
+    spec: TaskSpec | None = None,
 ) -> None:
     """Queue one dead-letter record (the task, its pool, why, and the raw entry if unreadable)."""
     record: dict[str, str | bytes] = {
@@ -247,6 +257,8 @@ def queue_dead_letter(
         record["raw"] = pack({text(k): v for k, v in raw.items()})
     if history:
         record["history"] = json.dumps(history)
+    if spec is not None:
+        record["spec"] = spec.model_dump_json()
     pipe.xadd(settings.keys.dlq, record, maxlen=settings.dlq_max_len, approximate=True)
 
 

@@ -266,8 +266,11 @@ def test_mcp_runs_the_facade_with_the_options(
     monkeypatch.setitem(sys.modules, "orchestrator.mcp_server", fake)
     result = runner.invoke(app, ["mcp", "--http", "--port", "9999"], env=env)
     assert result.exit_code == 0, result.output
-    assert calls[0][1] == {"http": True, "host": "127.0.0.1", "port": 9999}
+    assert calls[0][1] == {"http": True, "host": "127.0.0.1", "port": 9999, "require_auth": True}
     assert calls[0][0].key_prefix == env["MAHAVISHNU_KEY_PREFIX"]
+    result = runner.invoke(app, ["mcp", "--http", "--no-auth"], env=env)
+    assert result.exit_code == 0, result.output
+    assert calls[1][1]["require_auth"] is False
 
 
 @needs_redis
@@ -386,6 +389,15 @@ async def test_pool_exec_prints_the_result(
     assert health["healthy"] and health["pools"][pool_id]["live_workers"] >= 1
     load = await mhv_json(env, "pool", "monitor", pool_id)
     assert load[pool_id]["completed"] >= 3
+
+    found = await mhv_json(env, "pool", "search", "hello")
+    assert found["hits"][0]["output"] == "hello there"
+
+    letters = await mhv_json(env, "task", "dead-letters")
+    assert letters["total"] == 1 and "boom" in letters["entries"][0]["reason"]
+    entry = letters["entries"][0]["entry_id"]
+    requeued = await mhv_json(env, "task", "dead-letters", "--requeue", entry)
+    assert requeued["requeued_task_id"]
 
 
 @needs_redis

@@ -353,3 +353,22 @@ async def test_a_hung_command_is_killed_at_its_timeout(
     )
     assert refused.status is TaskStatus.FAILED and refused.attempts == 1
     assert "not in this pool's allowed_commands" in (refused.error or "")
+
+
+async def test_a_dead_letter_keeps_its_task_and_can_be_requeued(
+    orchestrator: Any, manager: PoolManager, redis: aioredis.Redis, settings: Settings
+) -> None:
+    pool_id = await manager.spawn_pool("local", name="p", min_workers=1)
+    failed = await manager.execute_on_pool(
+        pool_id, {"call": "fail", "args": ["boom"], "max_attempts": 2}, timeout=15
+    )
+    assert failed.status is TaskStatus.DEAD_LETTERED
+    total, letters = await manager.dead_letters()
+    assert total == 1 and letters[0].task_id == failed.task_id
+    assert letters[0].message is not None and letters[0].message.task.call == "fail"
+    assert len(letters[0].history) == 2 and "boom" in letters[0].history[-1]
+    _, again = await manager.requeue_dead_letter(letters[0].entry_id)
+    assert again != failed.task_id
+    assert (await manager.result(again, timeout=15)).status is TaskStatus.DEAD_LETTERED
+    total, letters = await manager.dead_letters()
+    assert total == 1 and letters[0].task_id == again

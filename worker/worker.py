@@ -354,16 +354,27 @@ class Worker:
     # ----------------------------------------------------------------- flushing
 
     async def _flush_loop(self) -> None:
+        failing_since: float | None = None
         while True:
             await self._flush_wanted.wait()
             self._flush_wanted.clear()
             try:
                 await self._flush()
-            except Exception as exc:  # results are kept and written again: never give up
+                failing_since = None
+            except Exception as exc:  # results are kept and written again
                 if isinstance(exc, TRANSIENT_ERRORS):
                     log.warning("writing results failed (%s); will retry", exc)
                 else:
                     log.exception("writing results failed; will retry")
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if self._stopping.is_set() and now - failing_since > self.settings.drain_grace:
+                    # exiting is safe: the entries stay pending on us and are taken back
+                    # once our heartbeat expires
+                    log.error(
+                        "giving up on %d unwritten result(s) after the grace", len(self._done)
+                    )
+                    return
                 await _wait_any(self._stopping, timeout=0.5)
                 self._flush_wanted.set()
                 continue
@@ -485,6 +496,7 @@ class Worker:
             list(msg.task.tags),
             token,
             self._history(item),
+            msg.task,
         )
 
     def _history(self, item: _Done) -> list[str]:
@@ -522,6 +534,7 @@ class Worker:
                     reason=final.result.error or "",
                     attempts=final.result.attempts,
                     history=final.history,
+                    spec=final.spec,
                 )
         for item in dead:
             log.warning("dead-lettered %s: %s", text(item.entry_id), item.reason)

@@ -9,7 +9,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from orchestrator.memory_search import (
+from shared.config import Settings
+from shared.connection import Redis
+from shared.errors import InvalidRequest, PoolNotFound
+from shared.memory import (
     MemoryRecord,
     rank,
     read_pool_memory,
@@ -17,9 +20,6 @@ from orchestrator.memory_search import (
     stem,
     tokenize,
 )
-from shared.config import Settings
-from shared.connection import Redis
-from shared.errors import InvalidRequest, PoolNotFound
 from shared.models import PoolSpec, PoolStatus
 from shared.state import pool_hash_fields
 
