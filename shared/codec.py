@@ -155,7 +155,8 @@ def unpack(data: bytes) -> Any:
 
 def encode(message: _Message) -> StreamFields:
     """The stream fields of a message: readable headers plus a msgpack body."""
-    body = message.model_dump(mode="json", exclude={"type"})
+    # default values are left out (the reader fills them in): a small task's body is ~80 bytes
+    body = message.model_dump(mode="json", exclude={"type"}, exclude_defaults=True)
     fields: StreamFields = {"type": str(message.type), "v": SCHEMA_VERSION}
     if isinstance(message, TaskDelegate):
         fields["task"] = message.task.id
