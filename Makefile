@@ -4,6 +4,7 @@
 #   make lint   ruff check, ruff format --check, mypy --strict
 #   make test   venv + redis + lint, then the test suite
 #   make demo   run `mahavishnu up --demo`
+#   make bench  run the benchmark harness and regenerate docs/benchmarks.md
 #   make clean  remove caches and build output (keeps .venv and .mahavishnu data)
 #   make distclean  also stop the Redis `make redis` started and remove .venv and .mahavishnu
 
@@ -12,7 +13,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis redis-stop lint test demo clean distclean
+.PHONY: venv redis redis-stop lint test demo bench clean distclean
 
 venv: $(STAMP)
 
@@ -44,6 +45,9 @@ test: venv redis lint
 
 demo: venv
 	$(BIN)/mahavishnu up --demo
+
+bench: venv
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -669,6 +669,18 @@ def task_dead_letters(
         render.stdout_console().print(table)
 
 
+@app.command(
+    "bench",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def bench_cmd(ctx: typer.Context) -> None:
+    """Run the benchmark harness (`python -m bench`); its options pass through (--help)."""
+    from bench.__main__ import main as bench_main
+
+    raise typer.Exit(bench_main(list(ctx.args)))
+
+
 # ---------------------------------------------------------------------------------- inspect
 
 

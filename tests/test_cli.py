@@ -156,7 +156,7 @@ async def mhv_json(env: dict[str, str], *args: str) -> Any:
 def test_help_lists_every_command(runner: CliRunner) -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for name in ("up", "orchestrator", "worker", "mcp", "pool", "task", "inspect", "top"):
+    for name in ("up", "orchestrator", "worker", "mcp", "pool", "task", "inspect", "top", "bench"):
         assert name in result.stdout
     result = runner.invoke(app, ["pool", "--help"])
     assert result.exit_code == 0

@@ -1,0 +1,15 @@
+"""The benchmark harness: raw Redis ceiling, arq baseline and Mahavishnu pools, side by side.
+
+    python -m bench                  # the full run (a few minutes on 2 cores)
+    python -m bench --quick          # every scenario at 5% of its size
+    python -m bench --help           # scenarios, systems, scale, output paths
+
+Every figure of a run is measured on the same Redis (a private `redis-server` on a free loopback
+port unless `--redis-url` is given), reported as an absolute and as a ratio to the raw ceiling,
+and written to the terminal, `bench/results/latest.json` and `docs/benchmarks.md`.
+
+Modules: `config` (what a run measures), `stats` (timing, processes, Redis), `raw` and
+`raw_consumer` (the ceiling), `arq_bench` with `arq_client` / `arq_worker` (the arq baseline,
+run in a virtual environment of its own), `ours` (the pools), `report` (table, JSON, Markdown,
+targets) and `runner` (the order of a run).
+"""

@@ -1,0 +1,653 @@
+"""One run of the harness: a private Redis, the three systems in turn, then the report.
+
+The order is raw ceiling, arq, then the pools; each figure is measured under a key prefix (or
+arq queue) of its own and its keys are deleted afterwards, so no figure sees another's data. A
+figure that fails is reported with the reason and the run goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bench import arq_bench, ours, raw
+from bench.config import ROOT, RunConfig
+from bench.report import (
+    Report,
+    evaluate,
+    load_json,
+    memory_figures,
+    print_report,
+    result_text,
+    write_json,
+    write_markdown,
+)
+from bench.stats import Figure, client, unavailable
+from shared.broker import EmbeddedBroker, free_port, start_redis_server
+from shared.models import new_id
+
+BASELINES = {
+    "throughput": "throughput/raw/{n}",
+    "latency": "latency/raw",
+    "concurrency": "concurrency/raw",
+    "backlog": "backlog/raw",
+}
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, memory and OS of this machine."""
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    memory = 0.0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    memory = int(line.split()[1]) / (1024.0 * 1024.0)
+    except (OSError, ValueError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory, 1),
+        "platform": platform.platform(),
+        "load_start": round(os.getloadavg()[0], 2),
+    }
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _git_commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = head.stdout.strip() or "unknown"
+    return f"{commit} (with uncommitted changes)" if dirty.stdout.strip() else commit
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def method_notes(cfg: RunConfig) -> list[str]:
+    """How each figure is measured, for the page."""
+    c = cfg.concurrency
+    return [
+        "Redis: a private `redis-server` (appendonly off, no RDB saves) on a free loopback port, "
+        "started by the harness (`shared.broker.start_redis_server`), unless `--redis-url` is "
+        "given. Every system runs against it, one figure at a time, each under its own key "
+        "prefix or queue name, deleted afterwards.",
+        f"Raw ceiling (`bench/raw.py`, `bench/raw_consumer.py`): the producer (this process, "
+        f"redis-py asyncio + hiredis) XADDs pipelined batches of {cfg.batch}; each consumer "
+        f"process reads `XREADGROUP COUNT {c}` and answers each batch with one pipeline of "
+        "XADD replies + XACK + XDEL; the producer reads replies with blocking XREAD.",
+        "arq (`bench/arq_bench.py`): arq in its own virtual environment "
+        f"(`{_shown(cfg.arq_venv)}`), worker processes with arq's defaults "
+        f"({arq_bench.DEFAULTS}); a tuned row uses "
+        f"{arq_bench.TUNED}. arq has no batch enqueue: batches are {arq_bench.ENQUEUE_BATCH} "
+        "concurrent `enqueue_job` calls; throughput ends when arq's queue is empty (a job leaves "
+        "it when its result is written); latency polls `Job.result` every 5 ms. arq's default "
+        f"worker polls every 0.5 s, so its figures use {cfg.arq_tasks:,} jobs and "
+        f"{cfg.arq_latency_round_trips} round trips.",
+        "Ours (`bench/ours.py`): an orchestrator process (`python -m orchestrator orchestrator`) "
+        f"spawns local `python` pools (concurrency {c}, max_queue raised so no QueueFull) whose "
+        "worker processes it starts; the client is `PoolManager` in the harness process. Direct "
+        "= `submit_many(pool_id=...)` / `execute_on_pool`; routed = `submit_many()` / "
+        "`route_task` through the orchestrator (least_loaded). The task is `{'call': 'noop'}`. "
+        "All other settings are the defaults (heartbeat 1 s, supervision tick 0.5 s, worker "
+        "XREADGROUP block 1 s, route batch 200).",
+        f"Throughput: {cfg.tasks:,} tasks submitted in batches of {cfg.batch} while the workers "
+        "run; tasks/s from the first submit to the last result, after "
+        f"{cfg.warmup} untimed warm-up tasks; the median of {cfg.repeat} runs "
+        "(arq defaults: 1 run).",
+        f"Latency: {cfg.latency_round_trips:,} sequential round trips from one client, 1 worker "
+        "process; p50/p99 of submit-to-result times.",
+        f"Concurrency: {cfg.clients} clients (each its own `PoolManager` / reply stream) as "
+        f"asyncio tasks in one process, {cfg.client_rounds} sequential round trips each, 1 "
+        "worker process.",
+        f"Backlog: {cfg.backlog_tasks:,} tasks queued on a pool with no worker; Redis memory per "
+        "task = `INFO memory used_memory` delta / tasks (task hash + stream entry); then one "
+        "worker starts (`scale` 0 -> 1) and the drain rate is timed from the first result to "
+        "the last. Flatness = rate while the last fifth drained / rate of the first fifth.",
+        f"Fan-out: the routed figure of 2 pools x 1 worker process, then {cfg.fanout_pools - 2} "
+        f"more pools are spawned without workers and the same load is routed among "
+        f"{cfg.fanout_pools} pools. Each routing batch reads every pool's backlog and checks "
+        "every pool against every task; the idle pools are supervised every tick. 100 worker "
+        "processes would not fit 2 cores (each is a Python process of ~45 MB and its own "
+        "polling), and would measure process count rather than routing.",
+        "Memory: peak RSS (`VmHWM`) of the largest worker process and of the orchestrator at "
+        "the end of each throughput figure of the pools; the highest is reported.",
+        "CPU µs/task: CPU time of each process group during the timed part "
+        "(`/proc/<pid>/stat`, Redis `INFO cpu`) divided by tasks; `client` is the harness "
+        "process (or arq's client process). On 2 cores the busiest group bounds throughput.",
+    ]
+
+
+class Runner:
+    """Measures the figures of one run."""
+
+    def __init__(self, cfg: RunConfig, console: Console) -> None:
+        self.cfg = cfg
+        self.console = console
+        self.run_id = new_id("b").split("-", 1)[1]
+        self.figures: list[Figure] = []
+        self.versions: dict[str, Any] = {}
+        self.url = ""
+        self.work = Path()
+        self._t0 = time.monotonic()
+
+    def log(self, text: str) -> None:
+        """A progress line with the elapsed time."""
+        self.console.print(f"[dim]{time.monotonic() - self._t0:6.1f}s[/dim] {text}")
+
+    def prefix(self, name: str) -> str:
+        """A key prefix no other figure or run uses."""
+        return f"bench-{self.run_id}-{name}:"
+
+    def add(self, fig: Figure) -> Figure:
+        """Record a figure (with its baseline) and print it."""
+        if fig.baseline is None and fig.system != "raw":
+            pattern = BASELINES.get(fig.scenario)
+            if pattern is not None:
+                fig.baseline = pattern.format(n=fig.key.rsplit("/", 1)[-1])
+        self.figures.append(fig)
+        colour = "green" if fig.ok else "yellow"
+        self.log(f"[{colour}]{fig.key}[/{colour}]: {result_text(fig)}")
+        return fig
+
+    async def measure(
+        self,
+        key: str,
+        setup: str,
+        make: Callable[[], Awaitable[Figure]],
+        *,
+        repeat: int = 1,
+    ) -> Figure | None:
+        """Measure one figure (the median of `repeat` runs); a failure becomes a failed figure."""
+        scenario, system = key.split("/")[:2]
+        runs: list[Figure] = []
+        try:
+            for _ in range(max(1, repeat)):
+                runs.append(await asyncio.wait_for(make(), self.cfg.scenario_timeout))
+        except Exception as exc:  # one failed figure must not end the run
+            self.add(
+                Figure(
+                    key,
+                    scenario,
+                    system,
+                    setup,
+                    status="failed",
+                    reason=f"{type(exc).__name__}: {exc}"[:500],
+                )
+            )
+            return None
+        runs.sort(key=lambda f: f.primary)
+        fig = runs[len(runs) // 2]
+        if len(runs) > 1:
+            rates = [f.primary for f in runs]
+            fig.values.update(
+                {
+                    "repeats": float(len(runs)),
+                    "min_tasks_per_s": min(rates),
+                    "max_tasks_per_s": max(rates),
+                }
+            )
+        return self.add(fig)
+
+    def fail_all(self, keys: list[tuple[str, str]], reason: str, status: str = "failed") -> None:
+        """Record figures that a failed set-up could not measure."""
+        for key, setup in keys:
+            scenario, system = key.split("/")[:2]
+            self.add(unavailable(key, scenario, system, setup, reason))
+            self.figures[-1].status = status
+
+    # ------------------------------------------------------------------------- raw
+
+    async def raw_section(self) -> None:
+        cfg = self.cfg
+        want = cfg.wants
+        for w in sorted(set(cfg.workers) | ({1} if want("latency", "raw") else set())):
+            jobs = []
+            if want("throughput", "raw") and w in cfg.workers:
+                jobs.append("throughput")
+            if w == 1 and want("latency", "raw"):
+                jobs.append("latency")
+            if w == 1 and want("concurrency", "raw"):
+                jobs.append("concurrency")
+            if not jobs:
+                continue
+            rig = raw.RawRig(
+                self.url, self.prefix(f"raw{w}"), count=cfg.concurrency, log_dir=self.work
+            )
+            async with rig:
+                await rig.start_consumers(w)
+                plural = "es" if w > 1 else ""
+                if "throughput" in jobs:
+                    await self.measure(
+                        f"throughput/raw/{w}",
+                        f"{w} consumer process{plural}",
+                        partial(
+                            raw.throughput,
+                            rig,
+                            cfg.tasks,
+                            cfg.batch,
+                            cfg.warmup,
+                            cfg.scenario_timeout,
+                        ),
+                        repeat=cfg.repeat,
+                    )
+                if "latency" in jobs:
+                    await self.measure(
+                        "latency/raw",
+                        "1 consumer process, 1 client",
+                        partial(raw.latency, rig, cfg.latency_round_trips, min(50, cfg.warmup)),
+                    )
+                if "concurrency" in jobs:
+                    await self.measure(
+                        "concurrency/raw",
+                        f"1 consumer process, {cfg.clients} clients in 1 process",
+                        partial(raw.concurrency, rig, cfg.clients, cfg.client_rounds),
+                    )
+        if want("backlog", "raw"):
+            rig = raw.RawRig(
+                self.url, self.prefix("rawbacklog"), count=cfg.concurrency, log_dir=self.work
+            )
+            async with rig:
+                await self.measure(
+                    "backlog/raw",
+                    f"{cfg.backlog_tasks:,} entries queued, then 1 consumer process",
+                    partial(raw.backlog, rig, cfg.backlog_tasks, 1, cfg.scenario_timeout),
+                )
+
+    # ------------------------------------------------------------------------- arq
+
+    async def arq_section(self) -> None:
+        cfg = self.cfg
+        keys: list[tuple[str, str]] = []
+        if "throughput" in cfg.scenarios:
+            for w in cfg.workers:
+                keys.append((f"throughput/arq/{w}", f"{w} worker process(es), defaults"))
+                if cfg.arq_tuned:
+                    keys.append((f"throughput/arq-tuned/{w}", f"{w} worker process(es), tuned"))
+        if "latency" in cfg.scenarios:
+            keys.append(("latency/arq", "1 worker process, defaults"))
+            if cfg.arq_tuned:
+                keys.append(("latency/arq-tuned", "1 worker process, tuned"))
+        if not keys:
+            return
+        self.log(f"arq: preparing its virtual environment in {cfg.arq_venv}")
+        try:
+            env = await asyncio.to_thread(arq_bench.ensure_arq_env, cfg.arq_venv)
+        except arq_bench.ArqUnavailable as exc:
+            self.versions["arq"] = f"unavailable: {exc}"
+            self.fail_all(keys, f"arq environment unavailable: {exc}", status="unavailable")
+            return
+        self.versions["arq"] = f"{env.arq_version} (redis-py {env.redis_py})"
+        for key, setup in keys:
+            parts = key.split("/")
+            tuned = parts[1] == "arq-tuned"
+            queue = f"bench-{self.run_id}-{'-'.join(parts)}:queue"
+            if parts[0] == "throughput":
+                workers = int(parts[2])
+                n = cfg.arq_tasks
+
+                async def make_t(
+                    w: int = workers, q: str = queue, t: bool = tuned, n: int = n
+                ) -> Figure:
+                    return await arq_bench.throughput(
+                        env,
+                        self.url,
+                        q,
+                        self.work,
+                        workers=w,
+                        n=n,
+                        warmup=min(50, cfg.warmup),
+                        tuned=t,
+                        timeout=cfg.scenario_timeout,
+                    )
+
+                await self.measure(key, setup, make_t, repeat=cfg.repeat if tuned else 1)
+            else:
+                rounds = cfg.arq_tuned_latency_round_trips if tuned else cfg.arq_latency_round_trips
+
+                async def make_l(q: str = queue, t: bool = tuned, n: int = rounds) -> Figure:
+                    return await arq_bench.latency(
+                        env,
+                        self.url,
+                        q,
+                        self.work,
+                        n=n,
+                        warmup=2,
+                        tuned=t,
+                        timeout=cfg.scenario_timeout,
+                    )
+
+                await self.measure(key, setup, make_l)
+
+    # ------------------------------------------------------------------------ ours
+
+    def cluster(self, name: str) -> ours.Cluster:
+        """A fresh cluster (orchestrator + pools) under its own prefix."""
+        return ours.Cluster(
+            self.url,
+            self.prefix(name),
+            self.work / name,
+            concurrency=self.cfg.concurrency,
+        )
+
+    async def ours_section(self) -> None:
+        cfg = self.cfg
+        want = cfg.wants
+        c = cfg.concurrency
+        if (
+            (want("throughput", "ours") and 1 in cfg.workers)
+            or want("latency", "ours")
+            or want("concurrency", "ours")
+        ):
+            await self._guarded("single pool", self._single_pool)
+        if want("throughput", "ours"):
+            for w in cfg.workers:
+                if w == 1:
+                    continue
+
+                async def direct(cluster: ours.Cluster, w: int = w) -> None:
+                    pool = await cluster.spawn("bench", w)
+                    await self.measure(
+                        f"throughput/direct/{w}",
+                        f"1 pool, {w} worker processes x {c}",
+                        partial(
+                            ours.throughput,
+                            cluster,
+                            key=f"throughput/direct/{w}",
+                            setup=f"1 pool, {w} worker processes x {c}",
+                            n=cfg.tasks,
+                            batch=cfg.batch,
+                            warmup=cfg.warmup,
+                            timeout=cfg.scenario_timeout,
+                            pool_id=pool,
+                        ),
+                        repeat=cfg.repeat,
+                    )
+
+                await self._guarded(f"direct{w}", direct)
+        routed_pools = [w for w in cfg.workers if w > 1] if want("throughput", "ours") else []
+        if want("fanout", "ours") and 2 not in routed_pools:
+            routed_pools.append(2)
+        for w in routed_pools:
+            await self._guarded(f"routed{w}", partial(self._routed, pools=w))
+        if want("backlog", "ours"):
+
+            async def backlog(cluster: ours.Cluster) -> None:
+                await self.measure(
+                    "backlog/direct",
+                    f"{cfg.backlog_tasks:,} tasks queued, then 1 worker process",
+                    partial(
+                        ours.backlog,
+                        cluster,
+                        n=cfg.backlog_tasks,
+                        batch=1000,
+                        timeout=cfg.scenario_timeout,
+                    ),
+                )
+
+            await self._guarded("backlog", backlog)
+
+    async def _guarded(self, name: str, body: Callable[[ours.Cluster], Awaitable[None]]) -> None:
+        try:
+            async with self.cluster(name.replace(" ", "-")) as cluster:
+                await body(cluster)
+        except Exception as exc:  # the cluster could not start: say so and go on
+            reason = f"{name}: {type(exc).__name__}: {exc}"[:500]
+            self.add(Figure(f"setup/ours/{name}", "setup", "ours", name, status="failed"))
+            self.figures[-1].reason = reason
+
+    async def _single_pool(self, cluster: ours.Cluster) -> None:
+        cfg = self.cfg
+        want = cfg.wants
+        c = cfg.concurrency
+        pool = await cluster.spawn("bench", 1)
+        if want("throughput", "ours") and 1 in cfg.workers:
+            for pool_id, system, how in (
+                (pool, "direct", "submit_many(pool_id)"),
+                (None, "routed", "submit_many() via the orchestrator"),
+            ):
+                setup = f"1 pool, 1 worker process x {c}, {how}"
+                key = f"throughput/{system}/1"
+                await self.measure(
+                    key,
+                    setup,
+                    partial(
+                        ours.throughput,
+                        cluster,
+                        key=key,
+                        setup=setup,
+                        n=cfg.tasks,
+                        batch=cfg.batch,
+                        warmup=cfg.warmup,
+                        timeout=cfg.scenario_timeout,
+                        pool_id=pool_id,
+                    ),
+                    repeat=cfg.repeat,
+                )
+        if want("latency", "ours"):
+            for pool_id, system, how in (
+                (pool, "direct", "execute_on_pool"),
+                (None, "routed", "route_task"),
+            ):
+                setup = f"{how}, 1 pool, 1 worker process"
+                await self.measure(
+                    f"latency/{system}",
+                    setup,
+                    partial(
+                        ours.latency,
+                        cluster,
+                        n=cfg.latency_round_trips,
+                        warmup=min(50, cfg.warmup),
+                        pool_id=pool_id,
+                        setup=setup,
+                    ),
+                )
+        if want("concurrency", "ours"):
+            for pool_id, system, how in (
+                (pool, "direct", "execute_on_pool"),
+                (None, "routed", "route_task"),
+            ):
+                setup = f"{cfg.clients} PoolManagers in 1 process ({how}), 1 worker process"
+                await self.measure(
+                    f"concurrency/{system}",
+                    setup,
+                    partial(
+                        ours.concurrency,
+                        cluster,
+                        clients=cfg.clients,
+                        rounds=cfg.client_rounds,
+                        pool_id=pool_id,
+                        setup=setup,
+                    ),
+                )
+
+    async def _routed(self, cluster: ours.Cluster, pools: int) -> None:
+        cfg = self.cfg
+        c = cfg.concurrency
+        for i in range(pools):
+            await cluster.spawn(f"bench{i}", 1)
+        setup = f"{pools} pools x 1 worker process x {c}, via the orchestrator"
+        await self.measure(
+            f"throughput/routed/{pools}",
+            setup,
+            partial(
+                ours.throughput,
+                cluster,
+                key=f"throughput/routed/{pools}",
+                setup=setup,
+                n=cfg.tasks,
+                batch=cfg.batch,
+                warmup=cfg.warmup,
+                timeout=cfg.scenario_timeout,
+                pool_id=None,
+            ),
+            repeat=cfg.repeat,
+        )
+        if pools != 2 or not cfg.wants("fanout", "ours") or cfg.fanout_pools <= 2:
+            return
+        total = cfg.fanout_pools
+        self.log(f"fan-out: spawning {total - 2} pools without workers")
+        await ours.add_idle_pools(cluster, total - 2)
+        key = f"fanout/routed/{total}"
+        setup = f"{total} pools (2 with 1 worker process x {c}, {total - 2} without workers)"
+
+        async def fanout() -> Figure:
+            fig = await ours.throughput(
+                cluster,
+                key=key,
+                setup=setup,
+                n=cfg.tasks,
+                batch=cfg.batch,
+                warmup=cfg.warmup,
+                timeout=cfg.scenario_timeout,
+                pool_id=None,
+                scenario="fanout",
+            )
+            fig.values["pools"] = float(total)
+            fig.baseline = "throughput/routed/2"
+            return fig
+
+        await self.measure(key, setup, fanout, repeat=cfg.repeat)
+
+    # ------------------------------------------------------------------------- run
+
+    async def run(self) -> Report:
+        """Measure every wanted figure and build the report."""
+        cfg = self.cfg
+        started = datetime.now(UTC)
+        machine = machine_info()
+        self.work = Path(tempfile.mkdtemp(prefix="mahavishnu-bench-"))
+        broker: EmbeddedBroker | None = None
+        try:
+            if cfg.redis_url:
+                self.url = cfg.redis_url
+                where = "the Redis given with --redis-url (shared: figures may be disturbed)"
+            else:
+                broker = await start_redis_server(
+                    free_port(), self.work / "redis", appendonly=False
+                )
+                self.url = broker.url
+                where = "a private redis-server started by the harness (appendonly off)"
+            self.log(f"Redis: {where}")
+            probe: Any = client(self.url)
+            try:
+                info = await probe.info("server")
+            finally:
+                await probe.aclose()
+            self.versions.update(
+                {
+                    "python": platform.python_version(),
+                    "redis_server": str(info.get("redis_version", "?")),
+                    "redis_py": _version("redis"),
+                    "hiredis": _version("hiredis"),
+                    "msgpack": _version("msgpack"),
+                    "pydantic": _version("pydantic"),
+                    "project": f"{_version('mahavishnu-pools')} at {_git_commit()}",
+                    "arq": "not measured",
+                }
+            )
+            if "raw" in cfg.systems:
+                await self.raw_section()
+            if "arq" in cfg.systems:
+                await self.arq_section()
+            if "ours" in cfg.systems:
+                await self.ours_section()
+        finally:
+            if broker is not None:
+                await broker.stop()
+        machine["load_end"] = round(os.getloadavg()[0], 2)
+        figures = self.figures + memory_figures(self.figures)
+        failed = [f for f in figures if f.status == "failed"]
+        if failed:
+            self.log(f"[yellow]{len(failed)} figure(s) failed; logs kept in {self.work}[/yellow]")
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+        meta = {
+            "command": cfg.command,
+            "started_at": started.strftime("%Y-%m-%d %H:%M UTC"),
+            "duration_s": round(time.monotonic() - self._t0, 1),
+            "machine": machine,
+            "versions": self.versions,
+            "redis": where,
+            "method": method_notes(cfg),
+            "notes": cfg.notes,
+        }
+        report = Report(meta, cfg.describe(), figures)
+        report.targets = evaluate(report)
+        return report
+
+
+async def run(cfg: RunConfig, console: Console | None = None) -> Report:
+    """Run the harness and write its outputs; return the report."""
+    console = console or Console(width=None if sys.stdout.isatty() else 160)
+    for name in [k for k in os.environ if k.startswith("MAHAVISHNU_")]:
+        del os.environ[name]  # the bench's settings are its own, not the caller's
+    runner = Runner(cfg, console)
+    report = await runner.run()
+    print_report(report, console)
+    if cfg.json_path is not None:
+        write_json(report, cfg.json_path)
+        console.print(f"JSON: {cfg.json_path}")
+    if cfg.markdown_path is not None:
+        write_markdown(report, cfg.markdown_path)
+        console.print(f"Markdown: {cfg.markdown_path}")
+    return report
+
+
+def rerender(json_path: Path, markdown_path: Path | None) -> Report:
+    """Print the tables of an earlier run's JSON and write its page again (no measuring)."""
+    report = load_json(json_path)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    print_report(report, console)
+    if markdown_path is not None:
+        write_markdown(report, markdown_path)
+        console.print(f"Markdown: {markdown_path}")
+    return report
+
+
+def command_line(argv: list[str]) -> str:
+    """The command as a user would type it."""
+    return " ".join(["python -m bench", *argv])
