@@ -143,11 +143,11 @@ class Orchestrator:
         try:
             pipe = self.redis.pipeline(transaction=False)
             for pool_id in self.supervisor.owned():
-                await self._scripts.release_lease(
-                    keys=[self.keys.pool_lease(pool_id)], args=[self.id], client=pipe
+                self._scripts.queue(
+                    pipe, self._scripts.release_lease, [self.keys.pool_lease(pool_id)], [self.id]
                 )
             pipe.delete(self.keys.orchestrator(self.id))
-            await pipe.execute()
+            await self._scripts.execute(pipe)
         except RedisError as exc:
             log.warning("could not release leases: %s", exc)
         await self._reader.aclose()

@@ -94,11 +94,14 @@ class PoolSupervisor:
             pipe.hgetall(keys.pool(pool_id))
             pipe.smembers(keys.pool_workers(pool_id))
             pipe.xlen(keys.pool_tasks(pool_id))
-            await self.records.scripts.acquire_lease(
-                keys=[keys.pool_lease(pool_id)], args=[self.owner_id, self.lease_ms], client=pipe
+            self.records.scripts.queue(
+                pipe,
+                self.records.scripts.acquire_lease,
+                [keys.pool_lease(pool_id)],
+                [self.owner_id, self.lease_ms],
             )
             pipe.get(keys.pool_lease(pool_id))
-        replies = await pipe.execute()
+        replies = await self.records.scripts.execute(pipe)
         views: dict[str, PoolView] = {}
         for n, pool_id in enumerate(ids):
             raw, members, backlog, _, lease = replies[n * 5 : n * 5 + 5]
@@ -228,10 +231,10 @@ class PoolSupervisor:
         update = StatusUpdate(pool_id=pool_id, status=PoolStatus.CLOSED, detail="closed")
         self.records.publish(pipe, update)
         self.records.publish(pipe, PoolClosed(pool_id=pool_id, reason="closed on request"))
-        await self.records.scripts.release_lease(
-            keys=[keys.pool_lease(pool_id)], args=[self.owner_id], client=pipe
+        self.records.scripts.queue(
+            pipe, self.records.scripts.release_lease, [keys.pool_lease(pool_id)], [self.owner_id]
         )
-        await pipe.execute()
+        await self.records.scripts.execute(pipe)
         self._closing_since.pop(pool_id, None)
         if not self.local.running(pool_id):
             self.local.pools.pop(pool_id, None)

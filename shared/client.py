@@ -238,8 +238,8 @@ class PoolManager:
         fresh = [s for s in specs if s.idempotency_key not in known]
         pipe = self.redis.pipeline(transaction=False)
         for spec in fresh:
-            await self._queue_submit(pipe, spec)
-        replies = await pipe.execute(raise_on_error=False) if fresh else []
+            self._queue_submit(pipe, spec)
+        replies = await self._scripts.execute(pipe, raise_on_error=False) if fresh else []
         failures = [
             (spec, reply)
             for spec, reply in zip(fresh, replies[1::3], strict=True)
@@ -254,7 +254,7 @@ class PoolManager:
                 self._replies.expect(spec.id)
         return [known.get(s.idempotency_key or "", s.id) for s in specs]
 
-    async def _queue_submit(self, pipe: Any, spec: TaskSpec) -> None:
+    def _queue_submit(self, pipe: Any, spec: TaskSpec) -> None:
         keys = self.keys
         state = {
             "status": str(TaskStatus.QUEUED if spec.pool_id else TaskStatus.PENDING),
@@ -268,14 +268,18 @@ class PoolManager:
         pipe.hset(keys.task(spec.id), mapping=state)
         fields = flat_fields(dict(encode(TaskDelegate(task=spec))))
         if spec.pool_id:
-            await self._scripts.submit_to_pool(
-                keys=[keys.pool(spec.pool_id), keys.pool_tasks(spec.pool_id)],
-                args=[10_000, *fields],
-                client=pipe,
+            self._scripts.queue(
+                pipe,
+                self._scripts.submit_to_pool,
+                [keys.pool(spec.pool_id), keys.pool_tasks(spec.pool_id)],
+                [10_000, *fields],
             )
         else:
-            await self._scripts.xadd_bounded(
-                keys=[keys.ingress], args=[self.settings.ingress_max_len, *fields], client=pipe
+            self._scripts.queue(
+                pipe,
+                self._scripts.xadd_bounded,
+                [keys.ingress],
+                [self.settings.ingress_max_len, *fields],
             )
         pipe.expire(keys.task(spec.id), self.settings.result_ttl)
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
     BusyLoadingError,
     ClusterDownError,
+    DataError,
     MasterDownError,
     ReadOnlyError,
     RedisError,
@@ -56,7 +59,7 @@ def connect(settings: Settings, *, blocking: bool = False, retries: int = 5) -> 
     retry at a level where their writes are guarded.
     """
     retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
-    return aioredis.Redis.from_url(
+    client = aioredis.Redis.from_url(
         settings.redis_url,
         decode_responses=False,
         socket_timeout=None if blocking else 10.0,
@@ -66,6 +69,48 @@ def connect(settings: Settings, *, blocking: bool = False, retries: int = 5) -> 
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         protocol=2,
     )
+    pool = client.connection_pool
+    pool.connection_class = _HIREDIS_PACKED.get(pool.connection_class, pool.connection_class)
+    return client
+
+
+class _HiredisPacking:
+    """Packs commands with hiredis's C packer; redis-py's asyncio connections pack in Python,
+    which was a sixth of a worker's CPU."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        head = args[0]
+        if isinstance(head, str):  # "SCRIPT LOAD"-style names are several words
+            args = (*head.encode().split(), *args[1:])
+        elif b" " in head:
+            args = (*head.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(tuple(_packable(a) for a in args))]
+        except TypeError as exc:
+            raise DataError(str(exc)) from None
+
+
+def _packable(value: Any) -> Any:
+    return bytes(value) if isinstance(value, bytearray | memoryview) else value
+
+
+class _PackedConnection(_HiredisPacking, Connection):
+    pass
+
+
+class _PackedSSLConnection(_HiredisPacking, SSLConnection):
+    pass
+
+
+class _PackedUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
+    pass
+
+
+_HIREDIS_PACKED: dict[type[Any], type[Any]] = {
+    Connection: _PackedConnection,
+    SSLConnection: _PackedSSLConnection,
+    UnixDomainSocketConnection: _PackedUnixConnection,
+}
 
 
 async def ping(settings: Settings) -> bool:

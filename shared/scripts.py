@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from shared.connection import Redis
 
@@ -155,9 +156,14 @@ return 0
 
 
 class Scripts:
-    """The registered scripts of one client (EVALSHA, loaded on first use)."""
+    """The scripts of one client. Direct calls (`await scripts.cancel_task(keys=..., args=...)`)
+    load a script on first use; in a pipeline, `queue` adds a plain EVALSHA and `execute` runs
+    the pipeline, loading the scripts first (redis-py's own pipeline support would send a
+    SCRIPT EXISTS round trip before every pipeline)."""
 
     def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._loaded = False
         self.xadd_bounded: AsyncScript = redis.register_script(XADD_BOUNDED)
         self.submit_to_pool: AsyncScript = redis.register_script(SUBMIT_TO_POOL)
         self.finalize_task: AsyncScript = redis.register_script(FINALIZE_TASK)
@@ -167,3 +173,50 @@ class Scripts:
         self.set_pool_status: AsyncScript = redis.register_script(SET_POOL_STATUS)
         self.acquire_lease: AsyncScript = redis.register_script(ACQUIRE_LEASE)
         self.release_lease: AsyncScript = redis.register_script(RELEASE_LEASE)
+        self._all = [
+            self.xadd_bounded,
+            self.submit_to_pool,
+            self.finalize_task,
+            self.start_task,
+            self.cancel_task,
+            self.send_to_inbox,
+            self.set_pool_status,
+            self.acquire_lease,
+            self.release_lease,
+        ]
+
+    def queue(self, pipe: Any, script: AsyncScript, keys: list[str], args: list[Any]) -> None:
+        """Queue an EVALSHA of `script` on a pipeline that `execute` will run."""
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def load(self) -> None:
+        """Load every script into the server's cache (once per client, again after a restart)."""
+        if not self._loaded:
+            pipe = self._redis.pipeline(transaction=False)
+            for script in self._all:
+                pipe.script_load(script.script)
+            await pipe.execute()
+            self._loaded = True
+
+    async def execute(self, pipe: Any, *, raise_on_error: bool = True) -> list[Any]:
+        """Run a pipeline holding queued scripts.
+
+        If the server lost its script cache (a restart, SCRIPT FLUSH), no script ran: the
+        scripts are loaded again and the pipeline re-sent (its other commands must be safe to
+        repeat, which ours are).
+        """
+        await self.load()
+        stack = list(pipe.command_stack)
+        try:
+            replies: list[Any] = await pipe.execute(raise_on_error=raise_on_error)
+        except NoScriptError:
+            replies = []
+        if replies and not any(isinstance(r, NoScriptError) for r in replies):
+            return replies
+        if not stack:
+            return replies
+        self._loaded = False
+        await self.load()
+        pipe.command_stack = stack
+        result: list[Any] = await pipe.execute(raise_on_error=raise_on_error)
+        return result

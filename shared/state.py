@@ -189,12 +189,13 @@ async def finalize_results(
             fields["worker"] = res.worker_id
         if res.error:
             fields["error"] = res.error[:2000]
-        await scripts.finalize_task(
-            keys=[keys.task(res.task_id)],
-            args=[settings.result_ttl, final.token, *flat_fields(fields)],
-            client=pipe,
+        scripts.queue(
+            pipe,
+            scripts.finalize_task,
+            [keys.task(res.task_id)],
+            [settings.result_ttl, final.token, *flat_fields(fields)],
         )
-    written = [bool(x) for x in await pipe.execute()] if finals else []
+    written = [bool(x) for x in await scripts.execute(pipe)] if finals else []
     pipe = redis.pipeline(transaction=False)
     for final, new in zip(finals, written, strict=True):
         if new:

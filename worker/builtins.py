@@ -75,6 +75,9 @@ BUILTINS: dict[str, Callable[..., Any]] = {
 }
 """The built-in functions by the name a `call` task (or `default_function`) uses."""
 
+INLINE: frozenset[Callable[..., Any]] = frozenset({echo, noop, fail, add})
+"""Built-ins that are pure and O(1): they run on the event loop, not in a thread."""
+
 
 def function_table(functions: Mapping[str, str]) -> dict[str, Callable[..., Any]]:
     """The built-ins plus `functions` ({name: "module:function"}, from trusted pool config).

@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 from shared.codec import pack, unpack
 from shared.errors import ExecutorError
 from shared.models import PoolSpec, TaskSpec, WorkerType
-from worker.builtins import function_table
+from worker.builtins import INLINE, function_table
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ class PythonExecutor:
     The table is `worker.builtins.function_table`: the built-ins plus `spec.functions`. A `call`
     task calls `task.call(*args, **kwargs)`; a `prompt` task calls
     `spec.default_function(prompt)`. Async functions are awaited; sync ones run in a thread (a
-    timeout abandons such a thread, it cannot stop it). The result must be msgpack-able.
+    timeout abandons such a thread, it cannot stop it), except the trivial built-ins, which run
+    inline. The result must be msgpack-able.
     """
 
     def __init__(self, spec: PoolSpec) -> None:
@@ -123,6 +124,8 @@ class PythonExecutor:
         try:
             if inspect.iscoroutinefunction(function):
                 result = await function(*args, **kwargs)
+            elif function in INLINE:  # a thread hand-off would cost more than the call
+                result = function(*args, **kwargs)
             else:
                 result = await asyncio.to_thread(function, *args, **kwargs)
                 if inspect.isawaitable(result):

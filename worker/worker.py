@@ -318,13 +318,14 @@ class Worker:
         while True:
             pipe = self.redis.pipeline(transaction=False)
             for _entry_id, msg in candidates:
-                await self._scripts.start_task(
-                    keys=[self.keys.task(msg.task.id)],
-                    args=[self.worker_id, repr(now), msg.attempt],
-                    client=pipe,
+                self._scripts.queue(
+                    pipe,
+                    self._scripts.start_task,
+                    [self.keys.task(msg.task.id)],
+                    [self.worker_id, repr(now), msg.attempt],
                 )
             try:
-                return [bool(v) for v in await pipe.execute()]
+                return [bool(v) for v in await self._scripts.execute(pipe)]
             except TRANSIENT_ERRORS as exc:
                 log.warning("marking tasks started failed (%s); retrying", exc)
                 await asyncio.sleep(backoff)
@@ -449,12 +450,13 @@ class Worker:
         pipe = self.redis.pipeline(transaction=False)
         for final, target in shares:
             message = ResultShare(result=final.result, from_pool=self.pool_id)
-            await self._scripts.send_to_inbox(
-                keys=[self.keys.pool(target), self.keys.pool_inbox(target)],
-                args=flat_fields(dict(encode(message))),
-                client=pipe,
+            self._scripts.queue(
+                pipe,
+                self._scripts.send_to_inbox,
+                [self.keys.pool(target), self.keys.pool_inbox(target)],
+                flat_fields(dict(encode(message))),
             )
-        replies = await pipe.execute(raise_on_error=False)
+        replies = await self._scripts.execute(pipe, raise_on_error=False)
         pipe = self.redis.pipeline(transaction=False)
         for (final, target), reply in zip(shares, replies, strict=True):
             if isinstance(reply, Exception):
