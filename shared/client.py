@@ -425,7 +425,9 @@ class PoolManager:
             pipe.hset(
                 self.keys.task(task_id), mapping={"result": pack(result.model_dump(mode="json"))}
             )
-            announce(pipe, self.settings, FinalResult(result, reply_to=raw.get("reply_to") or None))
+            announce(
+                pipe, self.settings, [FinalResult(result, reply_to=raw.get("reply_to") or None)]
+            )
             await pipe.execute()
         return status
 

@@ -197,10 +197,10 @@ async def finalize_results(
         )
     written = [bool(x) for x in await scripts.execute(pipe)] if finals else []
     pipe = redis.pipeline(transaction=False)
-    for final, new in zip(finals, written, strict=True):
-        if new:
-            announce(pipe, settings, final)
-            pipe.hset(keys.task(final.result.task_id), "announced", "1")
+    fresh = [final for final, new in zip(finals, written, strict=True) if new]
+    announce(pipe, settings, fresh)
+    for final in fresh:
+        pipe.hset(keys.task(final.result.task_id), "announced", "1")
     if extra is not None:
         extra(pipe)
     if len(pipe):
@@ -208,30 +208,46 @@ async def finalize_results(
     return written
 
 
-def announce(pipe: Any, settings: Settings, final: FinalResult) -> None:
-    """Queue the reply, the TASK_COMPLETED event, the memory record and the pool counters."""
+def announce(pipe: Any, settings: Settings, finals: Sequence[FinalResult]) -> None:
+    """Queue the replies, TASK_COMPLETED events, memory records and pool counters of results.
+
+    Per result: its reply, its event and its memory record. Per batch: one EXPIRE per reply
+    stream and one counter update per pool.
+    """
     keys = settings.keys
-    res = final.result
-    if final.reply_to:
-        reply_key = keys.replies(final.reply_to)
-        pipe.xadd(reply_key, encode(ResultShare(result=res, from_pool=res.pool_id)))
+    reply_streams: set[str] = set()
+    counts: dict[str, list[float]] = {}  # pool -> [completed, total_ms, failed]
+    for final in finals:
+        res = final.result
+        if final.reply_to:
+            reply_key = keys.replies(final.reply_to)
+            reply_streams.add(reply_key)
+            pipe.xadd(reply_key, encode(ResultShare(result=res, from_pool=res.pool_id)))
+        event = TaskCompleted(
+            task_id=res.task_id,
+            pool_id=res.pool_id,
+            worker_id=res.worker_id,
+            status=res.status,
+            duration=res.duration,
+        )
+        pipe.xadd(keys.events, encode(event), maxlen=settings.events_max_len, approximate=True)
+        if res.pool_id:
+            queue_memory_record(pipe, settings, final, pool_id=res.pool_id)
+            count = counts.setdefault(res.pool_id, [0, 0.0, 0])
+            if res.status is TaskStatus.COMPLETED:
+                count[0] += 1
+                count[1] += res.duration * 1000.0
+            elif res.status in (TaskStatus.FAILED, TaskStatus.DEAD_LETTERED):
+                count[2] += 1
+    for reply_key in reply_streams:
         pipe.expire(reply_key, settings.reply_ttl)
-    event = TaskCompleted(
-        task_id=res.task_id,
-        pool_id=res.pool_id,
-        worker_id=res.worker_id,
-        status=res.status,
-        duration=res.duration,
-    )
-    pipe.xadd(keys.events, encode(event), maxlen=settings.events_max_len, approximate=True)
-    if res.pool_id:
-        queue_memory_record(pipe, settings, final, pool_id=res.pool_id)
-        load_key = keys.pool_load(res.pool_id)
-        if res.status is TaskStatus.COMPLETED:
-            pipe.hincrby(load_key, "completed", 1)
-            pipe.hincrbyfloat(load_key, "total_ms", res.duration * 1000.0)
-        elif res.status in (TaskStatus.FAILED, TaskStatus.DEAD_LETTERED):
-            pipe.hincrby(load_key, "failed", 1)
+    for pool_id, (completed, total_ms, failed) in counts.items():
+        load_key = keys.pool_load(pool_id)
+        if completed:
+            pipe.hincrby(load_key, "completed", int(completed))
+            pipe.hincrbyfloat(load_key, "total_ms", total_ms)
+        if failed:
+            pipe.hincrby(load_key, "failed", int(failed))
 
 
 def queue_dead_letter(
