@@ -372,3 +372,12 @@ async def test_a_dead_letter_keeps_its_task_and_can_be_requeued(
     assert (await manager.result(again, timeout=15)).status is TaskStatus.DEAD_LETTERED
     total, letters = await manager.dead_letters()
     assert total == 1 and letters[0].task_id == again
+
+
+async def test_random_spreads_over_both_pools(orchestrator: Any, manager: PoolManager) -> None:
+    a, b = await two_pools(manager)
+    results = await manager.execute_batch(
+        [{"call": "noop", "strategy": "random"} for _ in range(30)], timeout=30
+    )
+    picks = Counter(r.pool_id for r in results)
+    assert set(picks) == {a, b}  # all 30 on one pool: probability 2 * 2**-30
