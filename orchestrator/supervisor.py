@@ -156,7 +156,7 @@ class PoolSupervisor:
         serving = len(view.live_workers)
         if view.status is PoolStatus.SCALING and (serving > 0 or target == 0):
             return PoolStatus.RUNNING if serving == target else PoolStatus.SCALING
-        if serving >= max(target, 1) or (target == 0 and view.status is PoolStatus.STARTING):
+        if serving >= max(target, 1) or target == 0:  # a pool scaled to zero runs, idle
             return PoolStatus.RUNNING
         if view.status is PoolStatus.STARTING:
             return PoolStatus.STARTING

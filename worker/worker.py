@@ -338,7 +338,8 @@ class Worker:
         task = running.message.task
         cancelled = False
         try:
-            outcome = await asyncio.wait_for(self._executor.run(task), timeout=task.timeout)
+            async with asyncio.timeout(task.timeout):  # no extra task, unlike wait_for
+                outcome = await self._executor.run(task)
         except TimeoutError:
             outcome = Outcome(output=None, error=f"timed out after {task.timeout:g}s")
         except asyncio.CancelledError:
