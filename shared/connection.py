@@ -85,13 +85,13 @@ class _HiredisPacking:
         elif b" " in head:
             args = (*head.split(), *args[1:])
         try:
-            return [hiredis.pack_command(tuple(_packable(a) for a in args))]
-        except TypeError as exc:
-            raise DataError(str(exc)) from None
-
-
-def _packable(value: Any) -> Any:
-    return bytes(value) if isinstance(value, bytearray | memoryview) else value
+            return [hiredis.pack_command(args)]
+        except TypeError:  # hiredis takes bytes, str, int and float; copy buffers to bytes
+            packable: Any = tuple(bytes(a) if isinstance(a, bytearray) else a for a in args)
+            try:
+                return [hiredis.pack_command(packable)]
+            except TypeError as exc:
+                raise DataError(str(exc)) from None
 
 
 class _PackedConnection(_HiredisPacking, Connection):

@@ -64,6 +64,7 @@ from worker.executors import Executor, Outcome, build_executor
 log = logging.getLogger("mahavishnu.worker")
 
 HEARTBEAT_EVENT_EVERY = 10.0
+DEADLINE_TICK = 0.05  # timeouts are enforced to within this many seconds
 
 
 @dataclass
@@ -71,8 +72,10 @@ class _Running:
     entry_id: bytes
     message: TaskDelegate
     started_at: float
+    deadline: float  # loop time at which the task times out
     task: asyncio.Task[None] | None = None
     cancel_requested: bool = False
+    timed_out: bool = False
 
 
 @dataclass
@@ -172,6 +175,7 @@ class Worker:
         """Serve until stopped (or, in burst mode, until the stream is empty), then drain."""
         await self.start()
         heart = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        deadlines = asyncio.create_task(self._deadline_loop(), name="deadlines")
         flusher = asyncio.create_task(self._flush_loop(), name="flusher")
         try:
             await self._read_loop()
@@ -180,9 +184,10 @@ class Worker:
             self._stopping.set()
             self._flush_wanted.set()
             await flusher
-            heart.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heart
+            for loop_task in (heart, deadlines):
+                loop_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop_task
             await self._leave()
             if self._executor is not None:
                 await self._executor.aclose()
@@ -299,12 +304,13 @@ class Worker:
                 continue
             candidates.append((entry_id, msg))
         now = time.time()
+        loop = asyncio.get_running_loop()
         verdicts = await self._mark_started(candidates, now) if candidates else []
         for (entry_id, msg), run in zip(candidates, verdicts, strict=True):
             if not run:
                 self._skipped.append(entry_id)  # already final: cancelled while queued
                 continue
-            running = _Running(entry_id, msg, now)
+            running = _Running(entry_id, msg, now, loop.time() + msg.task.timeout)
             self._running[entry_id] = running
             running.task = asyncio.create_task(self._execute(running), name=msg.task.id)
         if self._skipped or self._dead:
@@ -338,15 +344,15 @@ class Worker:
         task = running.message.task
         cancelled = False
         try:
-            async with asyncio.timeout(task.timeout):  # no extra task, unlike wait_for
-                outcome = await self._executor.run(task)
-        except TimeoutError:
-            outcome = Outcome(output=None, error=f"timed out after {task.timeout:g}s")
+            outcome = await self._executor.run(task)
         except asyncio.CancelledError:
-            if not running.cancel_requested:
+            if running.timed_out:
+                outcome = Outcome(output=None, error=f"timed out after {task.timeout:g}s")
+            elif running.cancel_requested:
+                cancelled = True
+                outcome = Outcome(output=None, error="cancelled while running")
+            else:
                 raise  # drain hand-back: the entry is returned to the stream, no result
-            cancelled = True
-            outcome = Outcome(output=None, error="cancelled while running")
         except Exception as exc:  # an executor bug must not kill the worker
             log.exception("executor crashed on task %s", task.id)
             outcome = Outcome(output=None, error=f"executor error: {type(exc).__name__}: {exc}")
@@ -581,6 +587,17 @@ class Worker:
         pipe.xadd(
             self.keys.events, encode(update), maxlen=self.settings.events_max_len, approximate=True
         )
+
+    async def _deadline_loop(self) -> None:
+        """Cancel tasks past their timeout (one timer for all tasks, not one per task)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(DEADLINE_TICK)
+            now = loop.time()
+            for item in list(self._running.values()):
+                if now >= item.deadline and item.task is not None and not item.task.done():
+                    item.timed_out = True
+                    item.task.cancel()
 
     async def _heartbeat_loop(self) -> None:
         last_event = 0.0
