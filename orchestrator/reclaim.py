@@ -33,6 +33,7 @@ class Reclaimer:
 
     def __init__(self, records: Records, lease_ms: int) -> None:
         self.records = records
+        self.scripts = records.scripts
         self.redis = records.redis
         self.settings = records.settings
         self.keys = records.keys
@@ -122,13 +123,13 @@ class Reclaimer:
                 history = [*msg.history, f"attempt {msg.attempt}: {reason}"][-20:]
                 again = TaskDelegate(task=msg.task, attempt=msg.attempt + 1, history=history)
                 pipe.xadd(stream, encode(again))
-                pipe.hset(self.keys.task(msg.task.id), "status", str(TaskStatus.QUEUED))
+                self.scripts.set_task(pipe, self.keys.task(msg.task.id), status="queued")
             done.append(entry_id)
         self.records.queue_malformed(pipe, stream, bad, group=WORKER_GROUP, pool_id=pool_id)
         if dead:
             await self.records.fail(dead, status=TaskStatus.DEAD_LETTERED, pool_id=pool_id)
         ack_and_delete(pipe, stream, WORKER_GROUP, done)
-        await pipe.execute()
+        await self.scripts.execute(pipe)
         if claimed:
             log.info("took back %d entr(ies) of pool %s", len(claimed), pool_id)
 
@@ -138,7 +139,7 @@ class Reclaimer:
         Only the holder of the scheduler lease does this. `pool_status` maps live pool ids to
         their status; a retry for a pool that is gone fails with the reason.
         """
-        got = await self.records.scripts.acquire_lease(
+        got = await self.scripts.acquire_lease(
             keys=[self.keys.scheduler_lease], args=[self.owner_id, self.lease_ms]
         )
         if not got:
@@ -173,16 +174,18 @@ class Reclaimer:
                 continue
             if not pool_id:
                 pipe.xadd(self.keys.ingress, encode(msg))
-                pipe.hset(self.keys.task(msg.task.id), "status", str(TaskStatus.PENDING))
+                self.scripts.set_task(pipe, self.keys.task(msg.task.id), status="pending")
             elif pool_status.get(pool_id) in ACCEPTING_STATUSES:
                 pipe.xadd(self.keys.pool_tasks(pool_id), encode(msg))
-                pipe.hset(self.keys.task(msg.task.id), "status", str(TaskStatus.QUEUED))
+                self.scripts.set_task(pipe, self.keys.task(msg.task.id), status="queued")
             else:
                 gone.append((msg, f"pool {pool_id} is gone; the retry cannot run"))
-        pipe.zrem(self.keys.delayed, *due)
-        await pipe.execute()
-        if gone:
+        if gone:  # before the members leave the set, so a failure here loses none
             await self.records.fail(gone)
+        # only the scheduler-lease holder moves retries; a stall longer than the lease could
+        # move one twice (the result guard then records it once)
+        pipe.zrem(self.keys.delayed, *due)
+        await self.scripts.execute(pipe)
 
     async def orphaned_entries(self) -> dict[str, list[Entry]]:
         """Claim the ingress and control entries of orchestrators whose heartbeat expired.

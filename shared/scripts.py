@@ -83,10 +83,21 @@ if {_FINAL} then
   return 0
 end
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
-  return 0
+  return 2
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2],
   'attempts', ARGV[3])
+return 1
+"""
+
+# KEYS[1] = task hash. ARGV = field/value pairs. Sets them unless the task is already final (a
+# re-queued copy of a finished task must not make it look unfinished). Returns 1 if set.
+SET_TASK_FIELDS = f"""
+local status = redis.call('HGET', KEYS[1], 'status')
+if {_FINAL} then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 
@@ -168,6 +179,7 @@ class Scripts:
         self.submit_to_pool: AsyncScript = redis.register_script(SUBMIT_TO_POOL)
         self.finalize_task: AsyncScript = redis.register_script(FINALIZE_TASK)
         self.start_task: AsyncScript = redis.register_script(START_TASK)
+        self.set_task_fields: AsyncScript = redis.register_script(SET_TASK_FIELDS)
         self.cancel_task: AsyncScript = redis.register_script(CANCEL_TASK)
         self.send_to_inbox: AsyncScript = redis.register_script(SEND_TO_INBOX)
         self.set_pool_status: AsyncScript = redis.register_script(SET_POOL_STATUS)
@@ -178,6 +190,7 @@ class Scripts:
             self.submit_to_pool,
             self.finalize_task,
             self.start_task,
+            self.set_task_fields,
             self.cancel_task,
             self.send_to_inbox,
             self.set_pool_status,
@@ -188,6 +201,10 @@ class Scripts:
     def queue(self, pipe: Any, script: AsyncScript, keys: list[str], args: list[Any]) -> None:
         """Queue an EVALSHA of `script` on a pipeline that `execute` will run."""
         pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+    def set_task(self, pipe: Any, task_key: str, **fields: str) -> None:
+        """Queue a write of task-hash fields that leaves a final task untouched."""
+        self.queue(pipe, self.set_task_fields, [task_key], flat_fields(fields))
 
     async def load(self) -> None:
         """Load every script into the server's cache (once per client, again after a restart)."""

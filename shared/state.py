@@ -204,7 +204,7 @@ async def finalize_results(
     if extra is not None:
         extra(pipe)
     if len(pipe):
-        await pipe.execute()
+        await scripts.execute(pipe)
     return written
 
 

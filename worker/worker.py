@@ -65,6 +65,7 @@ log = logging.getLogger("mahavishnu.worker")
 
 HEARTBEAT_EVENT_EVERY = 10.0
 DEADLINE_TICK = 0.05  # timeouts are enforced to within this many seconds
+START_SKIP, START_RUN, START_CANCELLED = 0, 1, 2  # what shared.scripts.START_TASK answers
 
 
 @dataclass
@@ -76,6 +77,7 @@ class _Running:
     task: asyncio.Task[None] | None = None
     cancel_requested: bool = False
     timed_out: bool = False
+    handing_back: bool = False  # cancelled by a drain: returned to the stream, no result
 
 
 @dataclass
@@ -173,7 +175,12 @@ class Worker:
 
     async def run(self) -> None:
         """Serve until stopped (or, in burst mode, until the stream is empty), then drain."""
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self._reader.aclose()
+            await self.redis.aclose()
+            raise
         heart = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         deadlines = asyncio.create_task(self._deadline_loop(), name="deadlines")
         flusher = asyncio.create_task(self._flush_loop(), name="flusher")
@@ -198,7 +205,7 @@ class Worker:
 
     async def _read_loop(self) -> None:
         backoff = 0.1
-        recover = False
+        recover = regroup = False
         while not self._stopping.is_set():
             free = self.concurrency - len(self._running)
             if free <= 0 and not recover:
@@ -206,6 +213,10 @@ class Worker:
                 await _wait_any(self._slot_freed, self._stopping)
                 continue
             try:
+                if regroup:
+                    await self._rejoin()
+                    regroup = False
+                    continue
                 if recover:
                     # a reply lost with a dropped connection leaves entries pending on us that
                     # we never saw: read our own pending list again (id 0) and take those
@@ -238,13 +249,17 @@ class Worker:
                 # NOGROUP / UNBLOCKED: the stream or its group was deleted under us
                 if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                     raise
-                status = text(await self.redis.hget(self.keys.pool(self.pool_id), "status"))
-                if status not in ACCEPTING_STATUSES:
-                    log.info("pool %s is %s: stopping", self.pool_id, status or "gone")
-                    self._stopping.set()
-                    continue
-                await ensure_group(self.redis, self.stream, WORKER_GROUP)
-                await ensure_group(self.redis, self.inbox, WORKER_GROUP)
+                regroup = True
+
+    async def _rejoin(self) -> None:
+        """Our stream or group vanished: stop if the pool is going away, else re-create them."""
+        status = text(await self.redis.hget(self.keys.pool(self.pool_id), "status"))
+        if status not in ACCEPTING_STATUSES:
+            log.info("pool %s is %s: stopping", self.pool_id, status or "gone")
+            self._stopping.set()
+            return
+        await ensure_group(self.redis, self.stream, WORKER_GROUP)
+        await ensure_group(self.redis, self.inbox, WORKER_GROUP)
 
     async def _read_own_pending(self) -> list[tuple[str, Entry]]:
         """Entries pending on this worker that it does not know about (lost read replies)."""
@@ -306,20 +321,25 @@ class Worker:
         now = time.time()
         loop = asyncio.get_running_loop()
         verdicts = await self._mark_started(candidates, now) if candidates else []
-        for (entry_id, msg), run in zip(candidates, verdicts, strict=True):
-            if not run:
-                self._skipped.append(entry_id)  # already final: cancelled while queued
+        for (entry_id, msg), verdict in zip(candidates, verdicts, strict=True):
+            if verdict == START_SKIP:  # already final (e.g. cancelled while queued)
+                self._skipped.append(entry_id)
                 continue
             running = _Running(entry_id, msg, now, loop.time() + msg.task.timeout)
             self._running[entry_id] = running
+            if verdict == START_CANCELLED:  # a cancel reached it between runs: record that
+                stopped = Outcome(output=None, error="cancelled before it started")
+                self._done.append(_Done(running, stopped, now, cancelled=True))
+                continue
             running.task = asyncio.create_task(self._execute(running), name=msg.task.id)
-        if self._skipped or self._dead:
+        if self._skipped or self._dead or self._done:
             self._flush_wanted.set()
 
     async def _mark_started(
         self, candidates: list[tuple[bytes, TaskDelegate]], now: float
-    ) -> list[bool]:
-        """Mark tasks running in one round trip; retried, since the entries are already ours."""
+    ) -> list[int]:
+        """Mark tasks running in one round trip (START_RUN, START_SKIP or START_CANCELLED each);
+        retried, since the entries are already ours."""
         backoff = 0.1
         while True:
             pipe = self.redis.pipeline(transaction=False)
@@ -331,7 +351,7 @@ class Worker:
                     [self.worker_id, repr(now), msg.attempt],
                 )
             try:
-                return [bool(v) for v in await self._scripts.execute(pipe)]
+                return [int(v) for v in await self._scripts.execute(pipe)]
             except TRANSIENT_ERRORS as exc:
                 log.warning("marking tasks started failed (%s); retrying", exc)
                 await asyncio.sleep(backoff)
@@ -346,13 +366,17 @@ class Worker:
         try:
             outcome = await self._executor.run(task)
         except asyncio.CancelledError:
+            if running.handing_back:
+                raise  # drain: the entry goes back to the stream, no result
             if running.timed_out:
                 outcome = Outcome(output=None, error=f"timed out after {task.timeout:g}s")
             elif running.cancel_requested:
                 cancelled = True
                 outcome = Outcome(output=None, error="cancelled while running")
-            else:
-                raise  # drain hand-back: the entry is returned to the stream, no result
+            else:  # the task's own code raised CancelledError
+                outcome = Outcome(output=None, error="the task raised CancelledError")
+        except (SystemExit, KeyboardInterrupt) as exc:  # a function must not end the worker
+            outcome = Outcome(output=None, error=f"the task raised {type(exc).__name__}")
         except Exception as exc:  # an executor bug must not kill the worker
             log.exception("executor crashed on task %s", task.id)
             outcome = Outcome(output=None, error=f"executor error: {type(exc).__name__}: {exc}")
@@ -383,7 +407,7 @@ class Worker:
                         "giving up on %d unwritten result(s) after the grace", len(self._done)
                     )
                     return
-                await _wait_any(self._stopping, timeout=0.5)
+                await asyncio.sleep(0.5)  # not _wait_any(self._stopping): it may be set already
                 self._flush_wanted.set()
                 continue
             if self._stopping.is_set() and not self._running and not self._done:
@@ -522,12 +546,11 @@ class Worker:
             )
             member = pack({"pool": msg.task.pool_id or "", "fields": dict(encode(again))})
             pipe.zadd(self.keys.delayed, {member: due})
-            pipe.hset(
+            self._scripts.set_task(
+                pipe,
                 self.keys.task(msg.task.id),
-                mapping={
-                    "status": str(TaskStatus.RETRYING),
-                    "error": str(item.outcome.error)[:2000],
-                },
+                status=str(TaskStatus.RETRYING),
+                error=str(item.outcome.error)[:2000],
             )
 
     def _queue_dead_letters(
@@ -576,6 +599,8 @@ class Worker:
             },
         )
         pipe.pexpire(key, int(self.settings.heartbeat_ttl * 1000))
+        # every beat, not only at start: after a gap the orchestrator may have pruned us
+        pipe.sadd(self.keys.pool_workers(self.pool_id), self.worker_id)
 
     def _queue_status(self, pipe: Any, worker_status: str) -> None:
         update = StatusUpdate(
@@ -623,15 +648,15 @@ class Worker:
                 last_event = now
             try:
                 replies = await pipe.execute()
-            except TRANSIENT_ERRORS as exc:
+            except RedisError as exc:  # any error: a worker without heartbeats loses its work
                 log.warning("heartbeat failed: %s", exc)
                 continue
-            status = text(replies[2])
+            status = text(replies[3])
             if status in (PoolStatus.CLOSING, PoolStatus.CLOSED, PoolStatus.FAILED, ""):
                 if not self._stopping.is_set():
                     log.info("pool %s is %s: draining", self.pool_id, status or "gone")
                 self._stopping.set()
-            for item, flag in zip(running, replies[3 : 3 + len(running)], strict=True):
+            for item, flag in zip(running, replies[4 : 4 + len(running)], strict=True):
                 if text(flag) == "1" and not item.cancel_requested and item.task is not None:
                     item.cancel_requested = True
                     item.task.cancel()
@@ -646,20 +671,23 @@ class Worker:
         leftovers = [r for r in self._running.values() if r.task is not None and not r.task.done()]
         for r in leftovers:
             assert r.task is not None
+            r.handing_back = True
             r.task.cancel()
         if leftovers:
             await asyncio.gather(*(r.task for r in leftovers if r.task), return_exceptions=True)
-            await self._hand_back(leftovers)
+            # a task that finished just before its cancel landed has a result to flush instead
+            unfinished = [r for r in leftovers if r.task is not None and r.task.cancelled()]
+            await self._hand_back(unfinished)
 
     async def _hand_back(self, leftovers: list[_Running]) -> None:
         """Return unfinished entries to the pool's stream as fresh entries (same attempt)."""
         pipe = self.redis.pipeline(transaction=False)
         for r in leftovers:
             pipe.xadd(self.stream, encode(r.message))
-            pipe.hset(self.keys.task(r.message.task.id), "status", str(TaskStatus.QUEUED))
+            self._scripts.set_task(pipe, self.keys.task(r.message.task.id), status="queued")
             self._running.pop(r.entry_id, None)
         ack_and_delete(pipe, self.stream, WORKER_GROUP, [r.entry_id for r in leftovers])
-        await pipe.execute()
+        await self._scripts.execute(pipe)
         log.info("handed back %d unfinished task(s)", len(leftovers))
 
     async def _leave(self) -> None:
