@@ -10,7 +10,6 @@ the entries of dead orchestrators (`reclaim.py`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -24,6 +23,7 @@ from orchestrator.reclaim import Reclaimer
 from orchestrator.records import BadEntry, Records
 from orchestrator.routing import Candidate, Router, eligible, explain
 from orchestrator.supervisor import PoolSupervisor, PoolView
+from shared.aio import wait_any
 from shared.codec import (
     Control,
     ControlAction,
@@ -47,7 +47,7 @@ from shared.connection import (
 from shared.errors import ExecutorError, MalformedMessage
 from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
 from shared.models import PoolSpec, PoolStatus, PoolType, TaskStatus, new_id
-from shared.scripts import Scripts
+from shared.scripts import Scripts, flat_fields
 from shared.state import ACCEPTING_STATUSES, pool_hash_fields
 from worker.executors import build_executor
 
@@ -92,6 +92,7 @@ class Orchestrator:
         self._tick_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._ticked = asyncio.Event()
+        self._tick_soon = asyncio.Event()  # a control command asks for a tick now
         self.routed = 0
 
     @property
@@ -124,15 +125,15 @@ class Orchestrator:
             asyncio.create_task(self._ingress_loop(), name="ingress"),
             asyncio.create_task(self._supervise_loop(), name="supervise"),
         ]
+        stopped = asyncio.create_task(self._stopping.wait())
         try:
-            stopped = asyncio.create_task(self._stopping.wait())
             done, _ = await asyncio.wait([*loops, stopped], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task is not stopped and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
             self._stopping.set()
-            for task in loops:
+            for task in (*loops, stopped):
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await self._shutdown()
@@ -267,24 +268,15 @@ class Orchestrator:
                 expired.append((item, explain(candidates, task)))
             else:
                 waiting.append(item)
-        self._waiting = waiting
+        accepted = await self._forward(routed) if routed else []
+        taken = {item.entry_id for item in accepted}
+        self._waiting = waiting + [item for item, _ in routed if item.entry_id not in taken]
         pipe = self.redis.pipeline(transaction=False)
-        for item, pool in routed:
-            # the choice is recorded before the entry is forwarded (see `route`)
-            pipe.hset(
-                self.keys.task(item.message.task.id),
-                mapping={
-                    "status": str(TaskStatus.QUEUED),
-                    "pool": pool.pool_id,
-                    "routed_from": item.entry_id,
-                },
-            )
-            pipe.xadd(self.keys.pool_tasks(pool.pool_id), item.fields)
-        ack_and_delete(pipe, self.keys.ingress, ORCHESTRATOR_GROUP, [i.entry_id for i, _ in routed])
+        ack_and_delete(pipe, self.keys.ingress, ORCHESTRATOR_GROUP, [i.entry_id for i in accepted])
         self.records.queue_malformed(pipe, self.keys.ingress, bad)
         if len(pipe):
             await pipe.execute()
-        self.routed += len(routed)
+        self.routed += len(accepted)
         if expired:
             await self.records.fail(
                 [
@@ -293,6 +285,36 @@ class Orchestrator:
                 ],
                 ack=(self.keys.ingress, ORCHESTRATOR_GROUP, [i.entry_id for i, _ in expired]),
             )
+
+    async def _forward(self, routed: list[tuple[_Waiting, Candidate]]) -> list[_Waiting]:
+        """Write routed entries into their pools' streams; return the ones the pools took.
+
+        The choice is recorded in the task hash before the entry is forwarded (see `route`),
+        and the pool's script checks its status and backlog bound in the same step, so a pool
+        that started closing or filled up since the last tick refuses (the task waits on).
+        """
+        scripts = self._scripts
+        pipe = self.redis.pipeline(transaction=False)
+        for item, pool in routed:
+            scripts.set_task(
+                pipe,
+                self.keys.task(item.message.task.id),
+                status=str(TaskStatus.QUEUED),
+                pool=pool.pool_id,
+                routed_from=text(item.entry_id),
+            )
+            scripts.queue(
+                pipe,
+                scripts.submit_to_pool,
+                [self.keys.pool(pool.pool_id), self.keys.pool_tasks(pool.pool_id)],
+                [pool.max_queue, *flat_fields(item.fields)],
+            )
+        replies = await scripts.execute(pipe, raise_on_error=False)
+        return [
+            item
+            for (item, _), reply in zip(routed, replies[1::2], strict=True)
+            if not isinstance(reply, Exception)
+        ]
 
     async def _candidates(self) -> list[Candidate]:
         views = [v for v in self.pools.values() if v.status in ACCEPTING_STATUSES]
@@ -372,7 +394,7 @@ class Orchestrator:
         self.records.publish(pipe, StatusUpdate(pool_id=spec.id, status=PoolStatus.STARTING))
         await pipe.execute()
         log.info("created pool %s (%s, %s)", spec.id, spec.name, spec.pool_type)
-        await self.tick()
+        self._tick_soon.set()
 
     async def _scale(self, pool_id: str, workers: int) -> None:
         raw = decode_hash(await self.redis.hgetall(self.keys.pool(pool_id)))
@@ -387,26 +409,30 @@ class Orchestrator:
             expect=ACCEPTING_STATUSES,
             target_workers=target,
         )
-        await self.tick()
+        self._tick_soon.set()
 
     async def _close(self, pool_id: str) -> None:
         closable = {*ACCEPTING_STATUSES, PoolStatus.FAILED}
         if await self.records.set_pool_status(
             pool_id, PoolStatus.CLOSING, "closing", expect=closable
         ):
-            await self.tick()
+            self._tick_soon.set()
 
     # -------------------------------------------------------------- supervision
 
     async def _supervise_loop(self) -> None:
         while not self._stopping.is_set():
+            self._tick_soon.clear()
             try:
                 await self.tick()
                 await self._take_over_orphans()
             except TRANSIENT_ERRORS as exc:
                 log.warning("supervision tick failed: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.settings.supervise_interval)
+            except OSError as exc:  # e.g. a worker process that cannot be started
+                log.error("supervision tick failed: %s", exc)
+            await wait_any(
+                self._stopping, self._tick_soon, timeout=self.settings.supervise_interval
+            )
 
     async def tick(self) -> None:
         """One supervision pass over every pool (also run right after control commands)."""

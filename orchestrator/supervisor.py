@@ -22,7 +22,7 @@ from shared.codec import PoolClosed, StatusUpdate, TaskDelegate, decode, encode
 from shared.connection import decode_hash, text
 from shared.errors import MalformedMessage
 from shared.keys import WORKER_GROUP
-from shared.models import PoolSpec, PoolStatus, PoolType, TaskStatus
+from shared.models import PoolSpec, PoolStatus, PoolType
 from shared.state import ACCEPTING_STATUSES
 
 log = logging.getLogger("mahavishnu.orchestrator")
@@ -146,6 +146,7 @@ class PoolSupervisor:
                 self.local.stop_pool(pool_id)
                 detail = f"workers fail to start: {self.local.pool(pool_id).last_error}"
                 await self._set_status(view, PoolStatus.FAILED, detail)
+                await self._requeue_leftovers(pool_id)  # its queued tasks must not wait forever
                 return
             await self._reconcile_processes(view, self._autoscale(view))
         await self._set_status(view, self._wanted_status(view), "")
@@ -252,6 +253,7 @@ class PoolSupervisor:
             start = "(" + text(entries[-1][0])
             pipe = self.redis.pipeline(transaction=False)
             failures: list[tuple[TaskDelegate, str]] = []
+            routed: list[TaskDelegate] = []
             for entry_id, fields in entries:
                 try:
                     msg = decode(fields)
@@ -266,11 +268,14 @@ class PoolSupervisor:
                 if msg.task.pool_id:
                     failures.append((msg, f"pool {pool_id} closed before the task ran"))
                 else:
-                    pipe.xadd(self.keys.ingress, encode(msg))
-                    pipe.hset(self.keys.task(msg.task.id), "status", str(TaskStatus.PENDING))
-            await pipe.execute()
+                    routed.append(msg)
             if failures:
                 await self.records.fail(failures, pool_id=pool_id)
+            for msg in routed:
+                pipe.xadd(self.keys.ingress, encode(msg))
+                self.records.scripts.set_task(pipe, self.keys.task(msg.task.id), status="pending")
+            pipe.xdel(stream, *[entry_id for entry_id, _ in entries])  # handled: never twice
+            await self.records.scripts.execute(pipe)
 
     async def write_load(self) -> None:
         """Write the load hash of every owned pool; forget workers that are gone."""

@@ -6,6 +6,7 @@ write is byte-for-byte what `shared.codec.encode` produced.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from redis.commands.core import AsyncScript
@@ -121,7 +122,7 @@ return status
 """
 
 
-def flat_fields(fields: dict[str, Any]) -> list[Any]:
+def flat_fields(fields: Mapping[Any, Any]) -> list[Any]:
     """A field map as the flat [k1, v1, k2, v2, ...] list that Lua's HSET/XADD take."""
     out: list[Any] = []
     for key, value in fields.items():

@@ -26,6 +26,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from shared.aio import wait_any
 from shared.client import inbox_error
 from shared.codec import (
     Heartbeat,
@@ -210,7 +211,7 @@ class Worker:
             free = self.concurrency - len(self._running)
             if free <= 0 and not recover:
                 self._slot_freed.clear()
-                await _wait_any(self._slot_freed, self._stopping)
+                await wait_any(self._slot_freed, self._stopping)
                 continue
             try:
                 if regroup:
@@ -243,7 +244,7 @@ class Worker:
             except TRANSIENT_ERRORS as exc:
                 log.warning("reading %s failed (%s); retrying in %.1fs", self.stream, exc, backoff)
                 recover = True
-                await _wait_any(self._stopping, timeout=backoff)
+                await wait_any(self._stopping, timeout=backoff)
                 backoff = min(backoff * 2, 5.0)
             except RedisError as exc:
                 # NOGROUP / UNBLOCKED: the stream or its group was deleted under us
@@ -407,7 +408,7 @@ class Worker:
                         "giving up on %d unwritten result(s) after the grace", len(self._done)
                     )
                     return
-                await asyncio.sleep(0.5)  # not _wait_any(self._stopping): it may be set already
+                await asyncio.sleep(0.5)  # not wait_any(self._stopping): it may be set already
                 self._flush_wanted.set()
                 continue
             if self._stopping.is_set() and not self._running and not self._done:
@@ -705,17 +706,6 @@ class Worker:
             await pipe.execute()
         except RedisError as exc:
             log.warning("could not leave the group cleanly: %s", exc)
-
-
-async def _wait_any(*events: asyncio.Event, timeout: float | None = None) -> None:
-    """Wait until any of the events is set, or the timeout passes."""
-    waiters = [asyncio.create_task(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)
 
 
 async def serve(
