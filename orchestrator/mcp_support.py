@@ -1,4 +1,4 @@
-"""Helpers of the MCP facade: argument parsing, error messages, and the dead-letter stream.
+"""Helpers of the MCP facade: argument parsing and error messages.
 
 Errors the system raises on purpose become `ToolError`s whose text the model reads: which
 argument was wrong and why, which pool or task is unknown, that a queue is full, that no
@@ -8,7 +8,6 @@ behind the SDK's generic message (and is logged with its traceback).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -32,9 +31,6 @@ from shared.errors import (
     TaskNotFound,
 )
 from shared.models import RoutingStrategy
-
-ENTRY_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
-_PAGE = 500
 
 
 @contextmanager

@@ -167,6 +167,18 @@ def register_pool_tools(mcp: MCPServer[Any]) -> None:
         state = state_of(ctx)
         settings = state.settings
         with tool_errors(settings):
+            code = {
+                "functions": functions,
+                "allowed_commands": allowed_commands,
+                "command_template": command_template,
+            }
+            named = [k for k, v in code.items() if v]
+            if named and not settings.mcp_allow_pool_code:
+                raise InvalidRequest(
+                    f"{', '.join(named)}: these name code that workers run, which this "
+                    "deployment does not accept over MCP (mcp_allow_pool_code is off); "
+                    "spawn such pools with the CLI or the Python API"
+                )
             fields: dict[str, Any] = {
                 "name": name,
                 "min_workers": min_workers,

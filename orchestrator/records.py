@@ -91,18 +91,6 @@ class Records:
         ]
 
         def extra(pipe: Any) -> None:
-            for final in finals:
-                if final.result.status is TaskStatus.DEAD_LETTERED:
-                    queue_dead_letter(
-                        pipe,
-                        self.settings,
-                        task_id=final.result.task_id,
-                        pool_id=pool_id,
-                        reason=final.result.error or "",
-                        attempts=final.result.attempts,
-                        history=final.history,
-                        spec=final.spec,
-                    )
             if ack is not None:
                 ack_and_delete(pipe, *ack)
 

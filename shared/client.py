@@ -66,20 +66,22 @@ from shared.scripts import Scripts, flat_fields
 from shared.state import (
     FinalResult,
     announce,
-    finalize_results,
     live_pool_ids,
     parse_task_result,
     read_pools,
 )
 
 TaskInput = TaskSpec | Mapping[str, Any]
+DEFAULT_MAX_QUEUE: int = PoolSpec.model_fields["max_queue"].default
 
 
 def make_task(task: TaskInput, **overrides: Any) -> TaskSpec:
     """Validate a task given as a TaskSpec or a mapping; raise InvalidRequest naming the field."""
     try:
         if isinstance(task, TaskSpec):
-            return task.model_copy(update=overrides) if overrides else task
+            if not overrides:
+                return task
+            return TaskSpec.model_validate({**task.model_dump(), **overrides})
         return TaskSpec.model_validate({**task, **overrides})
     except ValidationError as exc:
         raise InvalidRequest(f"invalid task: {describe_validation_error(exc)}") from None
@@ -153,7 +155,7 @@ class _ReplyReader:
                     await self._redis.xdel(self._key, *seen)
 
     def _deliver(self, result: TaskResult) -> None:
-        fut = self._waiting.get(result.task_id)
+        fut = self._waiting.pop(result.task_id, None)  # the map holds only outstanding tasks
         if fut is None:
             self._early[result.task_id] = result
             if len(self._early) > 10_000:
@@ -233,9 +235,18 @@ class PoolManager:
         overrides: dict[str, Any] = {"reply_to": self.client_id} if expect_reply else {}
         if pool_id is not None:
             overrides["pool_id"] = pool_id
-        specs = [make_task(t, **overrides) for t in tasks]
+        defaults = {
+            "timeout": self.settings.task_default_timeout,
+            "max_attempts": self.settings.task_max_attempts,
+        }
+        specs = [
+            make_task(t, **overrides)
+            if isinstance(t, TaskSpec)
+            else make_task({**defaults, **t}, **overrides)
+            for t in tasks
+        ]
         known = await self._claim_idempotency(specs)
-        fresh = [s for s in specs if s.idempotency_key not in known]
+        fresh = [s for s in specs if known.get(s.idempotency_key or "", s.id) == s.id]
         pipe = self.redis.pipeline(transaction=False)
         for spec in fresh:
             self._queue_submit(pipe, spec)
@@ -272,7 +283,7 @@ class PoolManager:
                 pipe,
                 self._scripts.submit_to_pool,
                 [keys.pool(spec.pool_id), keys.pool_tasks(spec.pool_id)],
-                [10_000, *fields],
+                [DEFAULT_MAX_QUEUE, *fields],
             )
         else:
             self._scripts.queue(
@@ -285,7 +296,11 @@ class PoolManager:
 
     async def _claim_idempotency(self, specs: list[TaskSpec]) -> dict[str, str]:
         """Reserve idempotency keys; return {key: first task id} for keys already taken."""
-        keyed = [s for s in specs if s.idempotency_key]
+        first: dict[str, TaskSpec] = {}
+        for spec in specs:
+            if spec.idempotency_key:
+                first.setdefault(spec.idempotency_key, spec)
+        keyed = list(first.values())
         if not keyed:
             return {}
         pipe = self.redis.pipeline(transaction=False)
@@ -294,11 +309,16 @@ class PoolManager:
             pipe.set(key, spec.id, nx=True, ex=self.settings.result_ttl)
             pipe.get(key)
         replies = await pipe.execute()
-        return {
+        known = {
             spec.idempotency_key or "": text(current)
             for spec, won, current in zip(keyed, replies[::2], replies[1::2], strict=True)
             if not won and text(current) != spec.id
         }
+        for spec in specs:  # a key given twice in one batch: the first task stands for both
+            repeated = spec.idempotency_key
+            if repeated and repeated not in known and first[repeated] is not spec:
+                known[repeated] = first[repeated].id
+        return known
 
     async def _undo_submits(self, specs: Sequence[TaskSpec]) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -330,9 +350,9 @@ class PoolManager:
                 self._replies.forget(task_id)
                 return res
             except TimeoutError:
-                self._replies.forget(task_id)  # a later wait reads the events stream
                 current = await self.status(task_id)
                 if current.status.is_final:
+                    self._replies.forget(task_id)
                     return current
                 raise ResultTimeout(
                     f"task {task_id} is still {current.status} after {timeout}s", task_id
@@ -430,10 +450,6 @@ class PoolManager:
             )
             await pipe.execute()
         return status
-
-    async def record_final(self, finals: Sequence[FinalResult]) -> list[bool]:
-        """Record final results (once per task id) and announce them; used by tools, not callers."""
-        return await finalize_results(self.redis, self._scripts, self.settings, finals)
 
     # ---------------------------------------------------------------- pools
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -96,6 +96,7 @@ class Settings(BaseSettings):
     # MCP facade
     mcp_http_token: SecretStr | None = None
     mcp_http_require_auth: bool = True  # False is honoured on loopback addresses only
+    mcp_allow_pool_code: bool = False  # may MCP callers name functions/commands for a pool?
     mcp_allowed_hosts: list[str] = Field(default_factory=list)
 
     @field_validator("default_pool_type", mode="before")
@@ -121,6 +122,25 @@ class Settings(BaseSettings):
         if not value or any(c in value for c in " {}\n"):
             raise ValueError("must be non-empty without spaces or braces, e.g. 'mhv:'")
         return value
+
+    @model_validator(mode="after")
+    def _timings_are_consistent(self) -> Self:
+        if self.heartbeat_interval >= self.heartbeat_ttl:
+            raise ValueError(
+                f"heartbeat_interval ({self.heartbeat_interval:g}s) must be below heartbeat_ttl "
+                f"({self.heartbeat_ttl:g}s), or live workers would look dead between beats"
+            )
+        if self.supervise_interval >= self.orchestrator_lease_ttl:
+            raise ValueError(
+                f"supervise_interval ({self.supervise_interval:g}s) must be below "
+                f"orchestrator_lease_ttl ({self.orchestrator_lease_ttl:g}s), or leases would lapse"
+            )
+        if self.pool_default_min_workers > self.pool_default_max_workers:
+            raise ValueError(
+                f"pool_default_min_workers ({self.pool_default_min_workers}) must not exceed "
+                f"pool_default_max_workers ({self.pool_default_max_workers})"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -195,7 +215,10 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            field = str(err["loc"][0]) if err.get("loc") else "?"
+            if not err.get("loc"):  # a rule over several settings: its message names them
+                problems.append(str(err["msg"]).removeprefix("Value error, "))
+                continue
+            field = str(err["loc"][0])
             value = err.get("input")
             if "token" in field or "password" in field:
                 shown = "***"

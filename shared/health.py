@@ -34,10 +34,11 @@ async def health_report(redis: Redis, settings: Settings) -> dict[str, Any]:
             "pools": {},
         }
     orchestrators = []
-    async for key in redis.scan_iter(match=f"{keys.prefix}orchestrator:*", count=200):
+    heartbeat_prefix = keys.orchestrator("")
+    async for key in redis.scan_iter(match=f"{heartbeat_prefix}*", count=200):
         beat = decode_hash(await redis.hgetall(key))
         if beat:
-            orchestrators.append({"id": text(key)[len(f"{keys.prefix}orchestrator:") :], **beat})
+            orchestrators.append({"id": text(key)[len(heartbeat_prefix) :], **beat})
     pools = await read_pools(redis, settings, await live_pool_ids(redis, settings))
     now = time.time()
     report: dict[str, Any] = {}

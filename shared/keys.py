@@ -12,7 +12,6 @@ DEFAULT_PREFIX = "mhv:"
 
 ORCHESTRATOR_GROUP = "orchestrators"
 WORKER_GROUP = "workers"
-MEMORY_GROUP = "aggregator"
 
 
 @dataclass(frozen=True)
@@ -103,10 +102,6 @@ class Keys:
     def idempotency(self, key: str) -> str:
         """String with TTL: the task id first submitted under an idempotency key."""
         return f"{self.prefix}idem:{key}"
-
-    def cancelled(self, task_id: str) -> str:
-        """String with TTL: a cancel request that workers check before and while running."""
-        return f"{self.prefix}cancel:{task_id}"
 
     def kind_of(self, key: str) -> str:
         """Name the kind of one of our keys (for `mahavishnu inspect`), or '' if it is not ours."""

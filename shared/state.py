@@ -169,7 +169,8 @@ async def finalize_results(
     """Record final results once per task id and announce the ones that were new.
 
     Two round trips for the whole batch: the guarded writes of the task hashes, then the
-    replies, events, memory records and counters of the results that were recorded now.
+    replies, events, memory records, counters and dead letters of the results that were
+    recorded now.
     `extra(pipe)`, if given, queues more commands on the second pipeline (the caller's acks).
     Returns, per result, whether it was recorded now (False: the task was already final).
     """
@@ -200,6 +201,17 @@ async def finalize_results(
     fresh = [final for final, new in zip(finals, written, strict=True) if new]
     announce(pipe, settings, fresh)
     for final in fresh:
+        if final.result.status is TaskStatus.DEAD_LETTERED:
+            queue_dead_letter(
+                pipe,
+                settings,
+                task_id=final.result.task_id,
+                pool_id=final.result.pool_id,
+                reason=final.result.error or "",
+                attempts=final.result.attempts,
+                history=final.history,
+                spec=final.spec,
+            )
         pipe.hset(keys.task(final.result.task_id), "announced", "1")
     if extra is not None:
         extra(pipe)

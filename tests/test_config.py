@@ -94,3 +94,14 @@ def test_secrets_are_redacted(folder: Path) -> None:
             mcp_http_token=123, redis_url="redis://u:topsecret@h:1/0", worker_concurrency=0
         )
     assert "topsecret" not in str(exc.value)
+
+
+def test_timings_that_contradict_each_other_are_rejected(folder: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"heartbeat_interval \(5s\) must be below heartbeat_ttl \(2s\)"
+    ):
+        load_settings(heartbeat_interval=5, heartbeat_ttl=2)
+    with pytest.raises(ConfigError, match="orchestrator_lease_ttl"):
+        load_settings(supervise_interval=20, orchestrator_lease_ttl=10)
+    with pytest.raises(ConfigError, match=r"pool_default_min_workers \(9\) must not exceed"):
+        load_settings(pool_default_min_workers=9, pool_default_max_workers=3)

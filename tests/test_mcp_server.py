@@ -49,7 +49,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def settings() -> AsyncIterator[Settings]:
-    s = Settings(key_prefix=f"test-{os.urandom(4).hex()}:", spawn_timeout=30.0)
+    s = Settings(
+        key_prefix=f"test-{os.urandom(4).hex()}:", spawn_timeout=30.0, mcp_allow_pool_code=True
+    )
     yield s
     redis = connect(s)
     try:
@@ -760,3 +762,12 @@ async def test_bearer_middleware_touches_nothing_without_the_token(settings: Set
         assert reached == ["/mcp"]
     open_app = http_app(build_server(settings), settings, host="127.0.0.1", require_auth=False)
     assert isinstance(open_app, BearerAuth)
+
+
+async def test_pool_code_over_mcp_needs_the_operators_consent(settings: Settings) -> None:
+    locked = settings.model_copy(update={"mcp_allow_pool_code": False})
+    async with held(build_server(locked)) as locked_client:
+        error = await fails(
+            locked_client, "pool_spawn", {"name": "x", "functions": {"f": "os:getcwd"}}
+        )
+    assert "functions" in error and "mcp_allow_pool_code" in error

@@ -381,3 +381,18 @@ async def test_random_spreads_over_both_pools(orchestrator: Any, manager: PoolMa
     )
     picks = Counter(r.pool_id for r in results)
     assert set(picks) == {a, b}  # all 30 on one pool: probability 2 * 2**-30
+
+
+async def test_one_idempotency_key_twice_in_a_batch_submits_one_task(
+    orchestrator: Any, manager: PoolManager
+) -> None:
+    pool_id = await manager.spawn_pool("local", name="p", min_workers=1)
+    ids = await manager.submit_many(
+        [
+            {"call": "add", "args": [1, 2], "idempotency_key": "k"},
+            {"call": "add", "args": [5, 5], "idempotency_key": "k"},
+        ],
+        pool_id=pool_id,
+    )
+    assert ids[0] == ids[1]
+    assert (await manager.result(ids[0], timeout=15)).output == 3

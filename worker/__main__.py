@@ -7,6 +7,9 @@ import asyncio
 import logging
 import sys
 
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
 from shared.config import load_settings
 from shared.errors import MahavishnuError
 from worker.worker import serve
@@ -36,6 +39,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     except MahavishnuError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RedisError as exc:
+        print(f"error: Redis: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # a pool hash written by hand or by another version
+        print(
+            f"error: pool {args.pool!r} has an unusable spec: {exc.errors()[0]['msg']}",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         return 130

@@ -462,7 +462,7 @@ class Worker:
 
         def extra(pipe: Any) -> None:
             self._queue_retries(pipe, retries)
-            self._queue_dead_letters(pipe, finals, dead)
+            self._queue_dead_letters(pipe, dead)
             ack_and_delete(pipe, self.stream, WORKER_GROUP, ack_ids)
 
         written = await finalize_results(
@@ -554,21 +554,8 @@ class Worker:
                 error=str(item.outcome.error)[:2000],
             )
 
-    def _queue_dead_letters(
-        self, pipe: Any, finals: list[FinalResult], dead: list[_DeadLetter]
-    ) -> None:
-        for final in finals:
-            if final.result.status is TaskStatus.DEAD_LETTERED:
-                queue_dead_letter(
-                    pipe,
-                    self.settings,
-                    task_id=final.result.task_id,
-                    pool_id=self.pool_id,
-                    reason=final.result.error or "",
-                    attempts=final.result.attempts,
-                    history=final.history,
-                    spec=final.spec,
-                )
+    def _queue_dead_letters(self, pipe: Any, dead: list[_DeadLetter]) -> None:
+        """Dead-letter entries that could not be decoded (failed tasks: `finalize_results`)."""
         for item in dead:
             log.warning("dead-lettered %s: %s", text(item.entry_id), item.reason)
             queue_dead_letter(
