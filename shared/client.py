@@ -73,6 +73,8 @@ from shared.state import (
 
 TaskInput = TaskSpec | Mapping[str, Any]
 DEFAULT_MAX_QUEUE: int = PoolSpec.model_fields["max_queue"].default
+MAX_UNCLAIMED = 50_000  # delivered results kept for a later result() call
+FOREIGN_RECHECK = 5.0  # seconds between looks at the hash of a task waited on via events
 
 
 def make_task(task: TaskInput, **overrides: Any) -> TaskSpec:
@@ -155,13 +157,20 @@ class _ReplyReader:
                     await self._redis.xdel(self._key, *seen)
 
     def _deliver(self, result: TaskResult) -> None:
-        fut = self._waiting.pop(result.task_id, None)  # the map holds only outstanding tasks
+        fut = self._waiting.get(result.task_id)
         if fut is None:
             self._early[result.task_id] = result
-            if len(self._early) > 10_000:
+            if len(self._early) > MAX_UNCLAIMED:
                 self._early.pop(next(iter(self._early)))
         elif not fut.done():
             fut.set_result(result)
+            if len(self._waiting) > MAX_UNCLAIMED:
+                self._evict_claimed()
+
+    def _evict_claimed(self) -> None:
+        """Drop the oldest delivered results nobody asked for (`result()` reads their hash)."""
+        for task_id in [t for t, f in self._waiting.items() if f.done()][: MAX_UNCLAIMED // 10]:
+            del self._waiting[task_id]
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -170,6 +179,60 @@ class _ReplyReader:
                 await self._task
         for fut in self._waiting.values():
             fut.cancel()
+
+
+class _CompletionWatcher:
+    """One blocking reader of the events stream for every wait on a task this client did not
+    submit: it wakes the waiters of each TASK_COMPLETED it sees (one connection for all)."""
+
+    def __init__(self, redis: Redis, key: str) -> None:
+        self._redis = redis
+        self._key = key
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._reading = asyncio.Event()
+
+    async def watch(self, task_id: str) -> asyncio.Event:
+        """An event set when the task's TASK_COMPLETED is seen (call `unwatch` when done)."""
+        event = asyncio.Event()
+        self._waiters.setdefault(task_id, set()).add(event)
+        if self._task is None or self._task.done():
+            self._reading = asyncio.Event()
+            self._task = asyncio.create_task(self._run(), name="mahavishnu-completions")
+        await self._reading.wait()  # the reader has its starting point: no event slips by
+        return event
+
+    def unwatch(self, task_id: str, event: asyncio.Event) -> None:
+        waiters = self._waiters.get(task_id)
+        if waiters is not None:
+            waiters.discard(event)
+            if not waiters:
+                del self._waiters[task_id]
+
+    async def _run(self) -> None:
+        try:
+            newest = await self._redis.xrevrange(self._key, count=1)
+            last = newest[0][0] if newest else b"0-0"
+        except RedisError:
+            last = b"$"  # the waiters' periodic look at the hash covers what this misses
+        self._reading.set()
+        while self._waiters:
+            try:
+                reply = await self._redis.xread({self._key: last}, count=1000, block=2000)
+            except RedisError:
+                await asyncio.sleep(0.2)  # the connection retries; back off before reading again
+                continue
+            for _, (entry_id, fields) in flatten_read(reply):
+                last = entry_id
+                if fields.get(b"type") == b"TASK_COMPLETED":
+                    for event in self._waiters.get(text(fields.get(b"task")), ()):
+                        event.set()
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 class PoolManager:
@@ -188,6 +251,8 @@ class PoolManager:
         self._reader_redis: Redis = connect(self.settings, blocking=True)
         self._scripts = Scripts(self.redis)
         self._replies = _ReplyReader(self._reader_redis, self.keys.replies(self.client_id))
+        self._events_redis: Redis = connect(self.settings, blocking=True)
+        self._completions = _CompletionWatcher(self._events_redis, self.keys.events)
 
     async def __aenter__(self) -> Self:
         return self
@@ -203,6 +268,8 @@ class PoolManager:
     async def aclose(self) -> None:
         """Stop the reply reader and close the connections."""
         await self._replies.aclose()
+        await self._completions.aclose()
+        await self._events_redis.aclose()
         await self._reader_redis.aclose()
         await self.redis.aclose()
 
@@ -360,24 +427,26 @@ class PoolManager:
         return await self._wait_foreign(task_id, timeout)
 
     async def _wait_foreign(self, task_id: str, timeout: float | None) -> TaskResult:
-        last = await self._last_event_id()
-        current = await self.status(task_id)
-        if current.status.is_final:
-            return current
-
-        def done(msg: Message, fields: dict[bytes, bytes]) -> bool:
-            return (
-                fields.get(b"task") == task_id.encode() and fields.get(b"type") == b"TASK_COMPLETED"
-            )
-
-        if await self._wait_event(done, timeout, last) is None:
-            current = await self.status(task_id)
-            if current.status.is_final:
-                return current
-            raise ResultTimeout(
-                f"task {task_id} is still {current.status} after {timeout}s", task_id
-            )
-        return await self.status(task_id)
+        """Wait for a task this client did not submit: its TASK_COMPLETED event, or its hash."""
+        completed = await self._completions.watch(task_id)  # before the check: none slips by
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                current = await self.status(task_id)
+                if current.status.is_final:
+                    return current
+                left = FOREIGN_RECHECK
+                if deadline is not None:
+                    left = min(left, deadline - time.monotonic())
+                    if left <= 0:
+                        raise ResultTimeout(
+                            f"task {task_id} is still {current.status} after {timeout}s", task_id
+                        )
+                # the events stream is trimmed, so the hash is looked at again now and then
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(completed.wait(), left)
+        finally:
+            self._completions.unwatch(task_id, completed)
 
     async def status(self, task_id: str) -> TaskResult:
         """The task's current state (its final result once it has one); TaskNotFound if unknown."""

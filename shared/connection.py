@@ -12,7 +12,12 @@ from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
-from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.asyncio.connection import (
+    BlockingConnectionPool,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
@@ -37,6 +42,9 @@ from shared.errors import BrokerError
 Redis = Any
 Entry = tuple[bytes, dict[bytes, bytes]]
 
+MAX_CONNECTIONS = 64  # per client; more concurrent commands wait for a free connection
+CONNECTION_WAIT = 30.0  # seconds a command waits for a free connection
+
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
@@ -59,8 +67,12 @@ def connect(settings: Settings, *, blocking: bool = False, retries: int = 5) -> 
     retry at a level where their writes are guarded.
     """
     retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
-    client = aioredis.Redis.from_url(
+    # a blocking pool makes the 101st concurrent command wait for a connection instead of
+    # failing with "Too many connections" (redis-py's default pool holds 100)
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=CONNECTION_WAIT,
         decode_responses=False,
         socket_timeout=None if blocking else 10.0,
         socket_connect_timeout=5.0,
@@ -69,9 +81,8 @@ def connect(settings: Settings, *, blocking: bool = False, retries: int = 5) -> 
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         protocol=2,
     )
-    pool = client.connection_pool
     pool.connection_class = _HIREDIS_PACKED.get(pool.connection_class, pool.connection_class)
-    return client
+    return aioredis.Redis.from_pool(pool)
 
 
 class _HiredisPacking:

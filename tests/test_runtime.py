@@ -396,3 +396,13 @@ async def test_one_idempotency_key_twice_in_a_batch_submits_one_task(
     )
     assert ids[0] == ids[1]
     assert (await manager.result(ids[0], timeout=15)).output == 3
+
+
+async def test_another_client_can_wait_for_many_tasks_at_once(
+    orchestrator: Any, manager: PoolManager, settings: Settings
+) -> None:
+    pool_id = await manager.spawn_pool("local", name="p", min_workers=1, concurrency=50)
+    ids = await manager.submit_many([{"call": "sleep", "args": [0.2]}] * 300, pool_id=pool_id)
+    async with PoolManager(settings) as other:  # one events reader serves all 300 waits
+        results = await asyncio.gather(*(other.result(i, timeout=30) for i in ids))
+    assert all(r.ok for r in results)
