@@ -117,6 +117,7 @@ class _ReplyReader:
         self._key = key
         self._waiting: dict[str, asyncio.Future[TaskResult]] = {}
         self._early: dict[str, TaskResult] = {}
+        self._unclaimed: dict[str, None] = {}  # delivered, not yet asked for (in order)
         self._task: asyncio.Task[None] | None = None
 
     def expect(self, task_id: str) -> asyncio.Future[TaskResult]:
@@ -133,6 +134,7 @@ class _ReplyReader:
 
     def forget(self, task_id: str) -> None:
         self._waiting.pop(task_id, None)
+        self._unclaimed.pop(task_id, None)
 
     async def _run(self) -> None:
         last = b"0-0"
@@ -164,13 +166,11 @@ class _ReplyReader:
                 self._early.pop(next(iter(self._early)))
         elif not fut.done():
             fut.set_result(result)
-            if len(self._waiting) > MAX_UNCLAIMED:
-                self._evict_claimed()
-
-    def _evict_claimed(self) -> None:
-        """Drop the oldest delivered results nobody asked for (`result()` reads their hash)."""
-        for task_id in [t for t, f in self._waiting.items() if f.done()][: MAX_UNCLAIMED // 10]:
-            del self._waiting[task_id]
+            self._unclaimed[result.task_id] = None
+            if len(self._unclaimed) > MAX_UNCLAIMED:  # nobody asked for the oldest: drop it
+                oldest = next(iter(self._unclaimed))  # (a later result() reads its hash)
+                del self._unclaimed[oldest]
+                self._waiting.pop(oldest, None)
 
     async def aclose(self) -> None:
         if self._task is not None:
