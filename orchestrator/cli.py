@@ -3,7 +3,7 @@
     mahavishnu up [--demo]                 broker + orchestrator + a default pool, in one command
     mahavishnu orchestrator | worker | mcp  the long-running processes
     mahavishnu pool spawn|list|exec|route|scale|close|close-all|health|monitor
-    mahavishnu task submit|status|result|cancel
+    mahavishnu task submit|status|result|cancel|dead-letters   (cli_tasks.py)
     mahavishnu top | inspect KEY
 
 Every command that reports something takes `--json` (one JSON document on stdout, nothing
@@ -13,31 +13,42 @@ usage errors exit 2. The commands are thin: they talk to Redis through `shared.c
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
-import os
-import sys
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
-from redis.exceptions import RedisError
 from rich.table import Table
 
 from orchestrator import cli_render as render
 from orchestrator import cli_up
-from shared.config import ENV_PREFIX, Settings, load_settings
-from shared.errors import MahavishnuError, ResultTimeout
 
 if TYPE_CHECKING:
-    from shared.client import PoolManager
     from shared.models import TaskResult
 
-P = ParamSpec("P")
-T = TypeVar("T")
+from orchestrator.cli_common import (
+    AffinityOpt,
+    ArgOpt,
+    ArgvArg,
+    AttemptsOpt,
+    CallOpt,
+    CommandOpt,
+    IdemOpt,
+    JsonOpt,
+    KwargOpt,
+    LabelOpt,
+    PromptOpt,
+    QueueTimeoutOpt,
+    StrategyOpt,
+    TagOpt,
+    TimeoutOpt,
+    cli_settings,
+    client,
+    guard,
+    run_async,
+    setup_logging,
+)
+from orchestrator.cli_tasks import task_app
 
 app = typer.Typer(
     name="mahavishnu",
@@ -48,116 +59,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 pool_app = typer.Typer(help="Spawn, use, watch and close pools.", no_args_is_help=True)
-task_app = typer.Typer(help="Submit, follow and cancel single tasks.", no_args_is_help=True)
 app.add_typer(pool_app, name="pool")
 app.add_typer(task_app, name="task")
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout.")]
-PromptOpt = Annotated[str | None, typer.Option(help="A prompt for the pool's executor.")]
-CallOpt = Annotated[str | None, typer.Option(help="Name of a function the pool registers.")]
-ArgOpt = Annotated[
-    list[str] | None,
-    typer.Option("--arg", help="Argument of --call as JSON (a bare word is a string). Repeatable."),
-]
-KwargOpt = Annotated[
-    list[str] | None, typer.Option("--kwarg", help="NAME=JSON keyword argument of --call.")
-]
-CommandOpt = Annotated[
-    bool, typer.Option("--command", help="Run ARGV (put `--` before options of the program).")
-]
-ArgvArg = Annotated[
-    list[str] | None, typer.Argument(help="With --command: the program and its arguments.")
-]
-TimeoutOpt = Annotated[
-    float | None, typer.Option(help="Task timeout in seconds (default from settings).")
-]
-QueueTimeoutOpt = Annotated[
-    float | None, typer.Option(help="Seconds a task may wait for an eligible pool.")
-]
-AttemptsOpt = Annotated[int | None, typer.Option(help="Deliveries before dead-lettering.")]
-IdemOpt = Annotated[str | None, typer.Option(help="Re-submitting the same key returns one task.")]
-TagOpt = Annotated[list[str] | None, typer.Option("--tag", help="Tag for the memory record.")]
-LabelOpt = Annotated[list[str] | None, typer.Option("--label", help="Required pool label k=v.")]
-StrategyOpt = Annotated[
-    str | None, typer.Option(help="round_robin, least_loaded, random or affinity.")
-]
-AffinityOpt = Annotated[str | None, typer.Option(help="Same key, same pool (with affinity).")]
-
-
-# ---------------------------------------------------------------------------------- plumbing
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one `error: ...` line on stderr and exit with `code`."""
-    line = " ".join(str(message).split())
-    print(f"error: {line}", file=sys.stderr)
-    raise typer.Exit(code)
-
-
-def _settings() -> Settings:
-    """The settings, or exit with the one-line ConfigError (the Redis password masked)."""
-    try:
-        settings = load_settings()
-        _ = urlsplit(settings.redis_url).port  # a malformed port fails here, not in redis-py
-        return settings
-    except ValueError as exc:
-        message = f"invalid settings: redis_url is malformed: {exc}"
-    except MahavishnuError as exc:
-        message = str(exc)
-    fail(render.mask_secrets(message, os.environ.get(f"{ENV_PREFIX}REDIS_URL", "")))
-
-
-def _scrub(message: str, settings: Settings | None) -> str:
-    if settings is None:
-        return message
-    message = message.replace(settings.redis_url, settings.redis_url_redacted)
-    return render.mask_secrets(message, settings.redis_url)
-
-
-def _guard(settings: Settings | None, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run `fn`, turning every deliberate error into one line on stderr and exit code 1."""
-    try:
-        return fn(*args, **kwargs)
-    except ResultTimeout as exc:
-        fail(f"{exc}; it goes on: `mahavishnu task result {exc.task_id}` waits for it")
-    except MahavishnuError as exc:
-        fail(_scrub(str(exc), settings))
-    except ValidationError as exc:
-        from shared.codec import describe_validation_error
-
-        fail(f"invalid value: {describe_validation_error(exc)}")
-    except RedisError as exc:
-        where = settings.redis_url_redacted if settings else "the configured URL"
-        fail(_scrub(f"Redis at {where}: {type(exc).__name__}: {exc}", settings))
-    except OSError as exc:
-        fail(_scrub(f"{type(exc).__name__}: {exc}", settings))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        raise typer.Exit(130) from None
-
-
-def _run(
-    settings: Settings, fn: Callable[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
-) -> T:
-    """`asyncio.run(fn(*args))` inside `_guard`."""
-    return _guard(settings, lambda: asyncio.run(fn(*args, **kwargs)))
-
-
-def _client(settings: Settings) -> PoolManager:
-    from shared.client import PoolManager
-
-    return PoolManager(settings)
-
-
-def _logging(level: str) -> None:
-    try:
-        logging.basicConfig(
-            level=level.upper(),
-            stream=sys.stderr,
-            format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        )
-    except ValueError:
-        fail(f"--log-level {level!r}: use DEBUG, INFO, WARNING or ERROR")
 
 
 # ---------------------------------------------------------------------------------- processes
@@ -175,9 +78,9 @@ def up(
     json_out: JsonOpt = False,
 ) -> None:
     """Start everything on this machine: broker if needed, an orchestrator and a pool."""
-    settings = _settings()
-    _logging(log_level)
-    code = _run(
+    settings = cli_settings()
+    setup_logging(log_level)
+    code = run_async(
         settings, cli_up.run_up, settings, workers=workers, demo=demo, tasks=tasks, timeout=timeout,
         json_out=json_out,
     )  # fmt: skip
@@ -191,12 +94,12 @@ def orchestrator_cmd(
     """Run an orchestrator until SIGTERM or Ctrl-C (it routes, supervises and scales pools)."""
     from orchestrator.orchestrator import serve
 
-    settings = _settings()
-    _logging(log_level)
+    settings = cli_settings()
+    setup_logging(log_level)
     logging.getLogger("mahavishnu").info(
         "orchestrator on %s, prefix %s", settings.redis_url_redacted, settings.key_prefix
     )
-    raise typer.Exit(_run(settings, serve, settings))
+    raise typer.Exit(run_async(settings, serve, settings))
 
 
 @app.command("worker")
@@ -210,9 +113,9 @@ def worker_cmd(
     """Run one worker of a pool until SIGTERM or Ctrl-C (it drains first)."""
     from worker.worker import serve
 
-    settings = _settings()
-    _logging(log_level)
-    code = _run(
+    settings = cli_settings()
+    setup_logging(log_level)
+    code = run_async(
         settings, serve, settings, pool, concurrency=concurrency, burst=burst, worker_id=worker_id
     )
     raise typer.Exit(code)
@@ -233,11 +136,11 @@ def mcp_cmd(
     HTTP needs a bearer token (MAHAVISHNU_MCP_HTTP_TOKEN) unless bound to loopback with
     --no-auth (or mcp_http_require_auth: false).
     """
-    settings = _settings()
+    settings = cli_settings()
     from orchestrator.mcp_server import run_mcp
 
     require_auth = settings.mcp_http_require_auth and not no_auth
-    _guard(settings, run_mcp, settings, http=http, host=host, port=port, require_auth=require_auth)
+    guard(settings, run_mcp, settings, http=http, host=host, port=port, require_auth=require_auth)
 
 
 # ---------------------------------------------------------------------------------- pools
@@ -269,10 +172,10 @@ def pool_spawn(
     json_out: JsonOpt = False,
 ) -> None:
     """Ask the orchestrators for a new pool and wait until it runs."""
-    settings = _settings()
+    settings = cli_settings()
 
     async def spawn() -> None:
-        async with _client(settings) as pools:
+        async with client(settings) as pools:
             spec = pools.pool_spec(
                 pool_type,
                 None,
@@ -297,16 +200,16 @@ def pool_spawn(
         state = f"is {info.status}, {info.target_workers} worker(s)" if info else "was requested"
         render.stdout_console().print(f"pool [bold]{spec.id}[/] ({spec.name}, {kind}) {state}")
 
-    _run(settings, spawn)
+    run_async(settings, spawn)
 
 
 @pool_app.command("list")
 def pool_list(json_out: JsonOpt = False) -> None:
     """List the live pools with their status and load."""
-    settings = _settings()
+    settings = cli_settings()
 
     async def list_pools() -> None:
-        async with _client(settings) as pools:
+        async with client(settings) as pools:
             found = await pools.list_pools()
         if json_out:
             render.emit_json([render.pool_document(p) for p in found])
@@ -315,7 +218,7 @@ def pool_list(json_out: JsonOpt = False) -> None:
         else:
             render.stdout_console().print(render.pools_table(found))
 
-    _run(settings, list_pools)
+    run_async(settings, list_pools)
 
 
 @pool_app.command("exec")
@@ -334,7 +237,7 @@ def pool_exec(
     json_out: JsonOpt = False,
 ) -> None:
     """Run a task on one pool and print its result (exit 1 unless it completed)."""
-    settings = _settings()
+    settings = cli_settings()
 
     async def execute() -> TaskResult:
         task = render.build_task(
@@ -342,11 +245,11 @@ def pool_exec(
             argv=argv, timeout=timeout, max_attempts=max_attempts, pool_id=pool_id,
             idempotency_key=idempotency_key, tags=tag,
         )  # fmt: skip
-        async with _client(settings) as pools:
+        async with client(settings) as pools:
             task_id = await pools.submit(task)
             return await pools.result(task_id, render.wait_bound(settings, task, routed=False))
 
-    render.show_result(_run(settings, execute), json_out)
+    render.show_result(run_async(settings, execute), json_out)
 
 
 @pool_app.command("route")
@@ -368,7 +271,7 @@ def pool_route(
     json_out: JsonOpt = False,
 ) -> None:
     """Let the orchestrators pick a pool for a task; print its result."""
-    settings = _settings()
+    settings = cli_settings()
 
     async def route() -> TaskResult:
         task = render.build_task(
@@ -378,11 +281,11 @@ def pool_route(
             queue_timeout=queue_timeout,
             idempotency_key=idempotency_key, tags=tag,
         )  # fmt: skip
-        async with _client(settings) as pools:
+        async with client(settings) as pools:
             task_id = await pools.submit(task)
             return await pools.result(task_id, render.wait_bound(settings, task, routed=True))
 
-    render.show_result(_run(settings, route), json_out)
+    render.show_result(run_async(settings, route), json_out)
 
 
 @pool_app.command("scale")
@@ -393,17 +296,17 @@ def pool_scale(
     json_out: JsonOpt = False,
 ) -> None:
     """Set a pool's target number of workers (within its min and max)."""
-    settings = _settings()
+    settings = cli_settings()
 
     async def scale() -> None:
-        async with _client(settings) as pools:
+        async with client(settings) as pools:
             await pools.scale(pool_id, workers, wait=wait)
         if json_out:
             render.emit_json({"pool_id": pool_id, "workers": workers})
         else:
             render.stdout_console().print(f"pool [bold]{pool_id}[/] scales to {workers} worker(s)")
 
-    _run(settings, scale)
+    run_async(settings, scale)
 
 
 @pool_app.command("close")
@@ -414,10 +317,10 @@ def pool_close(
     json_out: JsonOpt = False,
 ) -> None:
     """Close a pool: its workers drain and stop."""
-    settings = _settings()
+    settings = cli_settings()
 
     async def close() -> None:
-        async with _client(settings) as pools:
+        async with client(settings) as pools:
             await pools.close_pool(pool_id, wait=not no_wait, timeout=timeout)
         state = "close requested" if no_wait else "closed"
         if json_out:
@@ -425,7 +328,7 @@ def pool_close(
         else:
             render.stdout_console().print(f"pool [bold]{pool_id}[/] {state}")
 
-    _run(settings, close)
+    run_async(settings, close)
 
 
 @pool_app.command("close-all")
@@ -435,29 +338,29 @@ def pool_close_all(
     json_out: JsonOpt = False,
 ) -> None:
     """Close every live pool."""
-    settings = _settings()
+    settings = cli_settings()
 
     async def close_all() -> None:
-        async with _client(settings) as pools:
+        async with client(settings) as pools:
             closed = await pools.close_all(wait=not no_wait, timeout=timeout)
         if json_out:
             render.emit_json({"closed": closed})
         else:
             render.stdout_console().print(f"closed {len(closed)} pool(s): {' '.join(closed)}")
 
-    _run(settings, close_all)
+    run_async(settings, close_all)
 
 
 @pool_app.command("health")
 def pool_health(json_out: JsonOpt = False) -> None:
     """Health of the broker, the orchestrators and every pool (exit 1 when unhealthy)."""
-    settings = _settings()
+    settings = cli_settings()
 
     async def health() -> dict[str, Any]:
-        async with _client(settings) as pools:
+        async with client(settings) as pools:
             return await pools.health_check()
 
-    report = _run(settings, health)
+    report = run_async(settings, health)
     if json_out:
         render.emit_json(report)
     else:
@@ -476,13 +379,13 @@ def pool_search(
     json_out: JsonOpt = False,
 ) -> None:
     """Search the memory records of finished tasks across pools, best match first."""
-    settings = _settings()
+    settings = cli_settings()
 
     async def search() -> Any:
-        async with _client(settings) as pools:
+        async with client(settings) as pools:
             return await pools.search_memory(query, limit=limit, pool_ids=pool or None)
 
-    found = _run(settings, search)
+    found = run_async(settings, search)
     hits = [{"score": round(h.score, 4), **dataclasses.asdict(h.record)} for h in found.hits]
     if json_out:
         render.emit_json({"query": query, "scanned": found.scanned, "hits": hits})
@@ -510,8 +413,8 @@ def pool_monitor(
         raise typer.BadParameter(
             "--json prints one snapshot; leave out --watch", param_hint="--json"
         )
-    settings = _settings()
-    _run(
+    settings = cli_settings()
+    run_async(
         settings,
         cli_up.monitor,
         settings,
@@ -527,146 +430,10 @@ def top(
     interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes.")] = 1.0,
 ) -> None:
     """Watch every pool's load live (like `pool monitor --watch`)."""
-    settings = _settings()
-    _run(settings, cli_up.monitor, settings, None, watch=True, interval=interval, json_out=False)
-
-
-# ---------------------------------------------------------------------------------- tasks
-
-
-@task_app.command("submit")
-def task_submit(
-    argv: ArgvArg = None,
-    prompt: PromptOpt = None,
-    call: CallOpt = None,
-    arg: ArgOpt = None,
-    kwarg: KwargOpt = None,
-    command: CommandOpt = False,
-    pool: Annotated[str | None, typer.Option(help="Send to this pool (default: route).")] = None,
-    strategy: StrategyOpt = None,
-    affinity_key: AffinityOpt = None,
-    label: LabelOpt = None,
-    queue_timeout: QueueTimeoutOpt = None,
-    timeout: TimeoutOpt = None,
-    max_attempts: AttemptsOpt = None,
-    idempotency_key: IdemOpt = None,
-    tag: TagOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Queue a task without waiting and print its id."""
-    settings = _settings()
-
-    async def submit() -> str:
-        task = render.build_task(
-            settings, prompt=prompt, call=call, args=arg, kwargs=kwarg, command=command,
-            argv=argv, timeout=timeout, max_attempts=max_attempts, pool_id=pool,
-            strategy=strategy, affinity_key=affinity_key, labels=render.pairs(label, "--label"),
-            queue_timeout=queue_timeout,
-            idempotency_key=idempotency_key, tags=tag,
-        )  # fmt: skip
-        async with _client(settings) as pools:
-            return await pools.submit(task, expect_reply=False)
-
-    task_id = _run(settings, submit)
-    if json_out:
-        render.emit_json({"task_id": task_id})
-    else:
-        print(task_id)
-
-
-@task_app.command("status")
-def task_status(
-    task_id: Annotated[str, typer.Argument(help="The task.")], json_out: JsonOpt = False
-) -> None:
-    """Show a task's current state (its result once final)."""
-    settings = _settings()
-
-    async def status() -> TaskResult:
-        async with _client(settings) as pools:
-            return await pools.status(task_id)
-
-    result = _run(settings, status)
-    if json_out:
-        render.emit_json(result.model_dump(mode="json"))
-    else:
-        render.stdout_console().print(render.task_table(result))
-
-
-@task_app.command("result")
-def task_result(
-    task_id: Annotated[str, typer.Argument(help="The task.")],
-    timeout: Annotated[
-        float | None, typer.Option(help="Seconds to wait (default: forever).")
-    ] = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Wait for a task's final result and print it (exit 1 unless it completed)."""
-    settings = _settings()
-
-    async def result() -> TaskResult:
-        async with _client(settings) as pools:
-            return await pools.result(task_id, timeout)
-
-    render.show_result(_run(settings, result), json_out)
-
-
-@task_app.command("cancel")
-def task_cancel(
-    task_id: Annotated[str, typer.Argument(help="The task.")], json_out: JsonOpt = False
-) -> None:
-    """Cancel a task: a queued one never starts, a running one is stopped."""
-    settings = _settings()
-
-    async def cancel() -> tuple[str, str]:
-        async with _client(settings) as pools:
-            before = await pools.cancel(task_id)
-            return str(before), str((await pools.status(task_id)).status)
-
-    before, now = _run(settings, cancel)
-    final = before in ("completed", "failed", "cancelled", "dead_lettered")
-    if json_out:
-        render.emit_json(
-            {"task_id": task_id, "previous_status": before, "status": now, "cancelled": not final}
-        )
-    elif final:
-        render.stdout_console().print(f"task {task_id} was already {before}; nothing changed")
-    else:
-        render.stdout_console().print(f"task {task_id} cancelled (it was {before}; now {now})")
-
-
-@task_app.command("dead-letters")
-def task_dead_letters(
-    requeue: Annotated[
-        str | None, typer.Option(help="Re-submit the dead letter with this entry id.")
-    ] = None,
-    pool: Annotated[str | None, typer.Option(help="Only this pool's dead letters.")] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="Most entries to show.")] = 20,
-    json_out: JsonOpt = False,
-) -> None:
-    """List dead letters (newest first) with their reason, or requeue one as a new task."""
-    settings = _settings()
-
-    async def letters() -> tuple[int, list[Any], str | None]:
-        async with _client(settings) as pools:
-            if requeue:
-                letter, task_id = await pools.requeue_dead_letter(requeue, pool_id=pool)
-                return 1, [letter], task_id
-            total, found = await pools.dead_letters(limit=limit, pool_id=pool)
-            return total, found, None
-
-    total, found, task_id = _run(settings, letters)
-    docs = [{k: v for k, v in dataclasses.asdict(x).items() if k != "message"} for x in found]
-    if json_out:
-        render.emit_json({"total": total, "entries": docs, "requeued_task_id": task_id})
-    elif task_id:
-        render.stdout_console().print(f"dead letter {requeue} re-submitted as task {task_id}")
-    else:
-        table = Table(title=f"{len(found)} of {total} dead letter(s)")
-        for column in ("entry", "task", "pool", "attempts", "reason"):
-            table.add_column(column, overflow="fold")
-        for x in found:
-            table.add_row(x.entry_id, x.task_id, x.pool_id, str(x.attempts), x.reason)
-        render.stdout_console().print(table)
+    settings = cli_settings()
+    run_async(
+        settings, cli_up.monitor, settings, None, watch=True, interval=interval, json_out=False
+    )
 
 
 @app.command(
@@ -695,7 +462,7 @@ def inspect_cmd(
     from orchestrator.inspect import inspect_key
     from shared.connection import connect
 
-    settings = _settings()
+    settings = cli_settings()
 
     async def inspect() -> dict[str, Any]:
         redis = connect(settings)
@@ -704,7 +471,7 @@ def inspect_cmd(
         finally:
             await redis.aclose()
 
-    doc = _run(settings, inspect)
+    doc = run_async(settings, inspect)
     if json_out:
         render.emit_json(doc)
     else:

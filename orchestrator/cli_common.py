@@ -1,0 +1,130 @@
+"""Plumbing of the `mahavishnu` command modules: option types, settings, one-line errors and
+running async work from typer's plain functions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
+from urllib.parse import urlsplit
+
+import typer
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from orchestrator import cli_render as render
+from shared.config import ENV_PREFIX, Settings, load_settings
+from shared.errors import MahavishnuError, ResultTimeout
+
+if TYPE_CHECKING:
+    from shared.client import PoolManager
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout.")]
+PromptOpt = Annotated[str | None, typer.Option(help="A prompt for the pool's executor.")]
+CallOpt = Annotated[str | None, typer.Option(help="Name of a function the pool registers.")]
+ArgOpt = Annotated[
+    list[str] | None,
+    typer.Option("--arg", help="Argument of --call as JSON (a bare word is a string). Repeatable."),
+]
+KwargOpt = Annotated[
+    list[str] | None, typer.Option("--kwarg", help="NAME=JSON keyword argument of --call.")
+]
+CommandOpt = Annotated[
+    bool, typer.Option("--command", help="Run ARGV (put `--` before options of the program).")
+]
+ArgvArg = Annotated[
+    list[str] | None, typer.Argument(help="With --command: the program and its arguments.")
+]
+TimeoutOpt = Annotated[
+    float | None, typer.Option(help="Task timeout in seconds (default from settings).")
+]
+QueueTimeoutOpt = Annotated[
+    float | None, typer.Option(help="Seconds a task may wait for an eligible pool.")
+]
+AttemptsOpt = Annotated[int | None, typer.Option(help="Deliveries before dead-lettering.")]
+IdemOpt = Annotated[str | None, typer.Option(help="Re-submitting the same key returns one task.")]
+TagOpt = Annotated[list[str] | None, typer.Option("--tag", help="Tag for the memory record.")]
+LabelOpt = Annotated[list[str] | None, typer.Option("--label", help="Required pool label k=v.")]
+StrategyOpt = Annotated[
+    str | None, typer.Option(help="round_robin, least_loaded, random or affinity.")
+]
+AffinityOpt = Annotated[str | None, typer.Option(help="Same key, same pool (with affinity).")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print one `error: ...` line on stderr and exit with `code`."""
+    line = " ".join(str(message).split())
+    print(f"error: {line}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def cli_settings() -> Settings:
+    """The settings, or exit with the one-line ConfigError (the Redis password masked)."""
+    try:
+        settings = load_settings()
+        _ = urlsplit(settings.redis_url).port  # a malformed port fails here, not in redis-py
+        return settings
+    except ValueError as exc:
+        message = f"invalid settings: redis_url is malformed: {exc}"
+    except MahavishnuError as exc:
+        message = str(exc)
+    fail(render.mask_secrets(message, os.environ.get(f"{ENV_PREFIX}REDIS_URL", "")))
+
+
+def scrub(message: str, settings: Settings | None) -> str:
+    if settings is None:
+        return message
+    message = message.replace(settings.redis_url, settings.redis_url_redacted)
+    return render.mask_secrets(message, settings.redis_url)
+
+
+def guard(settings: Settings | None, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run `fn`, turning every deliberate error into one line on stderr and exit code 1."""
+    try:
+        return fn(*args, **kwargs)
+    except ResultTimeout as exc:
+        fail(f"{exc}; it goes on: `mahavishnu task result {exc.task_id}` waits for it")
+    except MahavishnuError as exc:
+        fail(scrub(str(exc), settings))
+    except ValidationError as exc:
+        from shared.codec import describe_validation_error
+
+        fail(f"invalid value: {describe_validation_error(exc)}")
+    except RedisError as exc:
+        where = settings.redis_url_redacted if settings else "the configured URL"
+        fail(scrub(f"Redis at {where}: {type(exc).__name__}: {exc}", settings))
+    except OSError as exc:
+        fail(scrub(f"{type(exc).__name__}: {exc}", settings))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise typer.Exit(130) from None
+
+
+def run_async(
+    settings: Settings, fn: Callable[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    """`asyncio.run(fn(*args))` inside `guard`."""
+    return guard(settings, lambda: asyncio.run(fn(*args, **kwargs)))
+
+
+def client(settings: Settings) -> PoolManager:
+    from shared.client import PoolManager
+
+    return PoolManager(settings)
+
+
+def setup_logging(level: str) -> None:
+    try:
+        logging.basicConfig(
+            level=level.upper(),
+            stream=sys.stderr,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        )
+    except ValueError:
+        fail(f"--log-level {level!r}: use DEBUG, INFO, WARNING or ERROR")

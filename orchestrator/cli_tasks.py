@@ -1,0 +1,172 @@
+"""`mahavishnu task ...`: submit, follow, cancel and dead-letter single tasks."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from orchestrator import cli_render as render
+
+if TYPE_CHECKING:
+    from shared.models import TaskResult
+
+from orchestrator.cli_common import (
+    AffinityOpt,
+    ArgOpt,
+    ArgvArg,
+    AttemptsOpt,
+    CallOpt,
+    CommandOpt,
+    IdemOpt,
+    JsonOpt,
+    KwargOpt,
+    LabelOpt,
+    PromptOpt,
+    QueueTimeoutOpt,
+    StrategyOpt,
+    TagOpt,
+    TimeoutOpt,
+    cli_settings,
+    client,
+    run_async,
+)
+
+task_app = typer.Typer(help="Submit, follow and cancel single tasks.", no_args_is_help=True)
+
+
+@task_app.command("submit")
+def task_submit(
+    argv: ArgvArg = None,
+    prompt: PromptOpt = None,
+    call: CallOpt = None,
+    arg: ArgOpt = None,
+    kwarg: KwargOpt = None,
+    command: CommandOpt = False,
+    pool: Annotated[str | None, typer.Option(help="Send to this pool (default: route).")] = None,
+    strategy: StrategyOpt = None,
+    affinity_key: AffinityOpt = None,
+    label: LabelOpt = None,
+    queue_timeout: QueueTimeoutOpt = None,
+    timeout: TimeoutOpt = None,
+    max_attempts: AttemptsOpt = None,
+    idempotency_key: IdemOpt = None,
+    tag: TagOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Queue a task without waiting and print its id."""
+    settings = cli_settings()
+
+    async def submit() -> str:
+        task = render.build_task(
+            settings, prompt=prompt, call=call, args=arg, kwargs=kwarg, command=command,
+            argv=argv, timeout=timeout, max_attempts=max_attempts, pool_id=pool,
+            strategy=strategy, affinity_key=affinity_key, labels=render.pairs(label, "--label"),
+            queue_timeout=queue_timeout,
+            idempotency_key=idempotency_key, tags=tag,
+        )  # fmt: skip
+        async with client(settings) as pools:
+            return await pools.submit(task, expect_reply=False)
+
+    task_id = run_async(settings, submit)
+    if json_out:
+        render.emit_json({"task_id": task_id})
+    else:
+        print(task_id)
+
+
+@task_app.command("status")
+def task_status(
+    task_id: Annotated[str, typer.Argument(help="The task.")], json_out: JsonOpt = False
+) -> None:
+    """Show a task's current state (its result once final)."""
+    settings = cli_settings()
+
+    async def status() -> TaskResult:
+        async with client(settings) as pools:
+            return await pools.status(task_id)
+
+    result = run_async(settings, status)
+    if json_out:
+        render.emit_json(result.model_dump(mode="json"))
+    else:
+        render.stdout_console().print(render.task_table(result))
+
+
+@task_app.command("result")
+def task_result(
+    task_id: Annotated[str, typer.Argument(help="The task.")],
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds to wait (default: forever).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Wait for a task's final result and print it (exit 1 unless it completed)."""
+    settings = cli_settings()
+
+    async def result() -> TaskResult:
+        async with client(settings) as pools:
+            return await pools.result(task_id, timeout)
+
+    render.show_result(run_async(settings, result), json_out)
+
+
+@task_app.command("cancel")
+def task_cancel(
+    task_id: Annotated[str, typer.Argument(help="The task.")], json_out: JsonOpt = False
+) -> None:
+    """Cancel a task: a queued one never starts, a running one is stopped."""
+    settings = cli_settings()
+
+    async def cancel() -> tuple[str, str]:
+        async with client(settings) as pools:
+            before = await pools.cancel(task_id)
+            return str(before), str((await pools.status(task_id)).status)
+
+    before, now = run_async(settings, cancel)
+    final = before in ("completed", "failed", "cancelled", "dead_lettered")
+    if json_out:
+        render.emit_json(
+            {"task_id": task_id, "previous_status": before, "status": now, "cancelled": not final}
+        )
+    elif final:
+        render.stdout_console().print(f"task {task_id} was already {before}; nothing changed")
+    else:
+        render.stdout_console().print(f"task {task_id} cancelled (it was {before}; now {now})")
+
+
+@task_app.command("dead-letters")
+def task_dead_letters(
+    requeue: Annotated[
+        str | None, typer.Option(help="Re-submit the dead letter with this entry id.")
+    ] = None,
+    pool: Annotated[str | None, typer.Option(help="Only this pool's dead letters.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Most entries to show.")] = 20,
+    json_out: JsonOpt = False,
+) -> None:
+    """List dead letters (newest first) with their reason, or requeue one as a new task."""
+    settings = cli_settings()
+
+    async def letters() -> tuple[int, list[Any], str | None]:
+        async with client(settings) as pools:
+            if requeue:
+                letter, task_id = await pools.requeue_dead_letter(requeue, pool_id=pool)
+                return 1, [letter], task_id
+            total, found = await pools.dead_letters(limit=limit, pool_id=pool)
+            return total, found, None
+
+    total, found, task_id = run_async(settings, letters)
+    docs = [{k: v for k, v in dataclasses.asdict(x).items() if k != "message"} for x in found]
+    if json_out:
+        render.emit_json({"total": total, "entries": docs, "requeued_task_id": task_id})
+    elif task_id:
+        render.stdout_console().print(f"dead letter {requeue} re-submitted as task {task_id}")
+    else:
+        table = Table(title=f"{len(found)} of {total} dead letter(s)")
+        for column in ("entry", "task", "pool", "attempts", "reason"):
+            table.add_column(column, overflow="fold")
+        for x in found:
+            table.add_row(x.entry_id, x.task_id, x.pool_id, str(x.attempts), x.reason)
+        render.stdout_console().print(table)
