@@ -2,9 +2,9 @@
 
     mahavishnu up [--demo]                 broker + orchestrator + a default pool, in one command
     mahavishnu orchestrator | worker | mcp  the long-running processes
-    mahavishnu pool spawn|list|exec|route|scale|close|close-all|health|monitor
+    mahavishnu pool spawn|list|exec|route|scale|close|close-all|health|monitor|search
     mahavishnu task submit|status|result|cancel|dead-letters   (cli_tasks.py)
-    mahavishnu top | inspect KEY
+    mahavishnu top | inspect KEY | bench
 
 Every command that reports something takes `--json` (one JSON document on stdout, nothing
 else there). Errors the system reports on purpose exit 1 with one `error: ...` line on stderr;

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from pydantic import ValidationError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from shared.codec import (
     Control,
@@ -62,6 +62,7 @@ from shared.models import (
     TaskStatus,
     new_id,
 )
+from shared.readers import CompletionWatcher, ReplyReader
 from shared.scripts import Scripts, flat_fields
 from shared.state import (
     FinalResult,
@@ -73,7 +74,6 @@ from shared.state import (
 
 TaskInput = TaskSpec | Mapping[str, Any]
 DEFAULT_MAX_QUEUE: int = PoolSpec.model_fields["max_queue"].default
-MAX_UNCLAIMED = 50_000  # delivered results kept for a later result() call
 FOREIGN_RECHECK = 5.0  # seconds between looks at the hash of a task waited on via events
 
 
@@ -109,132 +109,6 @@ def make_pool_spec(
         raise InvalidRequest(f"invalid pool spec: {describe_validation_error(exc)}") from None
 
 
-class _ReplyReader:
-    """One blocking reader of this client's reply stream, resolving a future per task id."""
-
-    def __init__(self, redis: Redis, key: str) -> None:
-        self._redis = redis
-        self._key = key
-        self._waiting: dict[str, asyncio.Future[TaskResult]] = {}
-        self._early: dict[str, TaskResult] = {}
-        self._unclaimed: dict[str, None] = {}  # delivered, not yet asked for (in order)
-        self._task: asyncio.Task[None] | None = None
-
-    def expect(self, task_id: str) -> asyncio.Future[TaskResult]:
-        fut = self._waiting.get(task_id)
-        if fut is None:
-            fut = asyncio.get_running_loop().create_future()
-            early = self._early.pop(task_id, None)
-            if early is not None:
-                fut.set_result(early)
-            self._waiting[task_id] = fut
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="mahavishnu-replies")
-        return fut
-
-    def forget(self, task_id: str) -> None:
-        self._waiting.pop(task_id, None)
-        self._unclaimed.pop(task_id, None)
-
-    async def _run(self) -> None:
-        last = b"0-0"
-        while True:
-            try:
-                reply = await self._redis.xread({self._key: last}, count=500, block=5000)
-            except RedisError:
-                await asyncio.sleep(0.2)  # the connection retries; back off before reading again
-                continue
-            seen: list[bytes] = []
-            for _, (entry_id, fields) in flatten_read(reply):
-                last = entry_id
-                seen.append(entry_id)
-                try:
-                    msg = decode(fields)
-                except MalformedMessage:
-                    continue
-                if isinstance(msg, ResultShare):
-                    self._deliver(msg.result)
-            if seen:
-                with contextlib.suppress(RedisError):
-                    await self._redis.xdel(self._key, *seen)
-
-    def _deliver(self, result: TaskResult) -> None:
-        fut = self._waiting.get(result.task_id)
-        if fut is None:
-            self._early[result.task_id] = result
-            if len(self._early) > MAX_UNCLAIMED:
-                self._early.pop(next(iter(self._early)))
-        elif not fut.done():
-            fut.set_result(result)
-            self._unclaimed[result.task_id] = None
-            if len(self._unclaimed) > MAX_UNCLAIMED:  # nobody asked for the oldest: drop it
-                oldest = next(iter(self._unclaimed))  # (a later result() reads its hash)
-                del self._unclaimed[oldest]
-                self._waiting.pop(oldest, None)
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for fut in self._waiting.values():
-            fut.cancel()
-
-
-class _CompletionWatcher:
-    """One blocking reader of the events stream for every wait on a task this client did not
-    submit: it wakes the waiters of each TASK_COMPLETED it sees (one connection for all)."""
-
-    def __init__(self, redis: Redis, key: str) -> None:
-        self._redis = redis
-        self._key = key
-        self._waiters: dict[str, set[asyncio.Event]] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._reading = asyncio.Event()
-
-    async def watch(self, task_id: str) -> asyncio.Event:
-        """An event set when the task's TASK_COMPLETED is seen (call `unwatch` when done)."""
-        event = asyncio.Event()
-        self._waiters.setdefault(task_id, set()).add(event)
-        if self._task is None or self._task.done():
-            self._reading = asyncio.Event()
-            self._task = asyncio.create_task(self._run(), name="mahavishnu-completions")
-        await self._reading.wait()  # the reader has its starting point: no event slips by
-        return event
-
-    def unwatch(self, task_id: str, event: asyncio.Event) -> None:
-        waiters = self._waiters.get(task_id)
-        if waiters is not None:
-            waiters.discard(event)
-            if not waiters:
-                del self._waiters[task_id]
-
-    async def _run(self) -> None:
-        try:
-            newest = await self._redis.xrevrange(self._key, count=1)
-            last = newest[0][0] if newest else b"0-0"
-        except RedisError:
-            last = b"$"  # the waiters' periodic look at the hash covers what this misses
-        self._reading.set()
-        while self._waiters:
-            try:
-                reply = await self._redis.xread({self._key: last}, count=1000, block=2000)
-            except RedisError:
-                await asyncio.sleep(0.2)  # the connection retries; back off before reading again
-                continue
-            for _, (entry_id, fields) in flatten_read(reply):
-                last = entry_id
-                if fields.get(b"type") == b"TASK_COMPLETED":
-                    for event in self._waiters.get(text(fields.get(b"task")), ()):
-                        event.set()
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-
 class PoolManager:
     """Spawn pools, submit tasks and wait for results, from any process, over Redis."""
 
@@ -250,9 +124,9 @@ class PoolManager:
         self.redis: Redis = connect(self.settings)
         self._reader_redis: Redis = connect(self.settings, blocking=True)
         self._scripts = Scripts(self.redis)
-        self._replies = _ReplyReader(self._reader_redis, self.keys.replies(self.client_id))
+        self._replies = ReplyReader(self._reader_redis, self.keys.replies(self.client_id))
         self._events_redis: Redis = connect(self.settings, blocking=True)
-        self._completions = _CompletionWatcher(self._events_redis, self.keys.events)
+        self._completions = CompletionWatcher(self._events_redis, self.keys.events)
 
     async def __aenter__(self) -> Self:
         return self
@@ -410,7 +284,7 @@ class PoolManager:
 
     async def result(self, task_id: str, timeout: float | None = None) -> TaskResult:
         """Wait for a final result; raise ResultTimeout (the task goes on) or TaskNotFound."""
-        fut = self._replies._waiting.get(task_id)
+        fut = self._replies.awaiting(task_id)
         if fut is not None:
             try:
                 res = await asyncio.wait_for(asyncio.shield(fut), timeout)
