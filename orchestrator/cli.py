@@ -22,10 +22,6 @@ from rich.table import Table
 
 from orchestrator import cli_render as render
 from orchestrator import cli_up
-
-if TYPE_CHECKING:
-    from shared.models import TaskResult
-
 from orchestrator.cli_common import (
     AffinityOpt,
     ArgOpt,
@@ -48,6 +44,10 @@ from orchestrator.cli_common import (
     run_async,
     setup_logging,
 )
+
+if TYPE_CHECKING:
+    from shared.models import TaskResult
+
 from orchestrator.cli_tasks import task_app
 
 app = typer.Typer(

@@ -9,10 +9,6 @@ import typer
 from rich.table import Table
 
 from orchestrator import cli_render as render
-
-if TYPE_CHECKING:
-    from shared.models import TaskResult
-
 from orchestrator.cli_common import (
     AffinityOpt,
     ArgOpt,
@@ -33,6 +29,10 @@ from orchestrator.cli_common import (
     client,
     run_async,
 )
+
+if TYPE_CHECKING:
+    from shared.models import TaskResult
+
 
 task_app = typer.Typer(help="Submit, follow and cancel single tasks.", no_args_is_help=True)
 
