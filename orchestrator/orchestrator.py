@@ -42,6 +42,7 @@ from shared.connection import (
     decode_hash,
     ensure_group,
     flatten_read,
+    read_own_pending,
     text,
 )
 from shared.errors import ExecutorError, MalformedMessage
@@ -197,21 +198,11 @@ class Orchestrator:
 
     async def _read_own_pending(self) -> list[tuple[str, Entry]]:
         """Entries pending on this orchestrator that it does not hold (lost read replies)."""
-        reply = await self._reader.xreadgroup(
-            ORCHESTRATOR_GROUP,
-            self.id,
-            {self.keys.control: "0", self.keys.ingress: "0"},
-            count=10_000,
-        )
         held = {w.entry_id for w in self._waiting}
-        entries = [(s, e) for s, e in flatten_read(reply) if e[0] not in held]
-        gone = [(s, e[0]) for s, e in entries if not e[1]]
-        if gone:  # deleted while pending on us: nothing to do but acknowledge
-            pipe = self.redis.pipeline(transaction=False)
-            for stream, entry_id in gone:
-                ack_and_delete(pipe, stream, ORCHESTRATOR_GROUP, [entry_id])
-            await pipe.execute()
-        return [(s, e) for s, e in entries if e[1]]
+        streams = [self.keys.control, self.keys.ingress]
+        return await read_own_pending(
+            self._reader, self.redis, ORCHESTRATOR_GROUP, self.id, streams, held
+        )
 
     async def route(self, entries: list[Entry], *, reclaimed: bool = False) -> None:
         """Route a batch of ingress entries plus the tasks still waiting for a pool.

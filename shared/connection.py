@@ -160,6 +160,30 @@ def ack_and_delete(pipe: Any, stream: str, group: str, ids: Sequence[bytes | str
         pipe.xdel(stream, *ids)
 
 
+async def read_own_pending(
+    reader: Redis,
+    redis: Redis,
+    group: str,
+    consumer: str,
+    streams: Sequence[str],
+    known: set[bytes],
+) -> list[tuple[str, Entry]]:
+    """Entries delivered to `consumer` that it does not know: a read whose reply was lost with
+    a dropped connection leaves them pending on a live consumer that never saw them.
+
+    Entries deleted meanwhile are acknowledged here; the rest are returned to be handled.
+    """
+    reply = await reader.xreadgroup(group, consumer, dict.fromkeys(streams, "0"), count=10_000)
+    found = [(s, e) for s, e in flatten_read(reply) if e[0] not in known]
+    gone = [(s, e[0]) for s, e in found if not e[1]]
+    if gone:
+        pipe = redis.pipeline(transaction=False)
+        for stream, entry_id in gone:
+            ack_and_delete(pipe, stream, group, [entry_id])
+        await pipe.execute()
+    return [(s, e) for s, e in found if e[1]]
+
+
 def text(value: bytes | str | None, default: str = "") -> str:
     """A Redis reply value as str."""
     if value is None:

@@ -1,9 +1,10 @@
 """Reading and writing the state hashes: pools, their load, tasks and final results.
 
-Writers of a final result (a worker, an orchestrator that dead-letters or gives up routing, a
-client that cancels a queued task) all go through `finalize_results`, so every final result is
-recorded once per task id and announced the same way: task hash, the caller's reply stream, a
-TASK_COMPLETED event, a memory record and the pool's counters.
+Writers of a final result (a worker, an orchestrator that dead-letters or gives up routing) go
+through `finalize_results`, so every final result is recorded once per task id and announced the
+same way: task hash, the caller's reply stream, a TASK_COMPLETED event, a memory record and the
+pool's counters. A client cancelling a queued task makes it final in one script
+(`CANCEL_TASK`) and then announces it with `announce`.
 """
 
 from __future__ import annotations

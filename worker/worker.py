@@ -47,6 +47,7 @@ from shared.connection import (
     decode_hash,
     ensure_group,
     flatten_read,
+    read_own_pending,
     text,
 )
 from shared.errors import MalformedMessage, PoolNotFound, PoolUnavailable
@@ -264,18 +265,10 @@ class Worker:
 
     async def _read_own_pending(self) -> list[tuple[str, Entry]]:
         """Entries pending on this worker that it does not know about (lost read replies)."""
-        reply = await self._reader.xreadgroup(
-            WORKER_GROUP, self.worker_id, {self.stream: "0", self.inbox: "0"}, count=10_000
-        )
         known = set(self._running) | set(self._skipped) | {d.entry_id for d in self._dead}
-        pairs = []
-        for stream, (entry_id, fields) in flatten_read(reply):
-            if entry_id in known:
-                continue
-            if not fields:  # deleted while pending on us: nothing to run, just acknowledge
-                self._skipped.append(entry_id)
-                continue
-            pairs.append((stream, (entry_id, fields)))
+        pairs = await read_own_pending(
+            self._reader, self.redis, WORKER_GROUP, self.worker_id, [self.stream, self.inbox], known
+        )
         if pairs:
             log.warning("recovered %d entr(ies) delivered to us by a lost read", len(pairs))
         return pairs
