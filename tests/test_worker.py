@@ -117,3 +117,29 @@ def test_retry_delays_grow_and_are_capped() -> None:
 
 async def _status_is(manager: PoolManager, task_id: str, status: TaskStatus) -> bool:
     return (await manager.status(task_id)).status is status
+
+
+async def test_a_read_in_flight_when_the_stop_comes_is_still_flushed(
+    orchestrator: Any, manager: PoolManager, redis: aioredis.Redis, settings: Settings
+) -> None:
+    pool_id = await empty_pool(manager)
+    stream = settings.keys.pool_tasks(pool_id)
+    slow_reads = settings.model_copy(update={"worker_block_ms": 5000})
+    worker = Worker(slow_reads, pool_id, concurrency=2)
+
+    read_started = asyncio.Event()
+    real_read = worker._reader.xreadgroup
+
+    async def observed_read(*args: Any, **kwargs: Any) -> Any:
+        read_started.set()
+        return await real_read(*args, **kwargs)
+
+    worker._reader.xreadgroup = observed_read
+    running = asyncio.create_task(worker.run())
+    await read_started.wait()
+    worker.request_stop()
+    worker._flush_wanted.set()  # a flush with nothing running, after the stop
+    task_id = await manager.submit({"call": "noop"}, pool_id=pool_id)  # lands in that read
+    await running
+    assert (await manager.result(task_id, timeout=5)).ok
+    assert (await redis.xpending(stream, WORKER_GROUP))["pending"] == 0

@@ -133,6 +133,7 @@ class Worker:
         self._flush_wanted = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._finishing = asyncio.Event()  # reading and draining are over: flush and exit
         self._started_at = time.time()
         self.completed = 0
 
@@ -191,6 +192,7 @@ class Worker:
             await self._drain()
         finally:
             self._stopping.set()
+            self._finishing.set()
             self._flush_wanted.set()
             await flusher
             for loop_task in (heart, deadlines):
@@ -404,7 +406,9 @@ class Worker:
                 await asyncio.sleep(0.5)  # not wait_any(self._stopping): it may be set already
                 self._flush_wanted.set()
                 continue
-            if self._stopping.is_set() and not self._running and not self._done:
+            # only once reading and draining are over: a read in flight when the stop came can
+            # still start tasks after a moment with nothing running
+            if self._finishing.is_set() and not self._running and not self._done:
                 return
 
     async def _flush(self) -> None:
