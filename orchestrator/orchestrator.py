@@ -15,6 +15,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -263,7 +264,9 @@ class Orchestrator:
         taken = {item.entry_id for item in accepted}
         self._waiting = waiting + [item for item, _ in routed if item.entry_id not in taken]
         pipe = self.redis.pipeline(transaction=False)
-        ack_and_delete(pipe, self.keys.ingress, ORCHESTRATOR_GROUP, [i.entry_id for i in accepted])
+        if self.settings.redis_cluster:  # (a batch script acknowledged them already)
+            ingress = self.keys.ingress
+            ack_and_delete(pipe, ingress, ORCHESTRATOR_GROUP, [i.entry_id for i in accepted])
         self.records.queue_malformed(pipe, self.keys.ingress, bad)
         if len(pipe):
             await pipe.execute()
@@ -284,6 +287,8 @@ class Orchestrator:
         and the pool's script checks its status and backlog bound in the same step, so a pool
         that started closing or filled up since the last tick refuses (the task waits on).
         """
+        if not self.settings.redis_cluster:
+            return await self._forward_batches(routed)
         scripts = self._scripts
         pipe = self.redis.pipeline(transaction=False)
         for item, pool in routed:
@@ -306,6 +311,35 @@ class Orchestrator:
             for (item, _), reply in zip(routed, replies[1::2], strict=True)
             if not isinstance(reply, Exception)
         ]
+
+    async def _forward_batches(self, routed: list[tuple[_Waiting, Candidate]]) -> list[_Waiting]:
+        """`_forward` with one script per pool, which also acknowledges what it forwarded."""
+        by_pool: dict[str, list[_Waiting]] = {}
+        limits: dict[str, int] = {}
+        for item, pool in routed:
+            by_pool.setdefault(pool.pool_id, []).append(item)
+            limits[pool.pool_id] = pool.max_queue
+        keys = self.keys
+        pipe = self.redis.pipeline(transaction=False)
+        for pool_id, items in by_pool.items():
+            args: list[Any] = [limits[pool_id], ORCHESTRATOR_GROUP, pool_id]
+            for item in items:
+                args += [item.entry_id, len(item.fields), *flat_fields(item.fields)]
+            self._scripts.queue(
+                pipe,
+                self._scripts.route_batch,
+                [keys.pool(pool_id), keys.pool_tasks(pool_id), keys.ingress]
+                + [keys.task(item.message.task.id) for item in items],
+                args,
+            )
+        replies = await self._scripts.execute(pipe, raise_on_error=False)
+        accepted: list[_Waiting] = []
+        for items, reply in zip(by_pool.values(), replies, strict=True):
+            if isinstance(reply, Exception):
+                log.warning("forwarding to a pool failed: %s", reply)
+                continue
+            accepted += items[: int(reply)]
+        return accepted
 
     async def _candidates(self) -> list[Candidate]:
         views = [v for v in self.pools.values() if v.status in ACCEPTING_STATUSES]

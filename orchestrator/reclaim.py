@@ -18,9 +18,10 @@ from orchestrator.records import BadEntry, Records
 from shared.codec import TaskDelegate, decode, encode, unpack
 from shared.connection import Entry, ack_and_delete, text
 from shared.errors import MalformedMessage
+from shared.finals import queue_dead_letter
 from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
 from shared.models import TaskStatus
-from shared.state import ACCEPTING_STATUSES, queue_dead_letter
+from shared.state import ACCEPTING_STATUSES
 
 log = logging.getLogger("mahavishnu.orchestrator")
 

@@ -11,10 +11,10 @@ from typing import Any
 from shared.codec import StatusUpdate, TaskDelegate, _Message, encode
 from shared.config import Settings
 from shared.connection import Redis, ack_and_delete, text
+from shared.finals import FinalResult, finalize_results, queue_dead_letter
 from shared.keys import ORCHESTRATOR_GROUP
 from shared.models import PoolStatus, TaskResult, TaskStatus
 from shared.scripts import Scripts, flat_fields
-from shared.state import FinalResult, finalize_results, queue_dead_letter
 
 log = logging.getLogger("mahavishnu.orchestrator")
 
@@ -89,12 +89,7 @@ class Records:
             )
             for msg, reason in failures
         ]
-
-        def extra(pipe: Any) -> None:
-            if ack is not None:
-                ack_and_delete(pipe, *ack)
-
-        await finalize_results(self.redis, self.scripts, self.settings, finals, extra=extra)
+        await finalize_results(self.redis, self.scripts, self.settings, finals, ack=ack)
 
     async def set_pool_status(
         self,

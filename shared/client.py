@@ -41,7 +41,6 @@ from shared.config import Settings, load_settings
 from shared.connection import Redis, connect, decode_hash, flatten_read, text
 from shared.dead_letters import DeadLetter, list_dead_letters, read_dead_letter
 from shared.errors import (
-    InboxFull,
     InvalidRequest,
     MalformedMessage,
     OrchestratorUnavailable,
@@ -50,7 +49,9 @@ from shared.errors import (
     QueueFull,
     ResultTimeout,
     TaskNotFound,
+    inbox_error,
 )
+from shared.finals import FinalResult, announce
 from shared.memory import SearchOutcome, search_memory
 from shared.models import (
     PoolInfo,
@@ -64,13 +65,7 @@ from shared.models import (
 )
 from shared.readers import CompletionWatcher, ReplyReader
 from shared.scripts import Scripts, flat_fields
-from shared.state import (
-    FinalResult,
-    announce,
-    live_pool_ids,
-    parse_task_result,
-    read_pools,
-)
+from shared.state import live_pool_ids, parse_task_result, read_pools
 
 TaskInput = TaskSpec | Mapping[str, Any]
 DEFAULT_MAX_QUEUE: int = PoolSpec.model_fields["max_queue"].default
@@ -188,15 +183,10 @@ class PoolManager:
         ]
         known = await self._claim_idempotency(specs)
         fresh = [s for s in specs if known.get(s.idempotency_key or "", s.id) == s.id]
-        pipe = self.redis.pipeline(transaction=False)
-        for spec in fresh:
-            self._queue_submit(pipe, spec)
-        replies = await self._scripts.execute(pipe, raise_on_error=False) if fresh else []
-        failures = [
-            (spec, reply)
-            for spec, reply in zip(fresh, replies[1::3], strict=True)
-            if isinstance(reply, Exception)
-        ]
+        if self.settings.redis_cluster:
+            failures = await self._submit_per_slot(fresh)
+        else:
+            failures = await self._submit_batches(fresh)
         if failures:
             await self._undo_submits([spec for spec, _ in failures])
             spec, error = failures[0]
@@ -206,18 +196,54 @@ class PoolManager:
                 self._replies.expect(spec.id)
         return [known.get(s.idempotency_key or "", s.id) for s in specs]
 
+    async def _submit_batches(self, specs: list[TaskSpec]) -> list[tuple[TaskSpec, Exception]]:
+        """Queue tasks with one script per target stream (all or nothing for each); return the
+        tasks not queued, with the reason."""
+        targets: dict[str | None, list[TaskSpec]] = {}
+        for spec in specs:
+            targets.setdefault(spec.pool_id, []).append(spec)
+        if not targets:
+            return []
+        keys = self.keys
+        pipe = self.redis.pipeline(transaction=False)
+        for pool_id, group in targets.items():
+            if pool_id:
+                head = [keys.pool(pool_id), keys.pool_tasks(pool_id)]
+                args: list[Any] = ["pool", DEFAULT_MAX_QUEUE, self.settings.result_ttl]
+            else:
+                head = [keys.ingress, keys.ingress]
+                args = ["ingress", self.settings.ingress_max_len, self.settings.result_ttl]
+            for spec in group:
+                for fields in (_task_state(spec), encode(TaskDelegate(task=spec))):
+                    args.append(len(fields))
+                    args += flat_fields(fields)
+            task_keys = [keys.task(spec.id) for spec in group]
+            self._scripts.queue(pipe, self._scripts.submit_batch, head + task_keys, args)
+        replies = await self._scripts.execute(pipe, raise_on_error=False)
+        return [
+            (spec, reply)
+            for group, reply in zip(targets.values(), replies, strict=True)
+            if isinstance(reply, Exception)
+            for spec in group
+        ]
+
+    async def _submit_per_slot(self, specs: list[TaskSpec]) -> list[tuple[TaskSpec, Exception]]:
+        """Queue tasks with one script per task (Redis Cluster); return the tasks not queued."""
+        if not specs:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for spec in specs:
+            self._queue_submit(pipe, spec)
+        replies = await self._scripts.execute(pipe, raise_on_error=False)
+        return [
+            (spec, reply)
+            for spec, reply in zip(specs, replies[1::3], strict=True)
+            if isinstance(reply, Exception)
+        ]
+
     def _queue_submit(self, pipe: Any, spec: TaskSpec) -> None:
         keys = self.keys
-        state = {
-            "status": str(TaskStatus.QUEUED if spec.pool_id else TaskStatus.PENDING),
-            "submitted_at": repr(spec.submitted_at),
-            "attempts": "0",
-        }
-        if spec.pool_id:
-            state["pool"] = spec.pool_id
-        if spec.reply_to:
-            state["reply_to"] = spec.reply_to
-        pipe.hset(keys.task(spec.id), mapping=state)
+        pipe.hset(keys.task(spec.id), mapping=_task_state(spec))
         fields = flat_fields(dict(encode(TaskDelegate(task=spec))))
         if spec.pool_id:
             self._scripts.queue(
@@ -659,13 +685,18 @@ class PoolManager:
         )
 
 
-def inbox_error(pool_id: str, exc: Exception) -> Exception:
-    """The error a sender sees when a RESULT_SHARE cannot be written to a pool's inbox."""
-    if "INBOXFULL" in str(exc):
-        return InboxFull(f"inbox of pool {pool_id!r} is full; the result was not sent")
-    if "NOPOOL" in str(exc):
-        return PoolNotFound(f"no pool with id {pool_id!r}")
-    return exc
+def _task_state(spec: TaskSpec) -> dict[str, str]:
+    """The task hash of a task being queued."""
+    state = {
+        "status": str(TaskStatus.QUEUED if spec.pool_id else TaskStatus.PENDING),
+        "submitted_at": repr(spec.submitted_at),
+        "attempts": "0",
+    }
+    if spec.pool_id:
+        state["pool"] = spec.pool_id
+    if spec.reply_to:
+        state["reply_to"] = spec.reply_to
+    return state
 
 
 def _is(status: PoolStatus) -> Callable[[PoolInfo], bool]:

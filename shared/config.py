@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     key_prefix: str = DEFAULT_PREFIX
     embedded_broker: bool = True
     embedded_broker_dir: Path = Path(".mahavishnu/redis")
+    # a Redis Cluster takes scripts that touch one slot each: one script per task instead of
+    # one per batch (slower; see docs/benchmarks.md)
+    redis_cluster: bool = False
 
     # the original's pool keys
     pools_enabled: bool = True

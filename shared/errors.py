@@ -80,3 +80,13 @@ class ExecutorError(MahavishnuError):
 
 class MalformedMessage(MahavishnuError):
     """A stream entry could not be decoded; the entry is dead-lettered with this message."""
+
+
+def inbox_error(pool_id: str, exc: Exception) -> Exception:
+    """The error a sender sees when a RESULT_SHARE cannot be written to a pool's inbox (from the
+    server's INBOXFULL / NOPOOL reply; anything else is returned as it is)."""
+    if "INBOXFULL" in str(exc):
+        return InboxFull(f"inbox of pool {pool_id!r} is full; the result was not sent")
+    if "NOPOOL" in str(exc):
+        return PoolNotFound(f"no pool with id {pool_id!r}")
+    return exc

@@ -1,7 +1,13 @@
-"""Lua scripts for the few steps that must be atomic. Each touches the keys of one slot only.
+"""Lua scripts for the steps that must be atomic.
 
-The scripts take stream fields as a flat ARGV list after their own arguments, so the entry they
-write is byte-for-byte what `shared.codec.encode` produced.
+Two families. The per-task scripts touch the keys of one slot only, so they run on Redis
+Cluster. The batch scripts (`*_BATCH`) do the same work for a whole batch in one call: on a
+standalone server (the default, `redis_cluster: false`) a batch of tasks costs one command
+instead of several per task. Their ARGV is read with a cursor: counts precede variable-length
+parts, and keys are named by their index in KEYS.
+
+The scripts take stream fields as flat ARGV lists, so the entry they write is byte-for-byte what
+`shared.codec.encode` produced.
 """
 
 from __future__ import annotations
@@ -167,6 +173,216 @@ return 0
 """
 
 
+# The cursor every batch script reads its ARGV with: `take()` the next value, `span()` a counted
+# list of pairs (its first and last ARGV index, for `unpack(ARGV, a, b)`).
+_CURSOR = """
+local i = 1
+local function take()
+  local v = ARGV[i]
+  i = i + 1
+  return v
+end
+local function span()
+  local n = tonumber(ARGV[i]) * 2
+  local a = i + 1
+  i = a + n
+  return a, a + n - 1
+end
+"""
+
+# KEYS[1] = target stream's owner (pool hash; the ingress stream itself for ingress),
+# KEYS[2] = target stream, KEYS[3..] = the tasks' hashes.
+# ARGV: 'pool' or 'ingress', default limit, task ttl, then per task: hash fields (counted), entry
+# fields (counted). All or nothing: if the pool takes no work or the batch does not fit under the
+# limit, nothing is written and the error names why. Returns the entry ids.
+SUBMIT_BATCH = (
+    _CURSOR
+    + """
+local mode, limit, ttl = take(), tonumber(take()), tonumber(take())
+if mode == 'pool' then
+  local status = redis.call('HGET', KEYS[1], 'status')
+  if not status then
+    return redis.error_reply('NOPOOL no pool ' .. KEYS[1])
+  end
+  if status == 'closing' or status == 'closed' or status == 'failed' then
+    return redis.error_reply('POOLDOWN pool is ' .. status)
+  end
+  limit = tonumber(redis.call('HGET', KEYS[1], 'max_queue') or limit)
+end
+local n = redis.call('XLEN', KEYS[2])
+local count = #KEYS - 2
+if n + count > limit then
+  return redis.error_reply('QUEUEFULL ' .. KEYS[2] .. ' holds ' .. n .. ' of ' .. limit
+    .. '; a batch of ' .. count .. ' does not fit')
+end
+local ids = {}
+for k = 3, #KEYS do
+  local ha, hb = span()
+  redis.call('HSET', KEYS[k], unpack(ARGV, ha, hb))
+  redis.call('EXPIRE', KEYS[k], ttl)
+  local ea, eb = span()
+  ids[#ids + 1] = redis.call('XADD', KEYS[2], '*', unpack(ARGV, ea, eb))
+end
+return ids
+"""
+)
+
+# KEYS[1] = pool hash, KEYS[2] = pool task stream, KEYS[3] = ingress, KEYS[4..] = the tasks'
+# hashes. ARGV: default limit, ingress group, pool id, then per task: its ingress entry id and
+# entry fields (counted). Forwards tasks in order while the pool takes work and has room (a task
+# that became final meanwhile is not forwarded), records the choice in each task hash, and
+# acknowledges and deletes the ingress entries it took. Returns how many it took.
+ROUTE_BATCH = (
+    _CURSOR
+    + f"""
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or status == 'closing' or status == 'closed' or status == 'failed' then
+  return 0
+end
+local limit = tonumber(redis.call('HGET', KEYS[1], 'max_queue') or ARGV[1])
+local room = limit - redis.call('XLEN', KEYS[2])
+i = 2
+local group, pool = take(), take()
+local taken = {{}}
+for k = 4, #KEYS do
+  if #taken >= room then
+    break
+  end
+  local entry = take()
+  local fa, fb = span()
+  status = redis.call('HGET', KEYS[k], 'status')
+  if not ({_FINAL}) then
+    redis.call('HSET', KEYS[k], 'status', 'queued', 'pool', pool, 'routed_from', entry)
+    redis.call('XADD', KEYS[2], '*', unpack(ARGV, fa, fb))
+  end
+  taken[#taken + 1] = entry
+end
+if #taken > 0 then
+  redis.call('XACK', KEYS[3], group, unpack(taken))
+  redis.call('XDEL', KEYS[3], unpack(taken))
+end
+return #taken
+"""
+)
+
+# KEYS = the tasks' hashes. ARGV: worker, started_at, then each task's attempt.
+# START_TASK for a batch: returns per task 1 to run, 0 to skip (final), 2 (a cancel was asked).
+START_BATCH = f"""
+local out = {{}}
+for k = 1, #KEYS do
+  local status = redis.call('HGET', KEYS[k], 'status')
+  if {_FINAL} then
+    out[k] = 0
+  elseif redis.call('HGET', KEYS[k], 'cancel_requested') == '1' then
+    out[k] = 2
+  else
+    redis.call('HSET', KEYS[k], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2],
+      'attempts', ARGV[k + 2])
+    out[k] = 1
+  end
+end
+return out
+"""
+
+# Records a batch of final results and announces the new ones, atomically: FINALIZE_TASK plus
+# everything `shared.state.announce` queues, plus inbox shares and the acknowledgement of the
+# batch's entries. KEYS[1] = events, KEYS[2] = dead letters, KEYS[3..] = the keys named below.
+# ARGV: result ttl, reply ttl, events/memory/dead-letter max lengths, now, count; per result:
+#   task hash index, token, task id, pool id, hash fields (counted),
+#   reply stream index (0: none), RESULT_SHARE entry fields (counted), event fields (counted),
+#   memory stream index (0: none), memory record (counted),
+#   load hash index (0: none), completed (0/1), duration ms, failed (0/1),
+#   dead-letter record (counted; 0 pairs: none), shares (counted triples: pool hash index,
+#   inbox index, pool id);
+# then the acknowledgement: stream index (0: none), group, ids (counted, single values).
+# Returns {written per result (1 new, 0 already final), dead-letter reasons of failed shares}.
+COMPLETE_BATCH = (
+    _CURSOR
+    + f"""
+local ttl, reply_ttl = tonumber(take()), tonumber(take())
+local events_max, memory_max, dlq_max = take(), take(), take()
+local now, count = take(), tonumber(take())
+local written, problems, replies, loads = {{}}, {{}}, {{}}, {{}}
+for r = 1, count do
+  local task, token, task_id, pool_id = KEYS[tonumber(take())], take(), take(), take()
+  local fa, fb = span()
+  local reply = tonumber(take())
+  local ra, rb = span()
+  local ea, eb = span()
+  local memory = tonumber(take())
+  local ma, mb = span()
+  local load, done, ms, failed = tonumber(take()), take(), take(), take()
+  local da, db = span()
+  local shares = tonumber(take())
+  local status = redis.call('HGET', task, 'status')
+  if {_FINAL} then
+    written[r] = 0
+    i = i + 3 * shares
+  else
+    written[r] = 1
+    redis.call('HSET', task, 'final_token', token, 'announced', '1', unpack(ARGV, fa, fb))
+    redis.call('EXPIRE', task, ttl)
+    if reply > 0 then
+      redis.call('XADD', KEYS[reply], '*', unpack(ARGV, ra, rb))
+      replies[reply] = true
+    end
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', events_max, '*', unpack(ARGV, ea, eb))
+    if memory > 0 then
+      redis.call('XADD', KEYS[memory], 'MAXLEN', '~', memory_max, '*', unpack(ARGV, ma, mb))
+    end
+    if load > 0 then
+      local l = loads[load] or {{0, 0, 0}}
+      l[1] = l[1] + tonumber(done)
+      l[2] = l[2] + tonumber(ms)
+      l[3] = l[3] + tonumber(failed)
+      loads[load] = l
+    end
+    if db >= da then
+      redis.call('XADD', KEYS[2], 'MAXLEN', '~', dlq_max, '*', unpack(ARGV, da, db))
+    end
+    for s = 1, shares do
+      local owner, inbox, target = KEYS[tonumber(take())], KEYS[tonumber(take())], take()
+      local limit = redis.call('HGET', owner, 'inbox_max')
+      local why = nil
+      if not limit then
+        why = 'no pool with id ' .. target
+      elseif redis.call('XLEN', inbox) >= tonumber(limit) then
+        why = 'inbox of pool ' .. target .. ' is full; the result was not sent'
+      else
+        redis.call('XADD', inbox, '*', unpack(ARGV, ra, rb))
+      end
+      if why then
+        why = 'result not shared with pool ' .. target .. ': ' .. why
+        problems[#problems + 1] = task_id .. ': ' .. why
+        redis.call('XADD', KEYS[2], 'MAXLEN', '~', dlq_max, '*', 'task', task_id,
+          'pool', pool_id, 'reason', why, 'attempts', '0', 'at', now)
+      end
+    end
+  end
+end
+for k, _ in pairs(replies) do
+  redis.call('EXPIRE', KEYS[k], reply_ttl)
+end
+for k, l in pairs(loads) do
+  if l[1] > 0 then
+    redis.call('HINCRBY', KEYS[k], 'completed', l[1])
+    redis.call('HINCRBYFLOAT', KEYS[k], 'total_ms', l[2])
+  end
+  if l[3] > 0 then
+    redis.call('HINCRBY', KEYS[k], 'failed', l[3])
+  end
+end
+local stream, group = tonumber(take()), take()
+local acks = tonumber(take())
+if stream > 0 and acks > 0 then
+  redis.call('XACK', KEYS[stream], group, unpack(ARGV, i, i + acks - 1))
+  redis.call('XDEL', KEYS[stream], unpack(ARGV, i, i + acks - 1))
+end
+return {{written, problems}}
+"""
+)
+
+
 class Scripts:
     """The scripts of one client. Direct calls (`await scripts.cancel_task(keys=..., args=...)`)
     load a script on first use; in a pipeline, `queue` adds a plain EVALSHA and `execute` runs
@@ -186,6 +402,10 @@ class Scripts:
         self.set_pool_status: AsyncScript = redis.register_script(SET_POOL_STATUS)
         self.acquire_lease: AsyncScript = redis.register_script(ACQUIRE_LEASE)
         self.release_lease: AsyncScript = redis.register_script(RELEASE_LEASE)
+        self.submit_batch: AsyncScript = redis.register_script(SUBMIT_BATCH)
+        self.start_batch: AsyncScript = redis.register_script(START_BATCH)
+        self.route_batch: AsyncScript = redis.register_script(ROUTE_BATCH)
+        self.complete_batch: AsyncScript = redis.register_script(COMPLETE_BATCH)
         self._all = [
             self.xadd_bounded,
             self.submit_to_pool,
@@ -197,6 +417,10 @@ class Scripts:
             self.set_pool_status,
             self.acquire_lease,
             self.release_lease,
+            self.submit_batch,
+            self.start_batch,
+            self.route_batch,
+            self.complete_batch,
         ]
 
     def queue(self, pipe: Any, script: AsyncScript, keys: list[str], args: list[Any]) -> None:

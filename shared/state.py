@@ -1,21 +1,13 @@
-"""Reading and writing the state hashes: pools, their load, tasks and final results.
-
-Writers of a final result (a worker, an orchestrator that dead-letters or gives up routing) go
-through `finalize_results`, so every final result is recorded once per task id and announced the
-same way: task hash, the caller's reply stream, a TASK_COMPLETED event, a memory record and the
-pool's counters. A client cancelling a queued task makes it final in one script
-(`CANCEL_TASK`) and then announces it with `announce`.
-"""
+"""Reading the state hashes: pools, their load, and tasks (final results are written by
+`shared.finals`)."""
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from shared.codec import ResultShare, TaskCompleted, encode, pack, unpack
+from shared.codec import unpack
 from shared.config import Settings
 from shared.connection import Redis, decode_hash, text
 from shared.errors import MalformedMessage
@@ -25,10 +17,8 @@ from shared.models import (
     PoolSpec,
     PoolStatus,
     TaskResult,
-    TaskSpec,
     TaskStatus,
 )
-from shared.scripts import Scripts, flat_fields
 
 ACCEPTING_STATUSES = frozenset(
     {PoolStatus.STARTING, PoolStatus.RUNNING, PoolStatus.DEGRADED, PoolStatus.SCALING}
@@ -143,172 +133,4 @@ def parse_task_result(raw: dict[bytes, bytes] | dict[str, str], task_id: str) ->
         attempts=int(text(fields.get("attempts"), "0") or 0),
         started_at=float(text(fields.get("started_at"), "0") or 0) or None,
         error=text(fields.get("error")) or None,
-    )
-
-
-@dataclass
-class FinalResult:
-    """A final result to record, with what is needed to announce it."""
-
-    result: TaskResult
-    reply_to: str | None = None
-    summary: str = ""
-    tags: list[str] = field(default_factory=list)
-    token: str = ""  # the writer's id for this delivery: a retried write is recognised
-    history: list[str] = field(default_factory=list)  # one line per failed attempt
-    spec: TaskSpec | None = None  # kept in a dead letter, so it can be requeued
-
-
-async def finalize_results(
-    redis: Redis,
-    scripts: Scripts,
-    settings: Settings,
-    finals: Sequence[FinalResult],
-    *,
-    extra: Any = None,
-) -> list[bool]:
-    """Record final results once per task id and announce the ones that were new.
-
-    Two round trips for the whole batch: the guarded writes of the task hashes, then the
-    replies, events, memory records, counters and dead letters of the results that were
-    recorded now.
-    `extra(pipe)`, if given, queues more commands on the second pipeline (the caller's acks).
-    Returns, per result, whether it was recorded now (False: the task was already final).
-    """
-    keys = settings.keys
-    pipe = redis.pipeline(transaction=False)
-    for final in finals:
-        res = final.result
-        fields = {
-            "status": str(res.status),
-            "result": pack(res.model_dump(mode="json")),
-            "finished_at": repr(res.finished_at or time.time()),
-            "attempts": str(res.attempts),
-        }
-        if res.pool_id:
-            fields["pool"] = res.pool_id
-        if res.worker_id:
-            fields["worker"] = res.worker_id
-        if res.error:
-            fields["error"] = res.error[:2000]
-        scripts.queue(
-            pipe,
-            scripts.finalize_task,
-            [keys.task(res.task_id)],
-            [settings.result_ttl, final.token, *flat_fields(fields)],
-        )
-    written = [bool(x) for x in await scripts.execute(pipe)] if finals else []
-    pipe = redis.pipeline(transaction=False)
-    fresh = [final for final, new in zip(finals, written, strict=True) if new]
-    announce(pipe, settings, fresh)
-    for final in fresh:
-        if final.result.status is TaskStatus.DEAD_LETTERED:
-            queue_dead_letter(
-                pipe,
-                settings,
-                task_id=final.result.task_id,
-                pool_id=final.result.pool_id,
-                reason=final.result.error or "",
-                attempts=final.result.attempts,
-                history=final.history,
-                spec=final.spec,
-            )
-        pipe.hset(keys.task(final.result.task_id), "announced", "1")
-    if extra is not None:
-        extra(pipe)
-    if len(pipe):
-        await scripts.execute(pipe)
-    return written
-
-
-def announce(pipe: Any, settings: Settings, finals: Sequence[FinalResult]) -> None:
-    """Queue the replies, TASK_COMPLETED events, memory records and pool counters of results.
-
-    Per result: its reply, its event and its memory record. Per batch: one EXPIRE per reply
-    stream and one counter update per pool.
-    """
-    keys = settings.keys
-    reply_streams: set[str] = set()
-    counts: dict[str, list[float]] = {}  # pool -> [completed, total_ms, failed]
-    for final in finals:
-        res = final.result
-        if final.reply_to:
-            reply_key = keys.replies(final.reply_to)
-            reply_streams.add(reply_key)
-            pipe.xadd(reply_key, encode(ResultShare(result=res, from_pool=res.pool_id)))
-        event = TaskCompleted(
-            task_id=res.task_id,
-            pool_id=res.pool_id,
-            worker_id=res.worker_id,
-            status=res.status,
-            duration=res.duration,
-        )
-        pipe.xadd(keys.events, encode(event), maxlen=settings.events_max_len, approximate=True)
-        if res.pool_id:
-            queue_memory_record(pipe, settings, final, pool_id=res.pool_id)
-            count = counts.setdefault(res.pool_id, [0, 0.0, 0])
-            if res.status is TaskStatus.COMPLETED:
-                count[0] += 1
-                count[1] += res.duration * 1000.0
-            elif res.status in (TaskStatus.FAILED, TaskStatus.DEAD_LETTERED):
-                count[2] += 1
-    for reply_key in reply_streams:
-        pipe.expire(reply_key, settings.reply_ttl)
-    for pool_id, (completed, total_ms, failed) in counts.items():
-        load_key = keys.pool_load(pool_id)
-        if completed:
-            pipe.hincrby(load_key, "completed", int(completed))
-            pipe.hincrbyfloat(load_key, "total_ms", total_ms)
-        if failed:
-            pipe.hincrby(load_key, "failed", int(failed))
-
-
-def queue_dead_letter(
-    pipe: Any,
-    settings: Settings,
-    *,
-    task_id: str,
-    pool_id: str | None,
-    reason: str,
-    attempts: int = 0,
-    raw: dict[Any, Any] | None = None,
-    history: list[str] | None = None,
-    spec: TaskSpec | None = None,
-) -> None:
-    """Queue one dead-letter record (the task, its pool, why, and the raw entry if unreadable)."""
-    record: dict[str, str | bytes] = {
-        "task": task_id,
-        "pool": pool_id or "",
-        "reason": reason,
-        "attempts": str(attempts),
-        "at": repr(time.time()),
-    }
-    if raw is not None:
-        record["raw"] = pack({text(k): v for k, v in raw.items()})
-    if history:
-        record["history"] = json.dumps(history)
-    if spec is not None:
-        record["spec"] = spec.model_dump_json()
-    pipe.xadd(settings.keys.dlq, record, maxlen=settings.dlq_max_len, approximate=True)
-
-
-def queue_memory_record(pipe: Any, settings: Settings, final: FinalResult, *, pool_id: str) -> None:
-    """Queue a memory record of a result (what was asked, a bounded output) on a pool's stream."""
-    res = final.result
-    output = res.output if isinstance(res.output, str) else json.dumps(res.output, default=str)
-    limit = settings.memory_output_chars
-    record = {
-        "task": res.task_id,
-        "pool": res.pool_id or pool_id,
-        "worker": res.worker_id or "",
-        "status": str(res.status),
-        "prompt": final.summary,
-        "output": output[:limit],
-        "error": (res.error or "")[:limit],
-        "duration": f"{res.duration:.6f}",
-        "finished_at": repr(res.finished_at or time.time()),
-        "tags": ",".join(final.tags),
-    }
-    pipe.xadd(
-        settings.keys.pool_memory(pool_id), record, maxlen=settings.memory_max_len, approximate=True
     )

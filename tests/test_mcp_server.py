@@ -30,8 +30,9 @@ from shared.codec import TaskDelegate, decode, encode
 from shared.config import Settings
 from shared.connection import Redis, connect, text
 from shared.errors import ConfigError
+from shared.finals import queue_dead_letter
 from shared.models import PoolSpec, PoolStatus, TaskSpec
-from shared.state import pool_hash_fields, queue_dead_letter
+from shared.state import pool_hash_fields
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "test-token-" + "x" * 32

@@ -162,6 +162,18 @@ async def test_a_bounded_ingress_gives_a_clear_queue_full(settings: Settings) ->
             await pm.submit({"call": "noop"})
 
 
+async def test_a_batch_that_does_not_fit_a_pool_queues_nothing(
+    orchestrator: Any, manager: PoolManager, redis: aioredis.Redis, settings: Settings
+) -> None:
+    pool_id = await manager.spawn_pool("local", name="p", min_workers=0, max_queue=5)
+    await manager.submit_many([{"call": "noop"}] * 3, pool_id=pool_id, expect_reply=False)
+    with pytest.raises(QueueFull, match=r"at its limit \(3 of 3 tasks not queued\)"):
+        await manager.submit_many([{"call": "noop"}] * 3, pool_id=pool_id)
+    assert await redis.xlen(settings.keys.pool_tasks(pool_id)) == 3
+    await manager.submit_many([{"call": "noop"}] * 2, pool_id=pool_id, expect_reply=False)
+    assert await redis.xlen(settings.keys.pool_tasks(pool_id)) == 5
+
+
 async def test_a_malformed_entry_is_dead_lettered_and_the_worker_keeps_serving(
     orchestrator: Any, manager: PoolManager, redis: aioredis.Redis, settings: Settings
 ) -> None:

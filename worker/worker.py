@@ -27,7 +27,6 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from shared.aio import wait_any
-from shared.client import inbox_error
 from shared.codec import (
     Heartbeat,
     ResultShare,
@@ -51,16 +50,11 @@ from shared.connection import (
     text,
 )
 from shared.errors import MalformedMessage, PoolNotFound, PoolUnavailable
+from shared.finals import FinalResult, finalize_results, queue_dead_letter, queue_memory_record
 from shared.keys import WORKER_GROUP
 from shared.models import PoolSpec, PoolStatus, TaskResult, TaskStatus, new_id
-from shared.scripts import Scripts, flat_fields
-from shared.state import (
-    ACCEPTING_STATUSES,
-    FinalResult,
-    finalize_results,
-    queue_dead_letter,
-    queue_memory_record,
-)
+from shared.scripts import Scripts
+from shared.state import ACCEPTING_STATUSES
 from worker.executors import Executor, Outcome, build_executor
 
 log = logging.getLogger("mahavishnu.worker")
@@ -339,15 +333,25 @@ class Worker:
         backoff = 0.1
         while True:
             pipe = self.redis.pipeline(transaction=False)
-            for _entry_id, msg in candidates:
+            if self.settings.redis_cluster:  # one slot per script
+                for _entry_id, msg in candidates:
+                    self._scripts.queue(
+                        pipe,
+                        self._scripts.start_task,
+                        [self.keys.task(msg.task.id)],
+                        [self.worker_id, repr(now), msg.attempt],
+                    )
+            else:
                 self._scripts.queue(
                     pipe,
-                    self._scripts.start_task,
-                    [self.keys.task(msg.task.id)],
-                    [self.worker_id, repr(now), msg.attempt],
+                    self._scripts.start_batch,
+                    [self.keys.task(msg.task.id) for _entry_id, msg in candidates],
+                    [self.worker_id, repr(now), *(msg.attempt for _entry_id, msg in candidates)],
                 )
             try:
-                return [int(v) for v in await self._scripts.execute(pipe)]
+                replies = await self._scripts.execute(pipe)
+                verdicts = replies if self.settings.redis_cluster else replies[0]
+                return [int(v) for v in verdicts]
             except TRANSIENT_ERRORS as exc:
                 log.warning("marking tasks started failed (%s); retrying", exc)
                 await asyncio.sleep(backoff)
@@ -433,7 +437,6 @@ class Worker:
         self, done: list[_Done], dead: list[_DeadLetter], skipped: list[bytes]
     ) -> None:
         finals: list[FinalResult] = []
-        final_items: list[_Done] = []
         retries: list[tuple[_Done, float]] = []
         for item in done:
             msg = item.running.message
@@ -454,52 +457,20 @@ class Worker:
             else:
                 status = TaskStatus.DEAD_LETTERED
             finals.append(self._final(item, status))
-            final_items.append(item)
         ack_ids = [item.running.entry_id for item in done] + [d.entry_id for d in dead] + skipped
 
         def extra(pipe: Any) -> None:
             self._queue_retries(pipe, retries)
             self._queue_dead_letters(pipe, dead)
-            ack_and_delete(pipe, self.stream, WORKER_GROUP, ack_ids)
 
-        written = await finalize_results(
-            self.redis, self._scripts, self.settings, finals, extra=extra
+        await finalize_results(
+            self.redis,
+            self._scripts,
+            self.settings,
+            finals,
+            ack=(self.stream, WORKER_GROUP, ack_ids),
+            extra=extra if retries or dead else None,
         )
-        shares = [
-            (final, target)
-            for final, item, new in zip(finals, final_items, written, strict=True)
-            if new
-            for target in item.running.message.task.share_with
-        ]
-        if shares:
-            await self._share(shares)
-
-    async def _share(self, shares: list[tuple[FinalResult, str]]) -> None:
-        """Send results to the inboxes their tasks named; a full inbox is dead-lettered, loudly."""
-        pipe = self.redis.pipeline(transaction=False)
-        for final, target in shares:
-            message = ResultShare(result=final.result, from_pool=self.pool_id)
-            self._scripts.queue(
-                pipe,
-                self._scripts.send_to_inbox,
-                [self.keys.pool(target), self.keys.pool_inbox(target)],
-                flat_fields(dict(encode(message))),
-            )
-        replies = await self._scripts.execute(pipe, raise_on_error=False)
-        pipe = self.redis.pipeline(transaction=False)
-        for (final, target), reply in zip(shares, replies, strict=True):
-            if isinstance(reply, Exception):
-                error = inbox_error(target, reply)
-                log.warning("result of %s not shared: %s", final.result.task_id, error)
-                queue_dead_letter(
-                    pipe,
-                    self.settings,
-                    task_id=final.result.task_id,
-                    pool_id=self.pool_id,
-                    reason=f"result not shared with pool {target}: {error}",
-                )
-        if len(pipe):
-            await pipe.execute()
 
     def _final(self, item: _Done, status: TaskStatus) -> FinalResult:
         msg = item.running.message
@@ -528,6 +499,7 @@ class Worker:
             token,
             self._history(item),
             msg.task,
+            list(msg.task.share_with),
         )
 
     def _history(self, item: _Done) -> list[str]:

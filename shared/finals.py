@@ -1,0 +1,385 @@
+"""Recording final results: once per task id, announced the same way by every writer.
+
+Writers of a final result (a worker, an orchestrator that dead-letters or gives up routing) go
+through `finalize_results`: task hash, the caller's reply stream, a TASK_COMPLETED event, a
+memory record, the pool's counters, a dead letter for a dead-lettered task and the shares with
+other pools' inboxes. A client cancelling a queued task makes it final in one script
+(`CANCEL_TASK`) and then announces it with `announce`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.codec import ResultShare, StreamFields, TaskCompleted, encode, pack
+from shared.config import Settings
+from shared.connection import Redis, ack_and_delete, text
+from shared.errors import inbox_error
+from shared.models import TaskResult, TaskSpec, TaskStatus
+from shared.scripts import Scripts, flat_fields
+
+log = logging.getLogger("mahavishnu.finals")
+
+
+@dataclass
+class FinalResult:
+    """A final result to record, with what is needed to announce it."""
+
+    result: TaskResult
+    reply_to: str | None = None
+    summary: str = ""
+    tags: list[str] = field(default_factory=list)
+    token: str = ""  # the writer's id for this delivery: a retried write is recognised
+    history: list[str] = field(default_factory=list)  # one line per failed attempt
+    spec: TaskSpec | None = None  # kept in a dead letter, so it can be requeued
+    share_with: list[str] = field(default_factory=list)  # pools whose inboxes get the result
+
+
+Ack = tuple[str, str, Sequence[bytes]]
+"""Entries to acknowledge and delete with a batch: (stream, group, entry ids)."""
+
+
+async def finalize_results(
+    redis: Redis,
+    scripts: Scripts,
+    settings: Settings,
+    finals: Sequence[FinalResult],
+    *,
+    ack: Ack | None = None,
+    extra: Callable[[Any], None] | None = None,
+) -> list[bool]:
+    """Record final results once per task id, announce the ones that were new, acknowledge.
+
+    The task hash, the caller's reply, a TASK_COMPLETED event, a memory record, the pool's
+    counters, a dead letter (for a dead-lettered result) and the shares with other pools' inboxes
+    are written for each result recorded now; a result whose task is already final is left out.
+    On a standalone server that is one script for the whole batch, atomic with the
+    acknowledgement of `ack`'s entries. On Redis Cluster (`redis_cluster`) it is one script per
+    task (a guarded write), then the announcements and the acknowledgement, then the shares.
+    `extra(pipe)`, if given, queues more commands that run before the acknowledgement.
+    Returns, per result, whether it was recorded now (False: the task was already final).
+    """
+    if settings.redis_cluster:
+        return await _finalize_per_slot(redis, scripts, settings, finals, ack=ack, extra=extra)
+    if not finals and not (ack and ack[2]) and extra is None:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    if extra is not None:
+        extra(pipe)
+    keys, args = _complete_batch_args(settings, finals, ack)
+    scripts.queue(pipe, scripts.complete_batch, keys, args)
+    replies = await scripts.execute(pipe)
+    written, problems = replies[-1]
+    for problem in problems:
+        log.warning("%s", text(problem))
+    return [bool(int(flag)) for flag in written]
+
+
+def _complete_batch_args(
+    settings: Settings, finals: Sequence[FinalResult], ack: Ack | None
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of `COMPLETE_BATCH` (its layout is documented with the script)."""
+    keys = settings.keys
+    names = [keys.events, keys.dlq]
+    index: dict[str, int] = {keys.events: 1, keys.dlq: 2}
+
+    def ref(key: str) -> int:
+        found = index.get(key)
+        if found is None:
+            names.append(key)
+            found = index[key] = len(names)
+        return found
+
+    now = time.time()
+    args: list[Any] = [
+        settings.result_ttl,
+        settings.reply_ttl,
+        settings.events_max_len,
+        settings.memory_max_len,
+        settings.dlq_max_len,
+        repr(now),
+        len(finals),
+    ]
+    for final in finals:
+        res = final.result
+        pool_id = res.pool_id or ""
+        hash_fields = result_hash_fields(res)
+        args += [ref(keys.task(res.task_id)), final.token, res.task_id, pool_id]
+        _counted(args, hash_fields)
+        reply = ref(keys.replies(final.reply_to)) if final.reply_to else 0
+        shared = encode(ResultShare(result=res, from_pool=res.pool_id))
+        args.append(reply)
+        _counted(args, shared if reply or final.share_with else {})
+        _counted(args, completed_event(res))
+        if pool_id:
+            args.append(ref(keys.pool_memory(pool_id)))
+            _counted(args, memory_record(settings, final, pool_id=pool_id))
+            done, ms, failed = _counts(res)
+            args += [ref(keys.pool_load(pool_id)), done, repr(ms), failed]
+        else:
+            args += [0, 0, 0, 0, "0", 0]
+        if res.status is TaskStatus.DEAD_LETTERED:
+            _counted(args, _final_dead_letter(final))
+        else:
+            args.append(0)
+        args.append(len(final.share_with))
+        for target in final.share_with:
+            args += [ref(keys.pool(target)), ref(keys.pool_inbox(target)), target]
+    if ack is not None and ack[2]:
+        stream, group, ids = ack
+        args += [ref(stream), group, len(ids), *ids]
+    else:
+        args += [0, "", 0]
+    return names, args
+
+
+def _counted(args: list[Any], fields: Mapping[str, Any]) -> None:
+    args.append(len(fields))
+    for name, value in fields.items():
+        args.append(name)
+        args.append(value)
+
+
+def _counts(res: TaskResult) -> tuple[int, float, int]:
+    """What a result adds to its pool's counters: (completed, milliseconds, failed)."""
+    if res.status is TaskStatus.COMPLETED:
+        return 1, res.duration * 1000.0, 0
+    if res.status in (TaskStatus.FAILED, TaskStatus.DEAD_LETTERED):
+        return 0, 0.0, 1
+    return 0, 0.0, 0
+
+
+def result_hash_fields(res: TaskResult) -> dict[str, str | bytes]:
+    """The fields a final result sets on its task hash."""
+    fields: dict[str, str | bytes] = {
+        "status": str(res.status),
+        "result": pack(res.model_dump(mode="json", exclude_defaults=True)),
+        "finished_at": repr(res.finished_at or time.time()),
+        "attempts": str(res.attempts),
+    }
+    if res.pool_id:
+        fields["pool"] = res.pool_id
+    if res.worker_id:
+        fields["worker"] = res.worker_id
+    if res.error:
+        fields["error"] = res.error[:2000]
+    return fields
+
+
+def completed_event(res: TaskResult) -> StreamFields:
+    """The TASK_COMPLETED entry of a final result."""
+    event = TaskCompleted(
+        task_id=res.task_id,
+        pool_id=res.pool_id,
+        worker_id=res.worker_id,
+        status=res.status,
+        duration=res.duration,
+    )
+    return encode(event)
+
+
+def _final_dead_letter(final: FinalResult) -> dict[str, str | bytes]:
+    res = final.result
+    return dead_letter_record(
+        task_id=res.task_id,
+        pool_id=res.pool_id,
+        reason=res.error or "",
+        attempts=res.attempts,
+        history=final.history,
+        spec=final.spec,
+    )
+
+
+async def _finalize_per_slot(
+    redis: Redis,
+    scripts: Scripts,
+    settings: Settings,
+    finals: Sequence[FinalResult],
+    *,
+    ack: Ack | None,
+    extra: Callable[[Any], None] | None,
+) -> list[bool]:
+    """`finalize_results` with scripts of one slot each (Redis Cluster): three round trips."""
+    keys = settings.keys
+    pipe = redis.pipeline(transaction=False)
+    for final in finals:
+        scripts.queue(
+            pipe,
+            scripts.finalize_task,
+            [keys.task(final.result.task_id)],
+            [settings.result_ttl, final.token, *flat_fields(result_hash_fields(final.result))],
+        )
+    written = [bool(x) for x in await scripts.execute(pipe)] if finals else []
+    pipe = redis.pipeline(transaction=False)
+    fresh = [final for final, new in zip(finals, written, strict=True) if new]
+    announce(pipe, settings, fresh)
+    for final in fresh:
+        if final.result.status is TaskStatus.DEAD_LETTERED:
+            pipe.xadd(
+                keys.dlq,
+                _final_dead_letter(final),
+                maxlen=settings.dlq_max_len,
+                approximate=True,
+            )
+        pipe.hset(keys.task(final.result.task_id), "announced", "1")
+    if extra is not None:
+        extra(pipe)
+    if ack is not None and ack[2]:
+        ack_and_delete(pipe, *ack)
+    if len(pipe):
+        await scripts.execute(pipe)
+    shares = [(final, target) for final in fresh for target in final.share_with]
+    if shares:
+        await _share_per_slot(redis, scripts, settings, shares)
+    return written
+
+
+async def _share_per_slot(
+    redis: Redis, scripts: Scripts, settings: Settings, shares: list[tuple[FinalResult, str]]
+) -> None:
+    """Send results to the inboxes their tasks named; a full inbox is dead-lettered, loudly."""
+    keys = settings.keys
+    pipe = redis.pipeline(transaction=False)
+    for final, target in shares:
+        message = ResultShare(result=final.result, from_pool=final.result.pool_id)
+        scripts.queue(
+            pipe,
+            scripts.send_to_inbox,
+            [keys.pool(target), keys.pool_inbox(target)],
+            flat_fields(dict(encode(message))),
+        )
+    replies = await scripts.execute(pipe, raise_on_error=False)
+    pipe = redis.pipeline(transaction=False)
+    for (final, target), reply in zip(shares, replies, strict=True):
+        if isinstance(reply, Exception):
+            reason = f"result not shared with pool {target}: {inbox_error(target, reply)}"
+            log.warning("%s: %s", final.result.task_id, reason)
+            queue_dead_letter(
+                pipe,
+                settings,
+                task_id=final.result.task_id,
+                pool_id=final.result.pool_id,
+                reason=reason,
+            )
+    if len(pipe):
+        await pipe.execute()
+
+
+def announce(pipe: Any, settings: Settings, finals: Sequence[FinalResult]) -> None:
+    """Queue the replies, TASK_COMPLETED events, memory records and pool counters of results.
+
+    Per result: its reply, its event and its memory record. Per batch: one EXPIRE per reply
+    stream and one counter update per pool.
+    """
+    keys = settings.keys
+    reply_streams: set[str] = set()
+    counts: dict[str, list[float]] = {}  # pool -> [completed, total_ms, failed]
+    for final in finals:
+        res = final.result
+        if final.reply_to:
+            reply_key = keys.replies(final.reply_to)
+            reply_streams.add(reply_key)
+            pipe.xadd(reply_key, encode(ResultShare(result=res, from_pool=res.pool_id)))
+        pipe.xadd(
+            keys.events, completed_event(res), maxlen=settings.events_max_len, approximate=True
+        )
+        if res.pool_id:
+            queue_memory_record(pipe, settings, final, pool_id=res.pool_id)
+            count = counts.setdefault(res.pool_id, [0, 0.0, 0])
+            for position, amount in enumerate(_counts(res)):
+                count[position] += amount
+    for reply_key in reply_streams:
+        pipe.expire(reply_key, settings.reply_ttl)
+    for pool_id, (completed, total_ms, failed) in counts.items():
+        load_key = keys.pool_load(pool_id)
+        if completed:
+            pipe.hincrby(load_key, "completed", int(completed))
+            pipe.hincrbyfloat(load_key, "total_ms", total_ms)
+        if failed:
+            pipe.hincrby(load_key, "failed", int(failed))
+
+
+def dead_letter_record(
+    *,
+    task_id: str,
+    pool_id: str | None,
+    reason: str,
+    attempts: int = 0,
+    raw: Mapping[Any, Any] | None = None,
+    history: list[str] | None = None,
+    spec: TaskSpec | None = None,
+) -> dict[str, str | bytes]:
+    """One dead-letter record: the task, its pool, why, and the raw entry if unreadable."""
+    record: dict[str, str | bytes] = {
+        "task": task_id,
+        "pool": pool_id or "",
+        "reason": reason,
+        "attempts": str(attempts),
+        "at": repr(time.time()),
+    }
+    if raw is not None:
+        record["raw"] = pack({text(k): v for k, v in raw.items()})
+    if history:
+        record["history"] = json.dumps(history)
+    if spec is not None:
+        record["spec"] = spec.model_dump_json()
+    return record
+
+
+def queue_dead_letter(
+    pipe: Any,
+    settings: Settings,
+    *,
+    task_id: str,
+    pool_id: str | None,
+    reason: str,
+    attempts: int = 0,
+    raw: Mapping[Any, Any] | None = None,
+    history: list[str] | None = None,
+    spec: TaskSpec | None = None,
+) -> None:
+    """Queue one dead-letter record (see `dead_letter_record`)."""
+    record = dead_letter_record(
+        task_id=task_id,
+        pool_id=pool_id,
+        reason=reason,
+        attempts=attempts,
+        raw=raw,
+        history=history,
+        spec=spec,
+    )
+    pipe.xadd(settings.keys.dlq, record, maxlen=settings.dlq_max_len, approximate=True)
+
+
+def memory_record(settings: Settings, final: FinalResult, *, pool_id: str) -> dict[str, str]:
+    """The memory record of a result: what was asked and a bounded output."""
+    res = final.result
+    output = res.output if isinstance(res.output, str) else json.dumps(res.output, default=str)
+    limit = settings.memory_output_chars
+    return {
+        "task": res.task_id,
+        "pool": res.pool_id or pool_id,
+        "worker": res.worker_id or "",
+        "status": str(res.status),
+        "prompt": final.summary,
+        "output": output[:limit],
+        "error": (res.error or "")[:limit],
+        "duration": f"{res.duration:.6f}",
+        "finished_at": repr(res.finished_at or time.time()),
+        "tags": ",".join(final.tags),
+    }
+
+
+def queue_memory_record(pipe: Any, settings: Settings, final: FinalResult, *, pool_id: str) -> None:
+    """Queue the memory record of a result on a pool's memory stream."""
+    pipe.xadd(
+        settings.keys.pool_memory(pool_id),
+        memory_record(settings, final, pool_id=pool_id),
+        maxlen=settings.memory_max_len,
+        approximate=True,
+    )
