@@ -130,19 +130,36 @@ def cpu_breakdown(fig: Figure | None) -> str:
     return ", ".join(parts)
 
 
-def _bound(fig: Figure | None, raw: Figure | None) -> str:
+def _bound(fig: Figure | None, raw: Figure | None, cores: int | None = None) -> str:
     ours = cpu_breakdown(fig)
-    if not ours:
+    if fig is None or not ours:
         return ""
     text = f"CPU per task: {ours}"
     ceiling = cpu_breakdown(raw)
-    return f"{text}; raw: {ceiling}" if ceiling else text
+    if ceiling:
+        text = f"{text}; raw: {ceiling}"
+    spent = {
+        k.split(".", 1)[1]: v for k, v in fig.values.items() if k.startswith("cpu_us_per_task.")
+    }
+    total, redis = sum(spent.values()), spent.get("redis", 0.0)
+    if raw is not None and raw.primary and total and redis and cores:
+        # a throughput no process mix can pass: every task costs this CPU on `cores` cores,
+        # and Redis runs on one of them
+        whole = cores * 1e6 / total
+        alone = 1e6 / redis
+        text += (
+            f"; at these costs {cores} cores cannot pass {whole:,.0f} tasks/s "
+            f"({whole / raw.primary:.2f}x raw) and Redis alone, with free clients and "
+            f"workers, {alone:,.0f} tasks/s ({alone / raw.primary:.2f}x raw)"
+        )
+    return text
 
 
 def evaluate(report: Report) -> list[Target]:
     """Judge each target of the issue that this run has the figures for."""
     get = report.get
     targets: list[Target] = []
+    cores = report.meta.get("machine", {}).get("cores")
 
     def ratio_target(
         name: str, key: str, base_key: str, limit: float, op: str, what: str = "tasks/s"
@@ -155,7 +172,8 @@ def evaluate(report: Report) -> list[Target]:
         if fig and base:
             compared = f"{fig.primary:,.1f} vs {base.primary:,.1f} {what}"
         raw = get(base_key) if base_key.split("/")[1] == "raw" else None
-        targets.append(Target(name, measured, limit, op, "ratio", compared, _bound(fig, raw)))
+        bound = _bound(fig, raw, cores if what == "tasks/s" else None)
+        targets.append(Target(name, measured, limit, op, "ratio", compared, bound))
 
     workers = sorted(
         {int(f.key.rsplit("/", 1)[1]) for f in report.figures if f.key.startswith("throughput/")}

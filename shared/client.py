@@ -313,7 +313,12 @@ class PoolManager:
         fut = self._replies.awaiting(task_id)
         if fut is not None:
             try:
-                res = await asyncio.wait_for(asyncio.shield(fut), timeout)
+                if fut.done():
+                    res = fut.result()
+                elif timeout is None:
+                    res = await asyncio.shield(fut)  # shielded: the reader owns the future
+                else:
+                    res = await asyncio.wait_for(asyncio.shield(fut), timeout)
                 self._replies.forget(task_id)
                 return res
             except TimeoutError:

@@ -56,19 +56,18 @@ class ReplyReader:
             except RedisError:
                 await asyncio.sleep(0.2)  # the connection retries; back off before reading again
                 continue
-            seen: list[bytes] = []
-            for _, (entry_id, fields) in flatten_read(reply):
+            pairs = flatten_read(reply)
+            for _, (entry_id, fields) in pairs:
                 last = entry_id
-                seen.append(entry_id)
                 try:
                     msg = decode(fields)
                 except MalformedMessage:
                     continue
                 if isinstance(msg, ResultShare):
                     self._deliver(msg.result)
-            if seen:
+            if pairs:  # every entry up to `last` has been read: drop them in one step
                 with contextlib.suppress(RedisError):
-                    await self._redis.xdel(self._key, *seen)
+                    await self._redis.xtrim(self._key, minid=_after(last))
 
     def _deliver(self, result: TaskResult) -> None:
         fut = self._waiting.get(result.task_id)
@@ -91,6 +90,12 @@ class ReplyReader:
                 await self._task
         for fut in self._waiting.values():
             fut.cancel()
+
+
+def _after(entry_id: bytes) -> str:
+    """The smallest stream id above `entry_id` (XTRIM MINID keeps ids at or above it)."""
+    ms, _, seq = entry_id.partition(b"-")
+    return f"{int(ms)}-{int(seq or 0) + 1}"
 
 
 class CompletionWatcher:
