@@ -270,10 +270,11 @@ return #taken
 START_BATCH = f"""
 local out = {{}}
 for k = 1, #KEYS do
-  local status = redis.call('HGET', KEYS[k], 'status')
+  local state = redis.call('HMGET', KEYS[k], 'status', 'cancel_requested')
+  local status = state[1]
   if {_FINAL} then
     out[k] = 0
-  elseif redis.call('HGET', KEYS[k], 'cancel_requested') == '1' then
+  elseif state[2] == '1' then
     out[k] = 2
   else
     redis.call('HSET', KEYS[k], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2],

@@ -477,7 +477,7 @@ class Worker:
         error = item.outcome.error
         if status is TaskStatus.DEAD_LETTERED:
             error = f"dead-lettered after {msg.attempt} attempt(s); last error: {error}"
-        result = TaskResult(
+        result = TaskResult.model_construct(  # every value is ours and of the right type
             task_id=msg.task.id,
             pool_id=self.pool_id,
             worker_id=self.worker_id,
