@@ -346,9 +346,9 @@ for r = 1, count do
       local limit = redis.call('HGET', owner, 'inbox_max')
       local why = nil
       if not limit then
-        why = 'no pool with id ' .. target
+        why = "no pool with id '" .. target .. "'"
       elseif redis.call('XLEN', inbox) >= tonumber(limit) then
-        why = 'inbox of pool ' .. target .. ' is full; the result was not sent'
+        why = "inbox of pool '" .. target .. "' is full; the result was not sent"
       else
         redis.call('XADD', inbox, '*', unpack(ARGV, ra, rb))
       end

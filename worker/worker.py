@@ -1,10 +1,11 @@
 """The data plane: one worker process consumes one pool's stream and runs its tasks.
 
 The loop reads at most as many entries as it has free slots (`XREADGROUP COUNT = free`), so it
-never holds work it cannot start. Finished tasks are flushed in batches: the guarded result
-writes, replies, events, memory records, retries and the XACK + XDEL of their entries go out in
-two pipelines per batch. A heartbeat hash with a TTL tells the orchestrator the worker is alive;
-an entry is never taken from a live worker merely because it is old.
+never holds work it cannot start. A batch read is marked running in one script; finished tasks
+are flushed in batches: the guarded result writes, replies, events, memory records, shares,
+retries and the XACK + XDEL of their entries go out in one round trip per batch
+(`shared.finals.finalize_results`). A heartbeat hash with a TTL tells the orchestrator the worker
+is alive; an entry is never taken from a live worker merely because it is old.
 
 On SIGTERM (or when its pool starts closing) the worker drains: it stops reading, lets in-flight
 tasks finish within the grace period, hands back what is left, leaves its consumer group and
