@@ -70,6 +70,7 @@ from shared.state import live_pool_ids, parse_task_result, read_pools
 TaskInput = TaskSpec | Mapping[str, Any]
 DEFAULT_MAX_QUEUE: int = PoolSpec.model_fields["max_queue"].default
 FOREIGN_RECHECK = 5.0  # seconds between looks at the hash of a task waited on via events
+SUBMIT_CHUNK = 1000  # tasks per submit script: one call must not hold Redis for long
 
 
 def make_task(task: TaskInput, **overrides: Any) -> TaskSpec:
@@ -197,34 +198,57 @@ class PoolManager:
         return [known.get(s.idempotency_key or "", s.id) for s in specs]
 
     async def _submit_batches(self, specs: list[TaskSpec]) -> list[tuple[TaskSpec, Exception]]:
-        """Queue tasks with one script per target stream (all or nothing for each); return the
-        tasks not queued, with the reason."""
+        """Queue tasks with one script per target stream (per `SUBMIT_CHUNK` tasks), all or
+        nothing for each target; return the tasks not queued, with the reason.
+
+        The first call for a target checks that all of its tasks fit; the rest of a long
+        submission follows in a second round trip, only for targets that took the first.
+        """
         targets: dict[str | None, list[TaskSpec]] = {}
         for spec in specs:
             targets.setdefault(spec.pool_id, []).append(spec)
-        if not targets:
+        heads = [(pool_id, group[:SUBMIT_CHUNK], len(group)) for pool_id, group in targets.items()]
+        failures = await self._submit_calls(heads)
+        refused = {spec.id: error for spec, error in failures}
+        rest: list[tuple[str | None, list[TaskSpec], int]] = []
+        for pool_id, group in targets.items():
+            error = refused.get(group[0].id)
+            if error is not None:  # none of this target's tasks are queued
+                failures += [(spec, error) for spec in group[SUBMIT_CHUNK:]]
+                continue
+            for start in range(SUBMIT_CHUNK, len(group), SUBMIT_CHUNK):
+                rest.append((pool_id, group[start : start + SUBMIT_CHUNK], 0))
+        return failures + await self._submit_calls(rest)
+
+    async def _submit_calls(
+        self, calls: list[tuple[str | None, list[TaskSpec], int]]
+    ) -> list[tuple[TaskSpec, Exception]]:
+        """One `SUBMIT_BATCH` per (target pool or None for ingress, tasks, room needed or 0 for
+        just these tasks), in one round trip; the tasks of the calls that failed."""
+        if not calls:
             return []
         keys = self.keys
         pipe = self.redis.pipeline(transaction=False)
-        for pool_id, group in targets.items():
+        for pool_id, chunk, need in calls:
             if pool_id:
                 head = [keys.pool(pool_id), keys.pool_tasks(pool_id)]
-                args: list[Any] = ["pool", DEFAULT_MAX_QUEUE, self.settings.result_ttl]
+                args: list[Any] = ["pool", DEFAULT_MAX_QUEUE]
             else:
                 head = [keys.ingress, keys.ingress]
-                args = ["ingress", self.settings.ingress_max_len, self.settings.result_ttl]
-            for spec in group:
+                args = ["ingress", self.settings.ingress_max_len]
+            args += [self.settings.result_ttl, need or len(chunk)]
+            for spec in chunk:
                 for fields in (_task_state(spec), encode(TaskDelegate(task=spec))):
                     args.append(len(fields))
                     args += flat_fields(fields)
-            task_keys = [keys.task(spec.id) for spec in group]
+            task_keys = [keys.task(spec.id) for spec in chunk]
             self._scripts.queue(pipe, self._scripts.submit_batch, head + task_keys, args)
         replies = await self._scripts.execute(pipe, raise_on_error=False)
         return [
             (spec, reply)
-            for group, reply in zip(targets.values(), replies, strict=True)
+            for (_, chunk, _), reply in zip(calls, replies, strict=True)
             if isinstance(reply, Exception)
-            for spec in group
+            for spec in chunk
         ]
 
     async def _submit_per_slot(self, specs: list[TaskSpec]) -> list[tuple[TaskSpec, Exception]]:

@@ -71,41 +71,61 @@ async def finalize_results(
     pipe = redis.pipeline(transaction=False)
     if extra is not None:
         extra(pipe)
-    keys, args = _complete_batch_args(settings, finals, ack)
-    scripts.queue(pipe, scripts.complete_batch, keys, args)
+    now = time.time()
+    batches = [_CompleteBatch(settings, now)]
+    for final in finals:
+        if batches[-1].count and batches[-1].size >= BATCH_SCRIPT_BYTES:
+            batches.append(_CompleteBatch(settings, now))
+        batches[-1].add(final)
+    for position, batch in enumerate(batches, 1):
+        # the acknowledgement goes with the last call: after a lost reply, the retry finds the
+        # earlier calls' tasks final and announces nothing twice
+        keys, args = batch.call(ack if position == len(batches) else None)
+        scripts.queue(pipe, scripts.complete_batch, keys, args)
     replies = await scripts.execute(pipe)
-    written, problems = replies[-1]
-    for problem in problems:
-        log.warning("%s", text(problem))
-    return [bool(int(flag)) for flag in written]
+    written: list[bool] = []
+    for flags, problems in replies[-len(batches) :]:
+        written += [bool(int(flag)) for flag in flags]
+        for problem in problems:
+            log.warning("%s", text(problem))
+    return written
 
 
-def _complete_batch_args(
-    settings: Settings, finals: Sequence[FinalResult], ack: Ack | None
-) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of `COMPLETE_BATCH` (its layout is documented with the script)."""
-    keys = settings.keys
-    names = [keys.events, keys.dlq]
-    index: dict[str, int] = {keys.events: 1, keys.dlq: 2}
+BATCH_SCRIPT_BYTES = 8 * 1024 * 1024
+"""About the most bytes of results one `COMPLETE_BATCH` call carries; a larger batch is split
+into several calls in the same round trip (Redis holds a whole command in memory to run it)."""
 
-    def ref(key: str) -> int:
-        found = index.get(key)
+
+class _CompleteBatch:
+    """KEYS and ARGV of one `COMPLETE_BATCH` call (the layout is documented with the script)."""
+
+    def __init__(self, settings: Settings, now: float) -> None:
+        self._settings = settings
+        keys = settings.keys
+        self._keys = [keys.events, keys.dlq]
+        self._index: dict[str, int] = {keys.events: 1, keys.dlq: 2}
+        self._head: list[Any] = [
+            settings.result_ttl,
+            settings.reply_ttl,
+            settings.events_max_len,
+            settings.memory_max_len,
+            settings.dlq_max_len,
+            repr(now),
+        ]
+        self._body: list[Any] = []
+        self.count = 0
+        self.size = 0  # bytes of the results' own payloads, roughly
+
+    def _ref(self, key: str) -> int:
+        found = self._index.get(key)
         if found is None:
-            names.append(key)
-            found = index[key] = len(names)
+            self._keys.append(key)
+            found = self._index[key] = len(self._keys)
         return found
 
-    now = time.time()
-    args: list[Any] = [
-        settings.result_ttl,
-        settings.reply_ttl,
-        settings.events_max_len,
-        settings.memory_max_len,
-        settings.dlq_max_len,
-        repr(now),
-        len(finals),
-    ]
-    for final in finals:
+    def add(self, final: FinalResult) -> None:
+        """Add one result."""
+        settings, keys, args, ref = self._settings, self._settings.keys, self._body, self._ref
         res = final.result
         pool_id = res.pool_id or ""
         hash_fields = result_hash_fields(res)
@@ -117,10 +137,12 @@ def _complete_batch_args(
         _counted(args, shared if reply or final.share_with else {})
         _counted(args, completed_event(res))
         if pool_id:
+            record = memory_record(settings, final, pool_id=pool_id)
             args.append(ref(keys.pool_memory(pool_id)))
-            _counted(args, memory_record(settings, final, pool_id=pool_id))
+            _counted(args, record)
             done, ms, failed = _counts(res)
             args += [ref(keys.pool_load(pool_id)), done, repr(ms), failed]
+            self.size += len(record["output"])
         else:
             args += [0, 0, 0, 0, "0", 0]
         if res.status is TaskStatus.DEAD_LETTERED:
@@ -130,12 +152,17 @@ def _complete_batch_args(
         args.append(len(final.share_with))
         for target in final.share_with:
             args += [ref(keys.pool(target)), ref(keys.pool_inbox(target)), target]
-    if ack is not None and ack[2]:
-        stream, group, ids = ack
-        args += [ref(stream), group, len(ids), *ids]
-    else:
-        args += [0, "", 0]
-    return names, args
+        self.count += 1
+        body = shared["body"]
+        self.size += len(hash_fields["result"]) + (len(body) if isinstance(body, bytes) else 0)
+
+    def call(self, ack: Ack | None) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the call, acknowledging `ack`'s entries after the results."""
+        tail: list[Any] = [0, "", 0]
+        if ack is not None and ack[2]:
+            stream, group, ids = ack
+            tail = [self._ref(stream), group, len(ids), *ids]
+        return self._keys, [*self._head, self.count, *self._body, *tail]
 
 
 def _counted(args: list[Any], fields: Mapping[str, Any]) -> None:

@@ -192,13 +192,15 @@ end
 
 # KEYS[1] = target stream's owner (pool hash; the ingress stream itself for ingress),
 # KEYS[2] = target stream, KEYS[3..] = the tasks' hashes.
-# ARGV: 'pool' or 'ingress', default limit, task ttl, then per task: hash fields (counted), entry
-# fields (counted). All or nothing: if the pool takes no work or the batch does not fit under the
-# limit, nothing is written and the error names why. Returns the entry ids.
+# ARGV: 'pool' or 'ingress', default limit, task ttl, room needed (this call's tasks, or all of
+# a submission split into several calls: the first call checks for all), then per task: hash
+# fields (counted), entry fields (counted). All or nothing: if the pool takes no work or the
+# tasks do not fit under the limit, nothing is written and the error names why. Returns the
+# entry ids.
 SUBMIT_BATCH = (
     _CURSOR
     + """
-local mode, limit, ttl = take(), tonumber(take()), tonumber(take())
+local mode, limit, ttl, need = take(), tonumber(take()), tonumber(take()), tonumber(take())
 if mode == 'pool' then
   local status = redis.call('HGET', KEYS[1], 'status')
   if not status then
@@ -210,10 +212,9 @@ if mode == 'pool' then
   limit = tonumber(redis.call('HGET', KEYS[1], 'max_queue') or limit)
 end
 local n = redis.call('XLEN', KEYS[2])
-local count = #KEYS - 2
-if n + count > limit then
+if n + need > limit then
   return redis.error_reply('QUEUEFULL ' .. KEYS[2] .. ' holds ' .. n .. ' of ' .. limit
-    .. '; a batch of ' .. count .. ' does not fit')
+    .. '; a batch of ' .. need .. ' does not fit')
 end
 local ids = {}
 for k = 3, #KEYS do

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from shared import finals as finals_module
 from shared.codec import ResultShare, decode
 from shared.config import Settings
 from shared.connection import connect, decode_hash
@@ -43,9 +44,14 @@ def final(status: TaskStatus = TaskStatus.COMPLETED, **extra: object) -> FinalRe
     return FinalResult(result, "c-1", "echo()", ["t1"], token=f"w-1/{task_id}", **extra)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("script_bytes", [8 << 20, 1], ids=["one-call", "a-call-each"])
 async def test_a_batch_is_recorded_and_announced_once_even_when_written_twice(
-    mode_settings: Settings, redis: aioredis.Redis
+    mode_settings: Settings,
+    redis: aioredis.Redis,
+    script_bytes: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(finals_module, "BATCH_SCRIPT_BYTES", script_bytes)
     keys = mode_settings.keys
     client = connect(mode_settings, retries=0)
     scripts = Scripts(client)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from shared import client as client_module
 from shared.client import PoolManager
 from shared.config import Settings
 from shared.errors import (
@@ -162,16 +163,23 @@ async def test_a_bounded_ingress_gives_a_clear_queue_full(settings: Settings) ->
             await pm.submit({"call": "noop"})
 
 
+@pytest.mark.parametrize("chunk", [1000, 2], ids=["one-call", "calls-of-2"])
 async def test_a_batch_that_does_not_fit_a_pool_queues_nothing(
-    orchestrator: Any, manager: PoolManager, redis: aioredis.Redis, settings: Settings
+    orchestrator: Any,
+    manager: PoolManager,
+    redis: aioredis.Redis,
+    settings: Settings,
+    chunk: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pool_id = await manager.spawn_pool("local", name="p", min_workers=0, max_queue=5)
-    await manager.submit_many([{"call": "noop"}] * 3, pool_id=pool_id, expect_reply=False)
-    with pytest.raises(QueueFull, match=r"at its limit \(3 of 3 tasks not queued\)"):
-        await manager.submit_many([{"call": "noop"}] * 3, pool_id=pool_id)
-    assert await redis.xlen(settings.keys.pool_tasks(pool_id)) == 3
+    monkeypatch.setattr(client_module, "SUBMIT_CHUNK", chunk)
+    pool_id = await manager.spawn_pool("local", name="p", min_workers=0, max_queue=7)
     await manager.submit_many([{"call": "noop"}] * 2, pool_id=pool_id, expect_reply=False)
-    assert await redis.xlen(settings.keys.pool_tasks(pool_id)) == 5
+    with pytest.raises(QueueFull, match=r"at its limit \(6 of 6 tasks not queued\)"):
+        await manager.submit_many([{"call": "noop"}] * 6, pool_id=pool_id)
+    assert await redis.xlen(settings.keys.pool_tasks(pool_id)) == 2
+    await manager.submit_many([{"call": "noop"}] * 5, pool_id=pool_id, expect_reply=False)
+    assert await redis.xlen(settings.keys.pool_tasks(pool_id)) == 7
 
 
 async def test_a_malformed_entry_is_dead_lettered_and_the_worker_keeps_serving(
