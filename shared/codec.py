@@ -172,11 +172,46 @@ def encode(message: _Message) -> StreamFields:
         fields["pool"] = message.pool_id
     elif isinstance(message, PoolCreated):
         fields["pool"] = message.spec.id
-    data = pack(body)
+    fields["body"] = _checked(pack(body))
+    return fields
+
+
+def encode_result(
+    result: TaskResult, dump: dict[str, Any], *, from_pool: str | None
+) -> tuple[StreamFields, StreamFields]:
+    """The RESULT_SHARE and TASK_COMPLETED entries of a final result, from its dump
+    (`result.model_dump(mode="json", exclude_defaults=True)`, which the caller also stores).
+
+    The same fields as `encode(ResultShare(...))` and `encode(TaskCompleted(...))`
+    (tests/test_codec.py checks it), without building and dumping two more models per result.
+    """
+    share_body: dict[str, Any] = {"result": dump}
+    if from_pool is not None:
+        share_body["from_pool"] = from_pool
+    status = str(result.status)
+    event_body: dict[str, Any] = {
+        "task_id": result.task_id,
+        "pool_id": result.pool_id,
+        "worker_id": result.worker_id,
+        "status": status,
+    }
+    if result.duration != 0.0:
+        event_body["duration"] = result.duration
+    share = _result_headers(MessageType.RESULT_SHARE, result.task_id, status)
+    event = _result_headers(MessageType.TASK_COMPLETED, result.task_id, status)
+    share["body"] = _checked(pack(share_body))
+    event["body"] = pack(event_body)
+    return share, event
+
+
+def _result_headers(kind: MessageType, task_id: str, status: str) -> StreamFields:
+    return {"type": str(kind), "v": SCHEMA_VERSION, "task": task_id, "status": status}
+
+
+def _checked(data: bytes) -> bytes:
     if len(data) > MAX_BODY_BYTES:
         raise MalformedMessage(f"body of {len(data)} bytes exceeds the {MAX_BODY_BYTES} limit")
-    fields["body"] = data
-    return fields
+    return data
 
 
 def _text(value: bytes | str) -> str:

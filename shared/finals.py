@@ -16,7 +16,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.codec import ResultShare, StreamFields, TaskCompleted, encode, pack
+from shared.codec import (
+    ResultShare,
+    encode,
+    encode_result,
+    pack,
+)
 from shared.config import Settings
 from shared.connection import Redis, ack_and_delete, text
 from shared.errors import inbox_error
@@ -128,14 +133,15 @@ class _CompleteBatch:
         settings, keys, args, ref = self._settings, self._settings.keys, self._body, self._ref
         res = final.result
         pool_id = res.pool_id or ""
-        hash_fields = result_hash_fields(res)
+        dump = res.model_dump(mode="json", exclude_defaults=True)
+        hash_fields = result_hash_fields(res, dump)
+        shared, event = encode_result(res, dump, from_pool=res.pool_id)
         args += [ref(keys.task(res.task_id)), final.token, res.task_id, pool_id]
         _counted(args, hash_fields)
         reply = ref(keys.replies(final.reply_to)) if final.reply_to else 0
-        shared = encode(ResultShare(result=res, from_pool=res.pool_id))
         args.append(reply)
         _counted(args, shared if reply or final.share_with else {})
-        _counted(args, completed_event(res))
+        _counted(args, event)
         if pool_id:
             record = memory_record(settings, final, pool_id=pool_id)
             args.append(ref(keys.pool_memory(pool_id)))
@@ -181,11 +187,15 @@ def _counts(res: TaskResult) -> tuple[int, float, int]:
     return 0, 0.0, 0
 
 
-def result_hash_fields(res: TaskResult) -> dict[str, str | bytes]:
-    """The fields a final result sets on its task hash."""
+def result_hash_fields(
+    res: TaskResult, dump: dict[str, Any] | None = None
+) -> dict[str, str | bytes]:
+    """The fields a final result sets on its task hash (`dump`: its dump without defaults)."""
+    if dump is None:
+        dump = res.model_dump(mode="json", exclude_defaults=True)
     fields: dict[str, str | bytes] = {
         "status": str(res.status),
-        "result": pack(res.model_dump(mode="json", exclude_defaults=True)),
+        "result": pack(dump),
         "finished_at": repr(res.finished_at or time.time()),
         "attempts": str(res.attempts),
     }
@@ -196,18 +206,6 @@ def result_hash_fields(res: TaskResult) -> dict[str, str | bytes]:
     if res.error:
         fields["error"] = res.error[:2000]
     return fields
-
-
-def completed_event(res: TaskResult) -> StreamFields:
-    """The TASK_COMPLETED entry of a final result."""
-    event = TaskCompleted(
-        task_id=res.task_id,
-        pool_id=res.pool_id,
-        worker_id=res.worker_id,
-        status=res.status,
-        duration=res.duration,
-    )
-    return encode(event)
 
 
 def _final_dead_letter(final: FinalResult) -> dict[str, str | bytes]:
@@ -308,13 +306,13 @@ def announce(pipe: Any, settings: Settings, finals: Sequence[FinalResult]) -> No
     counts: dict[str, list[float]] = {}  # pool -> [completed, total_ms, failed]
     for final in finals:
         res = final.result
+        dump = res.model_dump(mode="json", exclude_defaults=True)
+        shared, event = encode_result(res, dump, from_pool=res.pool_id)
         if final.reply_to:
             reply_key = keys.replies(final.reply_to)
             reply_streams.add(reply_key)
-            pipe.xadd(reply_key, encode(ResultShare(result=res, from_pool=res.pool_id)))
-        pipe.xadd(
-            keys.events, completed_event(res), maxlen=settings.events_max_len, approximate=True
-        )
+            pipe.xadd(reply_key, shared)
+        pipe.xadd(keys.events, event, maxlen=settings.events_max_len, approximate=True)
         if res.pool_id:
             queue_memory_record(pipe, settings, final, pool_id=res.pool_id)
             count = counts.setdefault(res.pool_id, [0, 0.0, 0])

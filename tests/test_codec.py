@@ -16,9 +16,11 @@ from shared.codec import (
     ControlAction,
     MessageType,
     ResultShare,
+    TaskCompleted,
     TaskDelegate,
     decode,
     encode,
+    encode_result,
     pack,
     unpack,
 )
@@ -88,11 +90,14 @@ def test_random_bytes_never_escape_as_other_errors(blob: bytes) -> None:
             decode(fields)
 
 
+def json_containers(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Lists and maps of `inner` (a def, not a lambda: hypothesis reads its source)."""
+    return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
+    json_containers,
     max_leaves=12,
 )
 
@@ -108,3 +113,42 @@ def test_any_valid_task_round_trips(prompt: str, attempts: int) -> None:
     back = decode(as_redis(encode(TaskDelegate(task=task))))
     assert isinstance(back, TaskDelegate) and back.task == task
     assert back.type is MessageType.TASK_DELEGATE
+
+
+@given(
+    st.sampled_from(list(TaskStatus)),
+    st.none() | st.text(max_size=20),
+    st.none() | st.sampled_from(["p1", "pool-2"]),
+    st.floats(0, 1e6, allow_nan=False),
+    st.none() | st.sampled_from(["p1", "elsewhere"]),
+    st.none() | st.text(max_size=10),
+)
+def test_encode_result_writes_what_encode_writes(
+    status: TaskStatus,
+    output: str | None,
+    pool_id: str | None,
+    duration: float,
+    from_pool: str | None,
+    error: str | None,
+) -> None:
+    result = TaskResult(
+        task_id="t-1",
+        pool_id=pool_id,
+        worker_id="w-1" if pool_id else None,
+        status=status,
+        output=output,
+        error=error,
+        duration=duration,
+        attempts=2,
+    )
+    dump = result.model_dump(mode="json", exclude_defaults=True)
+    share, event = encode_result(result, dump, from_pool=from_pool)
+    assert share == encode(ResultShare(result=result, from_pool=from_pool))
+    completed = TaskCompleted(
+        task_id="t-1",
+        pool_id=pool_id,
+        worker_id=result.worker_id,
+        status=status,
+        duration=duration,
+    )
+    assert event == encode(completed)
