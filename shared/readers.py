@@ -67,7 +67,7 @@ class ReplyReader:
                     self._deliver(msg.result)
             if pairs:  # every entry up to `last` has been read: drop them in one step
                 with contextlib.suppress(RedisError):
-                    await self._redis.xtrim(self._key, minid=_after(last))
+                    await self._redis.xtrim(self._key, minid=_after(last), approximate=False)
 
     def _deliver(self, result: TaskResult) -> None:
         fut = self._waiting.get(result.task_id)

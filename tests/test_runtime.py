@@ -68,6 +68,12 @@ async def test_results_are_recorded_and_streams_are_left_empty(
     assert status.status is TaskStatus.COMPLETED and status.output == 0
     memory = await redis.xrevrange(settings.keys.pool_memory(pool_id), count=1)
     assert memory and memory[0][1][b"status"] == b"completed"
+    replies = settings.keys.replies(manager.client_id)
+
+    async def replies_trimmed() -> bool:
+        return await redis.xlen(replies) == 0
+
+    await wait_until(replies_trimmed, what="the client to trim the replies it read")
 
 
 async def two_pools(manager: PoolManager, **spec: Any) -> tuple[str, str]:
