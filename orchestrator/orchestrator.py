@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from orchestrator.local_pool import LocalPoolSupervisor
 from orchestrator.reclaim import Reclaimer
 from orchestrator.records import BadEntry, Records
-from orchestrator.routing import Candidate, Router, eligible, explain
+from orchestrator.routing import ROUTABLE_STATUSES, Candidate, Router, eligible, explain
 from orchestrator.supervisor import PoolSupervisor, PoolView
 from shared.aio import wait_any
 from shared.codec import (
@@ -246,6 +246,7 @@ class Orchestrator:
             return
         candidates = await self._candidates()
         by_id = {c.pool_id: c for c in candidates}
+        serving = [c for c in candidates if c.live_workers and c.status in ROUTABLE_STATUSES]
         routed: list[tuple[_Waiting, Candidate]] = []
         waiting: list[_Waiting] = []
         expired: list[tuple[_Waiting, str]] = []
@@ -253,7 +254,7 @@ class Orchestrator:
             task = item.message.task
             chosen = by_id.get(earlier.get(item.entry_id, ""))
             if chosen is None:
-                chosen = self.router.choose(task, eligible(candidates, task))
+                chosen = self.router.choose(task, eligible(serving, task))
             if chosen is not None:
                 routed.append((item, chosen))
             elif now - item.since >= task.queue_timeout:
@@ -345,10 +346,13 @@ class Orchestrator:
         views = [v for v in self.pools.values() if v.status in ACCEPTING_STATUSES]
         if not views:
             return []
+        # only a pool that could take work needs its backlog read (an idle one costs nothing)
+        serving = [v for v in views if v.live_workers and v.status in ROUTABLE_STATUSES]
         pipe = self.redis.pipeline(transaction=False)
-        for view in views:
+        for view in serving:
             pipe.xlen(self.keys.pool_tasks(view.spec.id))
-        backlogs = await pipe.execute()
+        read = dict(zip((v.spec.id for v in serving), await pipe.execute(), strict=True))
+        backlogs = [read.get(v.spec.id, 0) for v in views]
         return [
             Candidate(
                 pool_id=v.spec.id,
