@@ -470,8 +470,10 @@ class Orchestrator:
 
     async def _tick(self) -> None:
         await self.supervisor.refresh()
-        for pool_id in self.supervisor.owned():
-            await self.supervisor.supervise(self.pools[pool_id])
+        owned = self.supervisor.owned()
+        pending = await self.reclaimer.pending_summaries(owned)
+        for pool_id in owned:
+            await self.supervisor.supervise(self.pools[pool_id], pending.get(pool_id))
         await self.supervisor.write_load()
         await self.reclaimer.due_retries({p: v.status for p, v in self.pools.items()})
         self._ticked.set()

@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from orchestrator.local_pool import LocalPoolSupervisor
 from orchestrator.reclaim import Reclaimer
@@ -129,8 +130,9 @@ class PoolSupervisor:
                 views[pool_id].live_workers[worker_id] = decode_hash(worker_beat)
         self.pools = views
 
-    async def supervise(self, view: PoolView) -> None:
-        """One pass over a pool this orchestrator holds the lease of."""
+    async def supervise(self, view: PoolView, pending: Any) -> None:
+        """One pass over a pool this orchestrator holds the lease of (`pending`: its task
+        stream's `XPENDING` summary, read for all pools at once)."""
         pool_id = view.spec.id
         live = set(view.live_workers)
         if view.status is PoolStatus.CLOSING:
@@ -139,7 +141,7 @@ class PoolSupervisor:
         if view.status not in ACCEPTING_STATUSES:
             return
         starting = {p.worker_id for p in self.local.alive(pool_id)}
-        await self.reclaimer.pool_entries(pool_id, live | starting)
+        await self.reclaimer.pool_entries(pool_id, live | starting, pending)
         if view.spec.pool_type is PoolType.LOCAL:
             self.local.reap(pool_id, live)
             if self.local.start_failed(pool_id):
