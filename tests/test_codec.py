@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.codec import (
+    _MODELS,
     MAX_BODY_BYTES,
     Control,
     ControlAction,
@@ -43,6 +44,10 @@ def test_a_task_round_trips_with_readable_headers() -> None:
     assert isinstance(back, TaskDelegate)
     assert back.task == task
     assert back.attempt == 2
+
+
+def test_every_message_type_has_its_model() -> None:
+    assert set(_MODELS) == {str(kind) for kind in MessageType}
 
 
 def test_every_message_type_round_trips() -> None:
