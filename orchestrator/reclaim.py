@@ -18,7 +18,7 @@ from orchestrator.records import BadEntry, Records
 from shared.codec import TaskDelegate, decode, encode, unpack
 from shared.connection import Entry, ack_and_delete, text
 from shared.errors import MalformedMessage
-from shared.finals import queue_dead_letter
+from shared.finals import dead_letter_record, queue_dead_letter
 from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
 from shared.models import TaskStatus
 from shared.state import ACCEPTING_STATUSES
@@ -179,10 +179,12 @@ class Reclaimer:
                 queue_dead_letter(
                     pipe,
                     self.settings,
-                    task_id="",
-                    pool_id=None,
-                    reason=f"unreadable retry entry in {self.keys.delayed}",
-                    raw={"member": member},
+                    dead_letter_record(
+                        task_id="",
+                        pool_id=None,
+                        reason=f"unreadable retry entry in {self.keys.delayed}",
+                        raw={"member": member},
+                    ),
                 )
                 continue
             if not isinstance(msg, TaskDelegate):

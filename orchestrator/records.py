@@ -11,7 +11,7 @@ from typing import Any
 from shared.codec import StatusUpdate, TaskDelegate, _Message, encode
 from shared.config import Settings
 from shared.connection import Redis, ack_and_delete, text
-from shared.finals import FinalResult, finalize_results, queue_dead_letter
+from shared.finals import FinalResult, dead_letter_record, finalize_results, queue_dead_letter
 from shared.keys import ORCHESTRATOR_GROUP
 from shared.models import PoolStatus, TaskResult, TaskStatus
 from shared.scripts import Scripts, flat_fields
@@ -53,10 +53,12 @@ class Records:
             queue_dead_letter(
                 pipe,
                 self.settings,
-                task_id=text(fields.get(b"task")),
-                pool_id=pool_id,
-                reason=f"malformed entry {text(entry_id)} on {stream}: {reason}",
-                raw=fields,
+                dead_letter_record(
+                    task_id=text(fields.get(b"task")),
+                    pool_id=pool_id,
+                    reason=f"malformed entry {text(entry_id)} on {stream}: {reason}",
+                    raw=fields,
+                ),
             )
         ack_and_delete(pipe, stream, group, [b for b, _, _ in bad])
 

@@ -245,12 +245,7 @@ async def _finalize_per_slot(
     announce(pipe, settings, fresh)
     for final in fresh:
         if final.result.status is TaskStatus.DEAD_LETTERED:
-            pipe.xadd(
-                keys.dlq,
-                _final_dead_letter(final),
-                maxlen=settings.dlq_max_len,
-                approximate=True,
-            )
+            queue_dead_letter(pipe, settings, _final_dead_letter(final))
         pipe.hset(keys.task(final.result.task_id), "announced", "1")
     if extra is not None:
         extra(pipe)
@@ -287,9 +282,9 @@ async def _share_per_slot(
             queue_dead_letter(
                 pipe,
                 settings,
-                task_id=final.result.task_id,
-                pool_id=final.result.pool_id,
-                reason=reason,
+                dead_letter_record(
+                    task_id=final.result.task_id, pool_id=final.result.pool_id, reason=reason
+                ),
             )
     if len(pipe):
         await pipe.execute()
@@ -356,28 +351,8 @@ def dead_letter_record(
     return record
 
 
-def queue_dead_letter(
-    pipe: Any,
-    settings: Settings,
-    *,
-    task_id: str,
-    pool_id: str | None,
-    reason: str,
-    attempts: int = 0,
-    raw: Mapping[Any, Any] | None = None,
-    history: list[str] | None = None,
-    spec: TaskSpec | None = None,
-) -> None:
-    """Queue one dead-letter record (see `dead_letter_record`)."""
-    record = dead_letter_record(
-        task_id=task_id,
-        pool_id=pool_id,
-        reason=reason,
-        attempts=attempts,
-        raw=raw,
-        history=history,
-        spec=spec,
-    )
+def queue_dead_letter(pipe: Any, settings: Settings, record: Mapping[str, str | bytes]) -> None:
+    """Queue a dead-letter record (`dead_letter_record`) on the bounded dead-letter stream."""
     pipe.xadd(settings.keys.dlq, record, maxlen=settings.dlq_max_len, approximate=True)
 
 

@@ -29,9 +29,8 @@ end
 return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 """
 
-# KEYS[1] = pool hash, KEYS[2] = pool task stream. ARGV[1] = default max_queue; ARGV[2..] = fields.
-# Writes only while the pool accepts work and its backlog is under max_queue.
-SUBMIT_TO_POOL = """
+# Errors unless the pool at KEYS[1] exists and takes work (the start of the submit scripts).
+_POOL_TAKES_WORK = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   return redis.error_reply('NOPOOL no pool ' .. KEYS[1])
@@ -39,6 +38,13 @@ end
 if status == 'closing' or status == 'closed' or status == 'failed' then
   return redis.error_reply('POOLDOWN pool is ' .. status)
 end
+"""
+
+# KEYS[1] = pool hash, KEYS[2] = pool task stream. ARGV[1] = default max_queue; ARGV[2..] = fields.
+# Writes only while the pool accepts work and its backlog is under max_queue.
+SUBMIT_TO_POOL = (
+    _POOL_TAKES_WORK
+    + """
 local limit = tonumber(redis.call('HGET', KEYS[1], 'max_queue') or ARGV[1])
 local n = redis.call('XLEN', KEYS[2])
 if n >= limit then
@@ -46,6 +52,7 @@ if n >= limit then
 end
 return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
 """
+)
 
 # KEYS[1] = pool hash, KEYS[2] = pool inbox. ARGV[1..] = fields. Writes only while the pool
 # exists and its inbox is under the pool's inbox_max.
@@ -202,13 +209,9 @@ SUBMIT_BATCH = (
     + """
 local mode, limit, ttl, need = take(), tonumber(take()), tonumber(take()), tonumber(take())
 if mode == 'pool' then
-  local status = redis.call('HGET', KEYS[1], 'status')
-  if not status then
-    return redis.error_reply('NOPOOL no pool ' .. KEYS[1])
-  end
-  if status == 'closing' or status == 'closed' or status == 'failed' then
-    return redis.error_reply('POOLDOWN pool is ' .. status)
-  end
+"""
+    + _POOL_TAKES_WORK
+    + """
   limit = tonumber(redis.call('HGET', KEYS[1], 'max_queue') or limit)
 end
 local n = redis.call('XLEN', KEYS[2])

@@ -30,7 +30,7 @@ from shared.codec import TaskDelegate, decode, encode
 from shared.config import Settings
 from shared.connection import Redis, connect, text
 from shared.errors import ConfigError
-from shared.finals import queue_dead_letter
+from shared.finals import dead_letter_record, queue_dead_letter
 from shared.models import PoolSpec, PoolStatus, TaskSpec
 from shared.state import pool_hash_fields
 
@@ -414,17 +414,13 @@ async def test_dead_letters_list_and_requeue(
     direct = TaskSpec(id="t-direct", prompt="again", pool_id="pa", idempotency_key="orig")
     routed = TaskSpec(id="t-routed", prompt="route me")
     pipe = redis.pipeline(transaction=False)
-    queue_dead_letter(
-        pipe, settings, task_id="t-bare", pool_id="pa", reason="ran out", attempts=3,
-        history=["attempt 1: x", "attempt 2: y"],
-    )  # fmt: skip
-    queue_dead_letter(
-        pipe, settings, task_id="t-bad", pool_id="pa", reason="malformed",
-        raw={b"type": b"TASK_DELEGATE", b"body": b"\xc1garbage"},
-    )  # fmt: skip
+    queue_dead_letter(pipe, settings, dead_letter_record(task_id="t-bare", pool_id="pa", reason="ran out", attempts=3, history=["attempt 1: x", "attempt 2: y"]))  # fmt: skip
+    queue_dead_letter(pipe, settings, dead_letter_record(task_id="t-bad", pool_id="pa", reason="malformed", raw={b"type": b"TASK_DELEGATE", b"body": b"\xc1garbage"}))  # fmt: skip
     msg = TaskDelegate(task=direct, attempt=3, history=["attempt 1: boom"])
     queue_dead_letter(
-        pipe, settings, task_id=direct.id, pool_id="pa", reason="boom", raw=dict(encode(msg))
+        pipe,
+        settings,
+        dead_letter_record(task_id=direct.id, pool_id="pa", reason="boom", raw=dict(encode(msg))),
     )
     # the `spec` field (the task's JSON) that a dead letter of a readable task should carry
     fields = {"task": routed.id, "pool": "pa", "reason": "boom", "spec": routed.model_dump_json()}

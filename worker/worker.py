@@ -51,7 +51,13 @@ from shared.connection import (
     text,
 )
 from shared.errors import MalformedMessage, PoolNotFound, PoolUnavailable
-from shared.finals import FinalResult, finalize_results, queue_dead_letter, queue_memory_record
+from shared.finals import (
+    FinalResult,
+    dead_letter_record,
+    finalize_results,
+    queue_dead_letter,
+    queue_memory_record,
+)
 from shared.keys import WORKER_GROUP
 from shared.models import PoolSpec, PoolStatus, TaskResult, TaskStatus, new_id
 from shared.scripts import Scripts
@@ -282,10 +288,12 @@ class Worker:
                 queue_dead_letter(
                     pipe,
                     self.settings,
-                    task_id=text(fields.get(b"task")),
-                    pool_id=self.pool_id,
-                    reason=f"malformed entry {text(entry_id)} on {self.inbox}: {exc}",
-                    raw=fields,
+                    dead_letter_record(
+                        task_id=text(fields.get(b"task")),
+                        pool_id=self.pool_id,
+                        reason=f"malformed entry {text(entry_id)} on {self.inbox}: {exc}",
+                        raw=fields,
+                    ),
                 )
                 continue
             res = msg.result
@@ -531,10 +539,12 @@ class Worker:
             queue_dead_letter(
                 pipe,
                 self.settings,
-                task_id=text(item.fields.get(b"task")),
-                pool_id=self.pool_id,
-                reason=f"malformed entry {text(item.entry_id)} on {self.stream}: {item.reason}",
-                raw=item.fields,
+                dead_letter_record(
+                    task_id=text(item.fields.get(b"task")),
+                    pool_id=self.pool_id,
+                    reason=f"malformed entry {text(item.entry_id)} on {self.stream}: {item.reason}",
+                    raw=item.fields,
+                ),
             )
 
     # ---------------------------------------------------------------- heartbeat
