@@ -56,6 +56,7 @@ from worker.executors import build_executor
 log = logging.getLogger("mahavishnu.orchestrator")
 
 MAX_WAITING = 10_000
+BACKLOG_MAX_AGE = 0.1  # seconds a pool's backlog is trusted without an XLEN
 
 
 @dataclass
@@ -90,6 +91,8 @@ class Orchestrator:
         self.supervisor = PoolSupervisor(self.records, self.reclaimer, local, self._lease_ms)
         self.stop_workers_on_exit = stop_workers_on_exit
         self._waiting: list[_Waiting] = []
+        self._backlogs: dict[str, int] = {}  # pool -> XLEN, as last read or returned by a forward
+        self._backlogs_read_at = 0.0
         self._route_lock = asyncio.Lock()
         self._tick_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -307,11 +310,12 @@ class Orchestrator:
                 [pool.max_queue, *flat_fields(item.fields)],
             )
         replies = await scripts.execute(pipe, raise_on_error=False)
-        return [
-            item
-            for (item, _), reply in zip(routed, replies[1::2], strict=True)
-            if not isinstance(reply, Exception)
-        ]
+        accepted: list[_Waiting] = []
+        for (item, pool), reply in zip(routed, replies[1::2], strict=True):
+            if not isinstance(reply, Exception):
+                accepted.append(item)
+                self._backlogs[pool.pool_id] = self._backlogs.get(pool.pool_id, 0) + 1
+        return accepted
 
     async def _forward_batches(self, routed: list[tuple[_Waiting, Candidate]]) -> list[_Waiting]:
         """`_forward` with one script per pool, which also acknowledges what it forwarded."""
@@ -335,11 +339,13 @@ class Orchestrator:
             )
         replies = await self._scripts.execute(pipe, raise_on_error=False)
         accepted: list[_Waiting] = []
-        for items, reply in zip(by_pool.values(), replies, strict=True):
+        for (pool_id, items), reply in zip(by_pool.items(), replies, strict=True):
             if isinstance(reply, Exception):
                 log.warning("forwarding to a pool failed: %s", reply)
                 continue
-            accepted += items[: int(reply)]
+            taken, backlog = (int(x) for x in reply)
+            accepted += items[:taken]
+            self._backlogs[pool_id] = backlog
         return accepted
 
     async def _candidates(self) -> list[Candidate]:
@@ -348,11 +354,20 @@ class Orchestrator:
             return []
         # only a pool that could take work needs its backlog read (an idle one costs nothing)
         serving = [v for v in views if v.live_workers and v.status in ROUTABLE_STATUSES]
-        pipe = self.redis.pipeline(transaction=False)
-        for view in serving:
-            pipe.xlen(self.keys.pool_tasks(view.spec.id))
-        read = dict(zip((v.spec.id for v in serving), await pipe.execute(), strict=True))
-        backlogs = [read.get(v.spec.id, 0) for v in views]
+        now = time.monotonic()
+        known = self._backlogs
+        if now - self._backlogs_read_at > BACKLOG_MAX_AGE or any(
+            v.spec.id not in known for v in serving
+        ):
+            pipe = self.redis.pipeline(transaction=False)
+            for view in serving:
+                pipe.xlen(self.keys.pool_tasks(view.spec.id))
+            replies = await pipe.execute()
+            self._backlogs = known = {
+                v.spec.id: int(n) for v, n in zip(serving, replies, strict=True)
+            }
+            self._backlogs_read_at = now
+        backlogs = [known.get(v.spec.id, 0) for v in views]
         return [
             Candidate(
                 pool_id=v.spec.id,

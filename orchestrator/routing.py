@@ -3,7 +3,8 @@
 Pure functions over a snapshot of the pools, so the rules are unit-tested without Redis. The
 orchestrator refreshes the snapshot (status, labels, live workers, capacity) on every supervision
 tick and the backlog (XLEN of each pool's stream: unread plus in flight, since acked entries are
-deleted) on every routing batch, and counts what it routes within the batch.
+deleted) when it is older than 0.1 s and after every forward, and counts what it routes within
+the batch.
 """
 
 from __future__ import annotations

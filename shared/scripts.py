@@ -235,13 +235,14 @@ return ids
 # hashes. ARGV: default limit, ingress group, pool id, then per task: its ingress entry id and
 # entry fields (counted). Forwards tasks in order while the pool takes work and has room (a task
 # that became final meanwhile is not forwarded), records the choice in each task hash, and
-# acknowledges and deletes the ingress entries it took. Returns how many it took.
+# acknowledges and deletes the ingress entries it took. Returns {how many it took, the pool's
+# backlog after}.
 ROUTE_BATCH = (
     _CURSOR
     + f"""
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'closing' or status == 'closed' or status == 'failed' then
-  return 0
+  return {{0, redis.call('XLEN', KEYS[2])}}
 end
 local limit = tonumber(redis.call('HGET', KEYS[1], 'max_queue') or ARGV[1])
 local room = limit - redis.call('XLEN', KEYS[2])
@@ -265,7 +266,7 @@ if #taken > 0 then
   redis.call('XACK', KEYS[3], group, unpack(taken))
   redis.call('XDEL', KEYS[3], unpack(taken))
 end
-return #taken
+return {{#taken, redis.call('XLEN', KEYS[2])}}
 """
 )
 
