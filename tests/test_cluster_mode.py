@@ -2,8 +2,8 @@
 
 The suite runs on a standalone server with the batch scripts; this module re-runs the end-to-end
 tests that cross every per-slot branch (submit, route, start, finalize, announce, share, retry,
-dead letter, cancel, queue full) with `redis_cluster` set for the client, the orchestrator and
-the worker processes.
+dead letter, cancel, queue full, a full pool refusing routed work) with `redis_cluster` set for
+the client, the orchestrator and the worker processes.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import Settings
+from tests import test_orchestrator as orchestration
 from tests import test_runtime as runtime
 from tests.conftest import make_settings
 
@@ -35,6 +36,10 @@ test_a_failing_task_retries_then_is_dead_lettered = (
 test_cancel_a_queued_and_a_running_task = runtime.test_cancel_a_queued_and_a_running_task
 test_a_share_to_a_full_inbox_is_dead_lettered_not_dropped = (
     runtime.test_a_share_to_a_full_inbox_is_dead_lettered_not_dropped
+)
+
+test_routed_tasks_wait_for_room_and_never_overfill_a_pool = (
+    orchestration.test_routed_tasks_wait_for_room_and_never_overfill_a_pool
 )
 
 

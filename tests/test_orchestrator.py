@@ -104,3 +104,21 @@ async def test_garbage_on_the_control_stream_is_dead_lettered(
         for _, f in await redis.xrange(settings.keys.dlq)
     )
     assert reasons == {settings.keys.control: 1, settings.keys.ingress: 1}
+
+
+async def test_routed_tasks_wait_for_room_and_never_overfill_a_pool(
+    orchestrator: Any, manager: PoolManager, redis: aioredis.Redis, settings: Settings
+) -> None:
+    pool_id = await manager.spawn_pool(
+        "local", name="narrow", min_workers=1, concurrency=1, max_queue=3
+    )
+    ids = await manager.submit_many([{"call": "sleep", "args": [0.05]}] * 8)
+    waiting = asyncio.ensure_future(asyncio.gather(*(manager.result(i, 30) for i in ids)))
+    stream = settings.keys.pool_tasks(pool_id)
+    most = 0
+    while not waiting.done():
+        most = max(most, await redis.xlen(stream))
+        await asyncio.wait([waiting], timeout=0.01)
+    assert all(r.ok and r.pool_id == pool_id for r in waiting.result())
+    assert 1 <= most <= 3
+    assert await redis.xlen(settings.keys.ingress) == 0
