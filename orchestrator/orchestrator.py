@@ -49,7 +49,7 @@ from shared.connection import (
 from shared.errors import ExecutorError, MalformedMessage
 from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
 from shared.models import PoolSpec, PoolStatus, PoolType, TaskStatus, new_id
-from shared.scripts import Scripts, flat_fields
+from shared.scripts import Scripts, add_counted, flat_fields
 from shared.state import ACCEPTING_STATUSES, pool_hash_fields
 from worker.executors import build_executor
 
@@ -329,7 +329,8 @@ class Orchestrator:
         for pool_id, items in by_pool.items():
             args: list[Any] = [limits[pool_id], ORCHESTRATOR_GROUP, pool_id]
             for item in items:
-                args += [item.entry_id, len(item.fields), *flat_fields(item.fields)]
+                args.append(item.entry_id)
+                add_counted(args, item.fields)
             self._scripts.queue(
                 pipe,
                 self._scripts.route_batch,

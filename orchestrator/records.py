@@ -11,7 +11,12 @@ from typing import Any
 from shared.codec import StatusUpdate, TaskDelegate, _Message, encode
 from shared.config import Settings
 from shared.connection import Redis, ack_and_delete, text
-from shared.finals import FinalResult, dead_letter_record, finalize_results, queue_dead_letter
+from shared.finals import (
+    FinalResult,
+    finalize_results,
+    malformed_entry_record,
+    queue_dead_letter,
+)
 from shared.keys import ORCHESTRATOR_GROUP
 from shared.models import PoolStatus, TaskResult, TaskStatus
 from shared.scripts import Scripts, flat_fields
@@ -50,16 +55,8 @@ class Records:
         """Dead-letter unusable entries with the reason, and acknowledge them."""
         for entry_id, reason, fields in bad:
             log.warning("dead-lettered entry %s on %s: %s", text(entry_id), stream, reason)
-            queue_dead_letter(
-                pipe,
-                self.settings,
-                dead_letter_record(
-                    task_id=text(fields.get(b"task")),
-                    pool_id=pool_id,
-                    reason=f"malformed entry {text(entry_id)} on {stream}: {reason}",
-                    raw=fields,
-                ),
-            )
+            record = malformed_entry_record(stream, entry_id, fields, reason, pool_id=pool_id)
+            queue_dead_letter(pipe, self.settings, record)
         ack_and_delete(pipe, stream, group, [b for b, _, _ in bad])
 
     async def fail(

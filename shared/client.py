@@ -64,7 +64,7 @@ from shared.models import (
     new_id,
 )
 from shared.readers import CompletionWatcher, ReplyReader
-from shared.scripts import Scripts, flat_fields
+from shared.scripts import Scripts, add_counted, flat_fields
 from shared.state import live_pool_ids, parse_task_result, read_pools
 
 TaskInput = TaskSpec | Mapping[str, Any]
@@ -217,14 +217,15 @@ class PoolManager:
                 failures += [(spec, error) for spec in group[SUBMIT_CHUNK:]]
                 continue
             for start in range(SUBMIT_CHUNK, len(group), SUBMIT_CHUNK):
-                rest.append((pool_id, group[start : start + SUBMIT_CHUNK], 0))
+                chunk = group[start : start + SUBMIT_CHUNK]
+                rest.append((pool_id, chunk, len(chunk)))
         return failures + await self._submit_calls(rest)
 
     async def _submit_calls(
         self, calls: list[tuple[str | None, list[TaskSpec], int]]
     ) -> list[tuple[TaskSpec, Exception]]:
-        """One `SUBMIT_BATCH` per (target pool or None for ingress, tasks, room needed or 0 for
-        just these tasks), in one round trip; the tasks of the calls that failed."""
+        """One `SUBMIT_BATCH` per (target pool or None for ingress, tasks, room needed), in one
+        round trip; the tasks of the calls that failed."""
         if not calls:
             return []
         keys = self.keys
@@ -236,11 +237,10 @@ class PoolManager:
             else:
                 head = [keys.ingress, keys.ingress]
                 args = ["ingress", self.settings.ingress_max_len]
-            args += [self.settings.result_ttl, need or len(chunk)]
+            args += [self.settings.result_ttl, need]
             for spec in chunk:
-                for fields in (_task_state(spec), encode(TaskDelegate(task=spec))):
-                    args.append(len(fields))
-                    args += flat_fields(fields)
+                add_counted(args, _task_state(spec))
+                add_counted(args, encode(TaskDelegate(task=spec)))
             task_keys = [keys.task(spec.id) for spec in chunk]
             self._scripts.queue(pipe, self._scripts.submit_batch, head + task_keys, args)
         replies = await self._scripts.execute(pipe, raise_on_error=False)

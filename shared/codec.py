@@ -9,7 +9,7 @@ executes anything (msgpack, never pickle) and turns every kind of garbage into
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -124,7 +124,7 @@ class Control(_Message):
     workers: int | None = Field(default=None, ge=0, le=1000)
 
 
-Message = Annotated[
+Message = (
     TaskDelegate
     | ResultShare
     | TaskCompleted
@@ -132,23 +132,12 @@ Message = Annotated[
     | Heartbeat
     | PoolCreated
     | PoolClosed
-    | Control,
-    Field(discriminator="type"),
-]
+    | Control
+)
 _MODELS: dict[str, type[_Message]] = {
-    str(model.model_fields["type"].default): model
-    for model in (
-        TaskDelegate,
-        ResultShare,
-        TaskCompleted,
-        StatusUpdate,
-        Heartbeat,
-        PoolCreated,
-        PoolClosed,
-        Control,
-    )
+    str(model.model_fields["type"].default): model for model in get_args(Message)
 }
-"""The model of each message type (validating the one model is half the cost of the union)."""
+"""The model of each message type: `decode` validates the one the entry's type names."""
 
 
 def pack(value: Any) -> bytes:

@@ -26,7 +26,7 @@ from shared.config import Settings
 from shared.connection import Redis, ack_and_delete, text
 from shared.errors import inbox_error
 from shared.models import TaskResult, TaskSpec, TaskStatus
-from shared.scripts import Scripts, flat_fields
+from shared.scripts import Scripts, add_counted, flat_fields
 
 log = logging.getLogger("mahavishnu.finals")
 
@@ -137,22 +137,22 @@ class _CompleteBatch:
         hash_fields = result_hash_fields(res, dump)
         shared, event = encode_result(res, dump, from_pool=res.pool_id)
         args += [ref(keys.task(res.task_id)), final.token, res.task_id, pool_id]
-        _counted(args, hash_fields)
+        add_counted(args, hash_fields)
         reply = ref(keys.replies(final.reply_to)) if final.reply_to else 0
         args.append(reply)
-        _counted(args, shared if reply or final.share_with else {})
-        _counted(args, event)
+        add_counted(args, shared if reply or final.share_with else {})
+        add_counted(args, event)
         if pool_id:
             record = memory_record(settings, final, pool_id=pool_id)
             args.append(ref(keys.pool_memory(pool_id)))
-            _counted(args, record)
+            add_counted(args, record)
             done, ms, failed = _counts(res)
             args += [ref(keys.pool_load(pool_id)), done, repr(ms), failed]
             self.size += len(record["output"])
         else:
             args += [0, 0, 0, 0, "0", 0]
         if res.status is TaskStatus.DEAD_LETTERED:
-            _counted(args, _final_dead_letter(final))
+            add_counted(args, _final_dead_letter(final))
         else:
             args.append(0)
         args.append(len(final.share_with))
@@ -169,13 +169,6 @@ class _CompleteBatch:
             stream, group, ids = ack
             tail = [self._ref(stream), group, len(ids), *ids]
         return self._keys, [*self._head, self.count, *self._body, *tail]
-
-
-def _counted(args: list[Any], fields: Mapping[str, Any]) -> None:
-    args.append(len(fields))
-    for name, value in fields.items():
-        args.append(name)
-        args.append(value)
 
 
 def _counts(res: TaskResult) -> tuple[int, float, int]:
@@ -349,6 +342,18 @@ def dead_letter_record(
     if spec is not None:
         record["spec"] = spec.model_dump_json()
     return record
+
+
+def malformed_entry_record(
+    stream: str, entry_id: bytes, fields: Mapping[Any, Any], reason: str, *, pool_id: str | None
+) -> dict[str, str | bytes]:
+    """The dead-letter record of a stream entry that could not be used, with its raw fields."""
+    return dead_letter_record(
+        task_id=text(fields.get(b"task")),
+        pool_id=pool_id,
+        reason=f"malformed entry {text(entry_id)} on {stream}: {reason}",
+        raw=fields,
+    )
 
 
 def queue_dead_letter(pipe: Any, settings: Settings, record: Mapping[str, str | bytes]) -> None:

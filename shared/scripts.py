@@ -135,6 +135,14 @@ return status
 """
 
 
+def add_counted(args: list[Any], fields: Mapping[Any, Any]) -> None:
+    """Append a field map to a batch script's ARGV as the cursor reads it: count, then pairs."""
+    args.append(len(fields))
+    for key, value in fields.items():
+        args.append(key)
+        args.append(value)
+
+
 def flat_fields(fields: Mapping[Any, Any]) -> list[Any]:
     """A field map as the flat [k1, v1, k2, v2, ...] list that Lua's HSET/XADD take."""
     out: list[Any] = []
@@ -240,14 +248,13 @@ return ids
 ROUTE_BATCH = (
     _CURSOR
     + f"""
+local default_limit, group, pool = take(), take(), take()
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or status == 'closing' or status == 'closed' or status == 'failed' then
   return {{0, redis.call('XLEN', KEYS[2])}}
 end
-local limit = tonumber(redis.call('HGET', KEYS[1], 'max_queue') or ARGV[1])
+local limit = tonumber(redis.call('HGET', KEYS[1], 'max_queue') or default_limit)
 local room = limit - redis.call('XLEN', KEYS[2])
-i = 2
-local group, pool = take(), take()
 local taken = {{}}
 for k = 4, #KEYS do
   if #taken >= room then

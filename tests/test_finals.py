@@ -28,7 +28,13 @@ def mode_settings(request: pytest.FixtureRequest, settings: Settings, tmp_path: 
     return make_settings(settings.key_prefix, tmp_path, redis_cluster=request.param)
 
 
-def final(status: TaskStatus = TaskStatus.COMPLETED, **extra: object) -> FinalResult:
+def final(
+    status: TaskStatus = TaskStatus.COMPLETED,
+    *,
+    spec: TaskSpec | None = None,
+    history: list[str] | None = None,
+    share_with: list[str] | None = None,
+) -> FinalResult:
     task_id = new_id("t")
     result = TaskResult(
         task_id=task_id,
@@ -41,7 +47,16 @@ def final(status: TaskStatus = TaskStatus.COMPLETED, **extra: object) -> FinalRe
         duration=0.25,
         finished_at=time.time(),
     )
-    return FinalResult(result, "c-1", "echo()", ["t1"], token=f"w-1/{task_id}", **extra)  # type: ignore[arg-type]
+    return FinalResult(
+        result,
+        "c-1",
+        "echo()",
+        ["t1"],
+        token=f"w-1/{task_id}",
+        history=history or [],
+        spec=spec,
+        share_with=share_with or [],
+    )
 
 
 @pytest.mark.parametrize("script_bytes", [8 << 20, 1], ids=["one-call", "a-call-each"])

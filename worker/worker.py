@@ -53,8 +53,8 @@ from shared.connection import (
 from shared.errors import MalformedMessage, PoolNotFound, PoolUnavailable
 from shared.finals import (
     FinalResult,
-    dead_letter_record,
     finalize_results,
+    malformed_entry_record,
     queue_dead_letter,
     queue_memory_record,
 )
@@ -285,16 +285,10 @@ class Worker:
                 if not isinstance(msg, ResultShare):
                     raise MalformedMessage(f"a {msg.type} message does not belong in an inbox")
             except MalformedMessage as exc:
-                queue_dead_letter(
-                    pipe,
-                    self.settings,
-                    dead_letter_record(
-                        task_id=text(fields.get(b"task")),
-                        pool_id=self.pool_id,
-                        reason=f"malformed entry {text(entry_id)} on {self.inbox}: {exc}",
-                        raw=fields,
-                    ),
+                record = malformed_entry_record(
+                    self.inbox, entry_id, fields, str(exc), pool_id=self.pool_id
                 )
+                queue_dead_letter(pipe, self.settings, record)
                 continue
             res = msg.result
             origin = msg.from_pool or res.pool_id or "a client"
@@ -536,16 +530,10 @@ class Worker:
         """Dead-letter entries that could not be decoded (failed tasks: `finalize_results`)."""
         for item in dead:
             log.warning("dead-lettered %s: %s", text(item.entry_id), item.reason)
-            queue_dead_letter(
-                pipe,
-                self.settings,
-                dead_letter_record(
-                    task_id=text(item.fields.get(b"task")),
-                    pool_id=self.pool_id,
-                    reason=f"malformed entry {text(item.entry_id)} on {self.stream}: {item.reason}",
-                    raw=item.fields,
-                ),
+            record = malformed_entry_record(
+                self.stream, item.entry_id, item.fields, item.reason, pool_id=self.pool_id
             )
+            queue_dead_letter(pipe, self.settings, record)
 
     # ---------------------------------------------------------------- heartbeat
 
