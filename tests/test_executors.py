@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import stat
 import sys
@@ -449,12 +450,23 @@ async def test_terminal_reports_an_argument_too_long(fake_cli: Path) -> None:
 
 @pytest.mark.parametrize("worker_type", ["terminal-claude", "terminal-qwen"])
 def test_missing_cli_fails_at_construction(
-    worker_type: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    worker_type: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     binary = DEFAULT_TEMPLATES[WorkerType(worker_type)][0]
-    with pytest.raises(ExecutorError, match=f"{worker_type} pool needs the '{binary}' CLI on PATH"):
+    with (
+        caplog.at_level(logging.WARNING, logger="worker.executors"),
+        pytest.raises(
+            ExecutorError, match=f"{worker_type} pool needs the '{binary}' CLI on PATH"
+        ) as raised,
+    ):
         build_executor(PoolSpec(name="ai", worker_type=worker_type))
+    # the host's PATH goes to its log, never into the error a remote caller reads
+    assert str(tmp_path) not in str(raised.value) and "PATH=" not in str(raised.value)
+    assert f"PATH={tmp_path}" in caplog.text
 
 
 def test_bad_terminal_config_fails_at_construction(fake_cli: Path) -> None:

@@ -459,9 +459,11 @@ class TerminalExecutor(_ProcessExecutor):
             raise ExecutorError(f"pool {spec.name!r} has no command_template to run")
         binary, self._name = shutil.which(template[0]), os.path.basename(template[0])
         if binary is None:
+            # PATH stays in this host's log: it describes the host to whoever reads the error
+            log.warning("%r not found on PATH=%s", template[0], os.environ.get("PATH", ""))
             raise ExecutorError(
-                f"{spec.worker_type} pool needs the {template[0]!r} CLI on PATH; not found "
-                f"(PATH={os.environ.get('PATH', '')}); install it or set command_template"
+                f"{spec.worker_type} pool needs the {template[0]!r} CLI on PATH; not found on "
+                "the host that runs the pool's workers: install it there or set command_template"
             )
         if not any("{prompt}" in arg for arg in template[1:]):
             raise ExecutorError(f"command_template {template!r} has no '{{prompt}}' placeholder")
