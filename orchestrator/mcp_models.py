@@ -41,10 +41,11 @@ class ExecuteResult(BaseModel):
         status = result.status
         if not message:
             if status is TaskStatus.DEAD_LETTERED:
-                message = (
-                    f"dead-lettered after {result.attempts} attempt(s): {result.error or '?'}; "
-                    "see pool_dead_letters"
-                )
+                reason = result.error or "no reason given"
+                # workers and reclaimers write the error as "dead-lettered after N attempt(s); ..."
+                if not reason.startswith("dead-lettered"):
+                    reason = f"dead-lettered after {result.attempts} attempt(s): {reason}"
+                message = f"{reason}; see pool_dead_letters"
             elif status is TaskStatus.FAILED:
                 message = f"failed: {result.error or 'no reason given'}"
             elif status is TaskStatus.CANCELLED:
