@@ -10,6 +10,10 @@ Host/Origin checks (DNS-rebinding protection) come from `mcp_allowed_hosts`: emp
 loopback names only when bound to loopback, and no Host check when bound to a routable address
 (the token is the guard there); a list adds those names (e.g. a Kubernetes Service's DNS name,
 a bare name also matches it with any port); `*` turns the check off.
+
+A request body over MAX_BODY_BYTES (the SDK's 4 MiB limit) gets 413 with a JSON-RPC error that
+states the size and the limit (the SDK's own answer is plain text, which its client reports as
+a bare -32603 "Server returned an error response").
 """
 
 from __future__ import annotations
@@ -19,14 +23,20 @@ import ipaddress
 import json
 from typing import Any
 
-from mcp.server.transport_security import TransportSecuritySettings
-from starlette.types import ASGIApp, Receive, Scope, Send
+from mcp.server.transport_security import (
+    DEFAULT_MAX_REQUEST_BODY_SIZE,
+    TransportSecuritySettings,
+)
+from mcp_types import INVALID_REQUEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orchestrator.mcp_params import PROMPT_LIMIT
 from shared.errors import ConfigError
 
 MCP_PATH = "/mcp"
 HEALTH_PATH = "/healthz"
 MIN_TOKEN_CHARS = 16
+MAX_BODY_BYTES = DEFAULT_MAX_REQUEST_BODY_SIZE
 LOOPBACK_HOSTS = ["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"]
 
 
@@ -133,3 +143,67 @@ class BearerAuth:
             )
             return
         await self.app(scope, receive, send)
+
+
+def body_too_large(size: int, limit: int = MAX_BODY_BYTES, *, at_least: bool = False) -> str:
+    """What a caller reads when its request body is over the limit."""
+    shown = f"{limit // 2**20} MiB" if limit % 2**20 == 0 else f"{limit:,}-byte"
+    return (
+        f"request body of {'more than ' if at_least else ''}{size:,} bytes exceeds the {shown} "
+        f"limit of this MCP facade; {PROMPT_LIMIT}"
+    )
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 and a JSON-RPC error saying
+    so. A declared Content-Length is checked before anything is read; a chunked body is read up
+    to the limit and replayed to the app."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def _refuse(self, send: Send, message: str) -> None:
+        error = {"code": INVALID_REQUEST, "message": message}
+        await _send_json(send, 413, {"jsonrpc": "2.0", "id": None, "error": error})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse an oversized body; pass the rest on."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None:
+            if declared > self.limit:
+                await self._refuse(send, body_too_large(declared, self.limit))
+                return
+            await self.app(scope, receive, send)  # the server holds the body to that length
+            return
+        body, complete, trailing = bytearray(), False, []
+        while not complete:
+            message = await receive()
+            if message["type"] != "http.request":  # e.g. the client went away
+                trailing.append(message)
+                break
+            body.extend(message.get("body", b""))
+            if len(body) > self.limit:
+                await self._refuse(send, body_too_large(self.limit, self.limit, at_least=True))
+                return
+            complete = not message.get("more_body", False)
+        first: Message = {"type": "http.request", "body": bytes(body), "more_body": not complete}
+        pending = [first, *trailing]
+
+        async def replay() -> Message:
+            return pending.pop(0) if pending else await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", []):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

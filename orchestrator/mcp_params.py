@@ -14,7 +14,10 @@ from pydantic import Field
 
 from shared.client import PoolManager
 from shared.config import Settings
-from shared.models import MAX_TIMEOUT_SECONDS
+from shared.models import MAX_PROMPT_CHARS, MAX_TIMEOUT_SECONDS
+
+# said by both transports about an oversized prompt: stdio's tool error, HTTP's body limit
+PROMPT_LIMIT = f"a prompt may have at most {MAX_PROMPT_CHARS:,} characters"
 
 
 @dataclass

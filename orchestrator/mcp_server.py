@@ -5,7 +5,8 @@
 
 The facade is thin: it validates arguments, publishes into the streams and reads hashes through
 one `PoolManager` per server lifetime (created in the lifespan), and holds no pool state of its
-own, so any number of facades can serve one Redis.
+own, so any number of facades can serve one Redis. Every tool refuses arguments it does not
+declare (mcp_support.StrictTool).
 
 Tools: pool_spawn, pool_execute, pool_route_execute, pool_list, pool_monitor, pool_scale,
 pool_close, pool_close_all, pool_health, pool_search_memory (the original's ten, same names and
@@ -23,8 +24,9 @@ import anyio
 from mcp.server.mcpserver import MCPServer
 from starlette.types import ASGIApp
 
-from orchestrator.mcp_http import MCP_PATH, BearerAuth, check_token, transport_security
+from orchestrator.mcp_http import MCP_PATH, BearerAuth, BodyLimit, check_token, transport_security
 from orchestrator.mcp_params import FacadeState
+from orchestrator.mcp_support import ToolSet
 from orchestrator.mcp_tools_pools import register_pool_tools
 from orchestrator.mcp_tools_tasks import register_task_tools
 from shared.client import PoolManager
@@ -65,16 +67,17 @@ def build_server(settings: Settings | None = None) -> MCPServer[FacadeState]:
         finally:
             await pools.aclose()
 
-    server: MCPServer[FacadeState] = MCPServer(
+    tools = ToolSet()
+    register_pool_tools(tools)
+    register_task_tools(tools)
+    return MCPServer(
         "mahavishnu",
         title="Mahavishnu pools",
         instructions=INSTRUCTIONS,
         version=_version(),
         lifespan=lifespan,
+        tools=tools.tools,
     )
-    register_pool_tools(server)
-    register_task_tools(server)
-    return server
 
 
 def http_app(
@@ -84,7 +87,8 @@ def http_app(
     host: str = DEFAULT_HTTP_HOST,
     require_auth: bool = True,
 ) -> ASGIApp:
-    """The streamable HTTP app at /mcp behind the bearer-token check and Host/Origin checks.
+    """The streamable HTTP app at /mcp behind the bearer-token check, the body limit and
+    Host/Origin checks.
 
     Raises ConfigError when auth is required without a (long enough) token, or turned off on a
     non-loopback address.
@@ -96,7 +100,7 @@ def http_app(
         transport_security=transport_security(host, settings.mcp_allowed_hosts),
         host=host,
     )
-    return BearerAuth(app, token)
+    return BearerAuth(BodyLimit(app), token)
 
 
 async def serve_http(

@@ -1,4 +1,9 @@
-"""Helpers of the MCP facade: argument parsing and error messages.
+"""Helpers of the MCP facade: the tools' argument checking, argument parsing and error messages.
+
+Every tool is a `StrictTool`: its input schema says `additionalProperties: false` and a call
+with an argument the tool does not declare is refused with the nearest valid name, instead of
+the SDK's default of dropping it silently (a misspelt `timout` would otherwise run with the
+default timeout).
 
 Errors the system raises on purpose become `ToolError`s whose text the model reads: which
 argument was wrong and why, which pool or task is unknown, that a queue is full, that no
@@ -8,14 +13,19 @@ behind the SDK's generic message (and is logged with its traceback).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import difflib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import ValidationError
+from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
+from mcp_types import ToolAnnotations
+from pydantic import ConfigDict, ValidationError
 from redis.exceptions import RedisError
 
+from orchestrator.mcp_params import PROMPT_LIMIT
 from shared.codec import describe_validation_error
 from shared.config import Settings
 from shared.errors import (
@@ -30,7 +40,71 @@ from shared.errors import (
     ResultTimeout,
     TaskNotFound,
 )
-from shared.models import RoutingStrategy
+from shared.models import MAX_PROMPT_CHARS, RoutingStrategy
+
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+SHOWN_NAME_CHARS = 64
+
+
+def unknown_arguments(tool: str, arguments: Mapping[str, Any], known: Sequence[str]) -> str | None:
+    """Why `arguments` are refused: each one `tool` does not take, with the nearest valid name."""
+    problems = []
+    for name in arguments:
+        if name in known:
+            continue
+        shown = name if len(name) <= SHOWN_NAME_CHARS else name[: SHOWN_NAME_CHARS - 3] + "..."
+        near = difflib.get_close_matches(name, known, n=1)
+        if near:
+            hint = f"did you mean {near[0]!r}?"
+        elif known:
+            hint = f"valid arguments: {', '.join(known)}"
+        else:
+            hint = f"{tool} takes no arguments"
+        problems.append(f"unknown argument {shown!r} ({hint})")
+    return "; ".join(problems) or None
+
+
+class StrictTool(Tool):
+    """A tool whose arguments model forbids extras, so unknown arguments are refused."""
+
+    @classmethod
+    def strict(cls, fn: Callable[..., Any], annotations: ToolAnnotations | None) -> StrictTool:
+        """The tool for `fn`, its arguments model (and so its input schema) closed to extras."""
+        tool = cast(StrictTool, cls.from_function(fn, annotations=annotations))  # built by cls
+        loose = tool.fn_metadata.arg_model
+        config = ConfigDict(extra="forbid")
+        namespace = {"model_config": config, "__module__": loose.__module__}
+        closed = cast(type[ArgModelBase], type(loose.__name__, (loose,), namespace))
+        tool.fn_metadata.arg_model = closed
+        tool.parameters = closed.model_json_schema(by_alias=True)
+        return tool
+
+    async def run(
+        self, arguments: dict[str, Any], context: Any, convert_result: bool = False
+    ) -> Any:
+        """Refuse unknown arguments by name (pydantic's own message would not say what was
+        meant), then run as the SDK does."""
+        known = list(self.parameters.get("properties", {}))
+        if problem := unknown_arguments(self.name, arguments, known):
+            raise ToolError(f"Error executing tool {self.name}: {problem}")
+        return await super().run(arguments, context, convert_result)
+
+
+class ToolSet:
+    """The facade's tools, collected by a decorator shaped like `MCPServer.tool()`, each a
+    StrictTool; they are handed to the server whole (`MCPServer(tools=...)`)."""
+
+    def __init__(self) -> None:
+        self.tools: list[Tool] = []
+
+    def tool(self, annotations: ToolAnnotations | None = None) -> Callable[[_Fn], _Fn]:
+        """Register the decorated function as a tool."""
+
+        def add(fn: _Fn) -> _Fn:
+            self.tools.append(StrictTool.strict(fn, annotations))
+            return fn
+
+        return add
 
 
 @contextmanager
@@ -117,6 +191,8 @@ def task_payload(
             f"prompt/command/call: give exactly one of them ({got}): prompt for AI CLI and "
             "python pools, command for shell pools, call for a python pool's function"
         )
+    if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(f"prompt has {len(prompt):,} characters; {PROMPT_LIMIT}")
     if (args or kwargs) and call is None:
         raise InvalidRequest("args/kwargs: only a 'call' task takes arguments; set call too")
     data: dict[str, Any] = {"prompt": prompt, "command": command, "call": call}

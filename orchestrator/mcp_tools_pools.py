@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any, Literal
 
-from mcp.server.mcpserver import MCPServer
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
@@ -30,7 +29,7 @@ from orchestrator.mcp_models import (
     SpawnResult,
 )
 from orchestrator.mcp_params import Labels, PoolId, ToolContext, state_of
-from orchestrator.mcp_support import parse_labels, tool_errors
+from orchestrator.mcp_support import ToolSet, parse_labels, tool_errors
 from shared.client import PoolManager
 from shared.config import Settings
 from shared.dead_letters import DeadLetter
@@ -118,7 +117,7 @@ def _totals(metrics: list[PoolMetrics]) -> MonitorTotals:
     )
 
 
-def register_pool_tools(mcp: MCPServer[Any]) -> None:
+def register_pool_tools(mcp: ToolSet) -> None:
     """Add the pool tools to `mcp`."""
 
     @mcp.tool()
@@ -132,14 +131,32 @@ def register_pool_tools(mcp: MCPServer[Any]) -> None:
             ),
         ] = None,
         name: Annotated[str | None, Field(description="A name (default: generated)")] = None,
-        min_workers: int | None = None,
-        max_workers: int | None = None,
+        min_workers: Annotated[
+            int | None,
+            Field(
+                description="Workers the pool starts with and never goes below (default: the "
+                "deployment's pool_default_min_workers)"
+            ),
+        ] = None,
+        max_workers: Annotated[
+            int | None,
+            Field(
+                description="Most workers pool_scale or auto_scale may give the pool (default: "
+                "the deployment's pool_default_max_workers, at least min_workers)"
+            ),
+        ] = None,
         worker_type: Annotated[
             str | None,
             Field(description="python (default), shell, terminal-claude or terminal-qwen"),
         ] = None,
         labels: Labels = None,
-        auto_scale: bool | None = None,
+        auto_scale: Annotated[
+            bool | None,
+            Field(
+                description="Let the orchestrator scale the pool between min_workers and "
+                "max_workers by its backlog (default: false)"
+            ),
+        ] = None,
         concurrency: Annotated[int | None, Field(description="Tasks per worker")] = None,
         functions: Annotated[
             dict[str, str] | None,
@@ -155,7 +172,13 @@ def register_pool_tools(mcp: MCPServer[Any]) -> None:
             list[str] | None, Field(description="terminal pools: the CLI argv template")
         ] = None,
         max_queue: Annotated[int | None, Field(description="Backlog bound of the pool")] = None,
-        inbox_max: int | None = None,
+        inbox_max: Annotated[
+            int | None,
+            Field(
+                description="Most results other tasks may share into the pool's inbox "
+                "(share_with); more are refused, not dropped (default: 1000)"
+            ),
+        ] = None,
         options: Annotated[
             dict[str, Any] | None, Field(description="Type-specific options")
         ] = None,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from mcp.server.mcpserver import MCPServer
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
@@ -34,7 +33,13 @@ from orchestrator.mcp_params import (
     Wait,
     state_of,
 )
-from orchestrator.mcp_support import parse_labels, parse_selector, task_payload, tool_errors
+from orchestrator.mcp_support import (
+    ToolSet,
+    parse_labels,
+    parse_selector,
+    task_payload,
+    tool_errors,
+)
 from shared.client import PoolManager, make_task
 from shared.errors import InvalidRequest, ResultTimeout
 from shared.models import (
@@ -102,7 +107,7 @@ async def check_pool_runs(pools: PoolManager, task: TaskSpec, pool_id: str) -> N
         )
 
 
-def register_task_tools(mcp: MCPServer[Any]) -> None:
+def register_task_tools(mcp: ToolSet) -> None:
     """Add the task tools to `mcp`."""
 
     @mcp.tool()
@@ -190,7 +195,15 @@ def register_task_tools(mcp: MCPServer[Any]) -> None:
     async def task_submit(
         ctx: ToolContext,
         prompt: Prompt = None,
-        pool_id: str | None = None,
+        pool_id: Annotated[
+            str | None,
+            Field(
+                min_length=1,
+                max_length=64,
+                description="The pool to send the task to directly; without it the "
+                "orchestrators route the task (pool_selector, affinity_key, labels)",
+            ),
+        ] = None,
         command: Command = None,
         call: Call = None,
         args: CallArgs = None,
