@@ -3,11 +3,13 @@
 Sources, highest priority first: keyword arguments, environment (`MAHAVISHNU_REDIS_URL`, ...),
 `settings/local.yaml`, `settings/mahavishnu.yaml` (the folder can be moved with
 `MAHAVISHNU_SETTINGS_DIR`). An invalid value fails at start with the field, the value and the
-source named.
+source named; so does an unknown key in a file or an unknown `MAHAVISHNU_*` variable, with the
+nearest valid name (variables that are not settings are listed in NOT_SETTINGS_ENV).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Self
@@ -17,9 +19,9 @@ import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    YamlConfigSettingsSource,
 )
 
 from shared.errors import ConfigError
@@ -28,6 +30,13 @@ from shared.models import PoolType, RoutingStrategy, parse_pool_type
 
 ENV_PREFIX = "MAHAVISHNU_"
 SETTINGS_DIR_ENV = "MAHAVISHNU_SETTINGS_DIR"
+
+NOT_SETTINGS_ENV: dict[str, str] = {
+    SETTINGS_DIR_ENV: "the folder of the YAML files",
+    "MAHAVISHNU_TEST_REDIS_URL": "the Redis the test suite uses (tests/conftest.py)",
+    "MAHAVISHNU_WRITE_RELIABILITY": "1 makes the chaos suite rewrite docs/reliability.md",
+}
+"""`MAHAVISHNU_*` variables that are not settings: the only ones the unknown-name check lets by."""
 
 
 def settings_dir() -> Path:
@@ -53,6 +62,9 @@ class Settings(BaseSettings):
     key_prefix: str = DEFAULT_PREFIX
     embedded_broker: bool = True
     embedded_broker_dir: Path = Path(".mahavishnu/redis")
+    # seconds one non-blocking Redis command may take (socket timeout; a timeout is not retried),
+    # so a Redis that stops answering fails a CLI call in about this time instead of hanging
+    redis_command_timeout: float = Field(default=5.0, gt=0, le=300)
     # a Redis Cluster takes scripts that touch one slot each: one script per task instead of
     # one per batch (slower; see docs/benchmarks.md)
     redis_cluster: bool = False
@@ -154,13 +166,23 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Keyword arguments, then environment, then local.yaml, then mahavishnu.yaml."""
-        local, main = yaml_files()[1], yaml_files()[0]
+        """Keyword arguments, then environment, then local.yaml, then mahavishnu.yaml.
+
+        Raises ConfigError for an unreadable or invalid file and for unknown names.
+        """
+        main, local = (read_yaml(path) for path in yaml_files())
+        problems = [
+            *unknown_keys(main, f"in {yaml_files()[0]}"),
+            *unknown_keys(local, f"in {yaml_files()[1]}"),
+            *unknown_env(),
+        ]
+        if problems:
+            raise ConfigError("invalid settings: " + "; ".join(problems))
         return (
             init_settings,
             env_settings,
-            YamlConfigSettingsSource(settings_cls, yaml_file=local),
-            YamlConfigSettingsSource(settings_cls, yaml_file=main),
+            InitSettingsSource(settings_cls, init_kwargs=local),
+            InitSettingsSource(settings_cls, init_kwargs=main),
         )
 
     @property
@@ -180,39 +202,112 @@ def redact_url(url: str) -> str:
     if parts.password is None and not parts.username:
         return url
     user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    host = parts.netloc.rpartition("@")[2]  # as written: `.port` raises on a malformed port
     auth = f"{user}:***" if parts.password is not None else "***"
     return urlunsplit((parts.scheme, f"{auth}@{host}", parts.path, parts.query, parts.fragment))
 
 
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The settings a YAML file holds ({} when it is missing or empty).
+
+    Raises ConfigError naming the file and what is wrong: where its bytes are not UTF-8, the
+    line of a YAML syntax error, a document that is not a mapping.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"invalid settings: cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        source = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"invalid settings: {path} is not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset "
+            f"{exc.start} cannot be decoded; save the file as UTF-8"
+        ) from None
+    try:
+        data = yaml.safe_load(source)
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"invalid settings: {path} is not valid YAML: {_yaml_problem(exc)}"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"invalid settings: {path} must hold a mapping of settings, not {type(data).__name__}"
+        )
+    return {str(key): value for key, value in data.items()}
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error as 'line L, column C: problem (context)', without PyYAML's stream names."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        text = f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+        if exc.context:
+            text += f" ({exc.context}"
+            if exc.context_mark is not None:
+                text += f" at line {exc.context_mark.line + 1}"
+            text += ")"
+        return text
+    if isinstance(exc, yaml.reader.ReaderError):
+        code = ord(exc.character) if isinstance(exc.character, str) else int(exc.character)
+        return f"character U+{code:04X} at character {exc.position}: {exc.reason}"
+    return " ".join(str(exc).split())
+
+
+def _did_you_mean(name: str, candidates: list[str], quote: bool) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1)
+    if not close:
+        return " (see shared/config.py for every setting)"
+    return f" (did you mean {close[0]!r}?)" if quote else f" (did you mean {close[0]}?)"
+
+
+def unknown_keys(data: dict[str, Any], where: str) -> list[str]:
+    """One problem per key of `data` that is no setting, naming `where` it was found."""
+    fields = sorted(Settings.model_fields)
+    return [
+        f"unknown key {key!r} {where}{_did_you_mean(key.lower(), fields, quote=True)}"
+        for key in data
+        if key.lower() not in Settings.model_fields  # names are matched case-insensitively
+    ]
+
+
+def unknown_env() -> list[str]:
+    """One problem per `MAHAVISHNU_*` environment variable that is neither a setting nor in
+    NOT_SETTINGS_ENV."""
+    valid = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields} | set(
+        NOT_SETTINGS_ENV
+    )
+    return [
+        f"unknown environment variable {name}{_did_you_mean(name.upper(), sorted(valid), False)}"
+        for name in sorted(os.environ)
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in valid
+    ]
+
+
 def _source_of(field: str) -> str:
     env_name = f"{ENV_PREFIX}{field.upper()}"
-    if env_name in os.environ:
+    if any(name.upper() == env_name for name in os.environ):
         return f"environment variable {env_name}"
     for path in reversed(yaml_files()):
         try:
-            data = yaml.safe_load(path.read_text()) if path.exists() else None
-        except (OSError, yaml.YAMLError):
+            data = read_yaml(path)
+        except ConfigError:
             continue
-        if isinstance(data, dict) and field in data:
+        if field in (key.lower() for key in data):
             return str(path)
     return "the default or a keyword argument"
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read the settings; raise ConfigError naming the field, the value and its source."""
-    for path in yaml_files():
-        if path.exists():
-            try:
-                data = yaml.safe_load(path.read_text())
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-            if data is not None and not isinstance(data, dict):
-                raise ConfigError(
-                    f"{path} must hold a mapping of settings, not {type(data).__name__}"
-                )
+    """Read the settings; raise ConfigError naming the field, the value and its source (or the
+    unknown key and where it is)."""
+    unknown = unknown_keys(overrides, "given as a keyword argument")
+    if unknown:
+        raise ConfigError("invalid settings: " + "; ".join(unknown))
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -229,5 +324,6 @@ def load_settings(**overrides: Any) -> Settings:
                 shown = repr(redact_url(value))
             else:
                 shown = repr(value)
-            problems.append(f"{field}={shown} from {_source_of(field)}: {err['msg']}")
+            message = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"{field}={shown} from {_source_of(field)}: {message}")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None

@@ -233,6 +233,25 @@ def test_invalid_settings_name_the_field_value_and_source(
     assert "MAHAVISHNU_POOL_ROUTING_STRATEGY" in line
 
 
+def test_settings_file_typos_and_bad_bytes_are_one_line_errors(
+    runner: CliRunner, env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**env, "MAHAVISHNU_SETTINGS_DIR": str(tmp_path)}
+    local = tmp_path / "local.yaml"
+    local.write_text("redis_ulr: redis://127.0.0.1:6379/0\n")
+    line = _one_line_error(runner.invoke(app, ["pool", "list"], env=env))
+    assert line == (
+        f"error: invalid settings: unknown key 'redis_ulr' in {local} (did you mean 'redis_url'?)"
+    )
+    local.write_bytes(b"akosha_url: 'http://\xff'\n")
+    line = _one_line_error(runner.invoke(app, ["pool", "list"], env=env))
+    assert f"{local} is not UTF-8 text: byte 0xff at offset 20" in line
+    assert "malformed" not in line
+    local.unlink()
+    result = runner.invoke(app, ["pool", "list"], env={**env, "MAHAVISHNU_POOL_LIMIT": "3"})
+    assert "unknown environment variable MAHAVISHNU_POOL_LIMIT" in _one_line_error(result)
+
+
 @pytest.mark.parametrize(
     "url", ["http://:hunter22secret@127.0.0.1/0", "redis://:hunter22secret@127.0.0.1:port/0"]
 )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from shared.config import load_settings, redact_url
+from shared.config import NOT_SETTINGS_ENV, Settings, load_settings, redact_url
 from shared.errors import ConfigError
 from shared.models import PoolType, RoutingStrategy
 
@@ -105,3 +106,107 @@ def test_timings_that_contradict_each_other_are_rejected(folder: Path) -> None:
         load_settings(supervise_interval=20, orchestrator_lease_ttl=10)
     with pytest.raises(ConfigError, match=r"pool_default_min_workers \(9\) must not exceed"):
         load_settings(pool_default_min_workers=9, pool_default_max_workers=3)
+
+
+def test_an_unknown_yaml_key_names_the_file_and_the_nearest_key(folder: Path) -> None:
+    (folder / "local.yaml").write_text("redis_ulr: redis://127.0.0.1:6379/0\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert str(exc.value) == (
+        f"invalid settings: unknown key 'redis_ulr' in {folder / 'local.yaml'} "
+        "(did you mean 'redis_url'?)"
+    )
+    (folder / "local.yaml").write_text("zzz_nothing_like_it: 1\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'zzz_nothing_like_it'.*shared/config\.py"):
+        load_settings()
+
+
+def test_the_originals_keys_stay_accepted_in_yaml(folder: Path) -> None:
+    (folder / "mahavishnu.yaml").write_text(
+        "pools_enabled: false\nmemory_aggregation_enabled: false\nmemory_sync_interval: 5\n"
+        "session_buddy_pool_url: http://sb:8678/mcp\nakosha_url: http://ak:8682/mcp\n"
+        "pool_routing_strategy: random\ndefault_pool_type: mahavishnu\n"
+        "pool_default_min_workers: 2\npool_default_max_workers: 4\n"
+    )
+    settings = load_settings()
+    assert (settings.pools_enabled, settings.memory_sync_interval) == (False, 5.0)
+    assert settings.akosha_url == "http://ak:8682/mcp"
+
+
+def test_an_unknown_env_variable_names_it_and_the_nearest_one(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAHAVISHNU_REDIS_ULR", "redis://127.0.0.1:6379/0")
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    assert str(exc.value) == (
+        "invalid settings: unknown environment variable MAHAVISHNU_REDIS_ULR "
+        "(did you mean MAHAVISHNU_REDIS_URL?)"
+    )
+    monkeypatch.delenv("MAHAVISHNU_REDIS_ULR")
+    monkeypatch.setenv("MAHAVISHNU_SETTING_DIR", "elsewhere")  # close to a non-setting name
+    with pytest.raises(ConfigError, match=r"did you mean MAHAVISHNU_SETTINGS_DIR\?"):
+        load_settings()
+
+
+def test_variables_that_are_not_settings_are_allowed(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert {"MAHAVISHNU_SETTINGS_DIR", "MAHAVISHNU_TEST_REDIS_URL"} <= set(NOT_SETTINGS_ENV)
+    for name in NOT_SETTINGS_ENV:
+        if name != "MAHAVISHNU_SETTINGS_DIR":  # the fixture points that one at the test folder
+            monkeypatch.setenv(name, "1")
+    assert load_settings().key_prefix == "mhv:"
+
+
+def test_every_mahavishnu_variable_the_repository_reads_is_a_setting_or_allowed() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    found: set[str] = set()
+    for folder in ("shared", "orchestrator", "worker", "bench", "tests"):
+        for path in (repo / folder).rglob("*.py"):
+            found |= set(re.findall(r"MAHAVISHNU_[A-Z0-9_]+", path.read_text()))
+    for path in (repo / "Makefile", repo / "README.md"):
+        found |= set(re.findall(r"MAHAVISHNU_[A-Z0-9_]+", path.read_text()))
+    settings = {f"MAHAVISHNU_{name.upper()}" for name in Settings.model_fields}
+    typos = {"MAHAVISHNU_REDIS_ULR", "MAHAVISHNU_SETTING_DIR"}  # this file's deliberate ones
+    assert found - settings - set(NOT_SETTINGS_ENV) - typos == set()
+
+
+def test_an_unknown_keyword_argument_is_an_error(folder: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'key_prefx' given as a keyword.*'key_prefix'"
+    ):
+        load_settings(key_prefx="a:")
+
+
+def test_non_utf8_yaml_names_the_file_and_the_byte_offset(folder: Path) -> None:
+    (folder / "local.yaml").write_bytes(b"key_prefix: 'caf\xe9:'\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    message = str(exc.value)
+    assert str(folder / "local.yaml") in message
+    assert "not UTF-8" in message and "byte 0xe9 at offset 16" in message
+    assert "redis_url" not in message
+
+
+def test_invalid_yaml_names_the_file_and_the_line(folder: Path) -> None:
+    (folder / "mahavishnu.yaml").write_text(
+        "key_prefix: 'a:'\nredis_url: [unclosed\nakosha_url: x\n"
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_settings()
+    message = str(exc.value)
+    assert message.startswith(f"invalid settings: {folder / 'mahavishnu.yaml'} is not valid YAML:")
+    assert "line 3" in message and "line 2" in message and "<unicode string>" not in message
+    (folder / "mahavishnu.yaml").write_text("a: 1\n  b: 2\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML: line 2, column 4: mapping values"):
+        load_settings()
+
+
+def test_redis_command_timeout_is_validated(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().redis_command_timeout == 5.0
+    monkeypatch.setenv("MAHAVISHNU_REDIS_COMMAND_TIMEOUT", "0")
+    with pytest.raises(ConfigError, match="redis_command_timeout='0' from environment variable"):
+        load_settings()
+    monkeypatch.setenv("MAHAVISHNU_REDIS_COMMAND_TIMEOUT", "1.5")
+    assert load_settings().redis_command_timeout == 1.5
