@@ -14,7 +14,6 @@ the events stream, which this client waits on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -23,6 +22,7 @@ from typing import Any, Self
 from pydantic import ValidationError
 from redis.exceptions import ResponseError
 
+from shared.client_errors import state_lost
 from shared.codec import (
     Control,
     ControlAction,
@@ -52,6 +52,7 @@ from shared.errors import (
     inbox_error,
 )
 from shared.finals import FinalResult, announce
+from shared.idempotency import claim_keys
 from shared.memory import SearchOutcome, search_memory
 from shared.models import (
     PoolInfo,
@@ -66,6 +67,7 @@ from shared.models import (
 from shared.readers import CompletionWatcher, ReplyReader
 from shared.scripts import Scripts, add_counted, flat_fields
 from shared.state import live_pool_ids, parse_task_result, read_pools
+from shared.waits import WaitGuard, live_workers
 
 TaskInput = TaskSpec | Mapping[str, Any]
 DEFAULT_MAX_QUEUE: int = PoolSpec.model_fields["max_queue"].default
@@ -123,6 +125,7 @@ class PoolManager:
         self._replies = ReplyReader(self._reader_redis, self.keys.replies(self.client_id))
         self._events_redis: Redis = connect(self.settings, blocking=True)
         self._completions = CompletionWatcher(self._events_redis, self.keys.events)
+        self._guard = WaitGuard(self.redis, self.settings)
 
     async def __aenter__(self) -> Self:
         return self
@@ -139,6 +142,7 @@ class PoolManager:
         """Stop the reply reader and close the connections."""
         await self._replies.aclose()
         await self._completions.aclose()
+        await self._guard.aclose()
         await self._events_redis.aclose()
         await self._reader_redis.aclose()
         await self.redis.aclose()
@@ -156,7 +160,10 @@ class PoolManager:
 
         With `pool_id` (or a task that names one) the task goes straight to that pool's stream;
         otherwise into the ingress stream to be routed. Raises QueueFull when the target is at
-        its bound, PoolNotFound / PoolUnavailable for a pool that cannot take it.
+        its bound, PoolNotFound / PoolUnavailable for a pool that cannot take it,
+        IdempotencyConflict when its idempotency key names a different request (see
+        `shared.idempotency` for what counts as the same). A routed task is queued even when no
+        orchestrator is running (`orchestrators()` tells): it waits in the ingress for one.
         """
         ids = await self.submit_many([task], pool_id=pool_id, expect_reply=expect_reply)
         return ids[0]
@@ -168,7 +175,11 @@ class PoolManager:
         pool_id: str | None = None,
         expect_reply: bool = True,
     ) -> list[str]:
-        """Queue several tasks in one round trip; return their ids in order."""
+        """Queue several tasks in one round trip; return their ids in order.
+
+        All or nothing when an idempotency key conflicts: two entries with one key are one task
+        if they are the same request, an IdempotencyConflict otherwise.
+        """
         overrides: dict[str, Any] = {"reply_to": self.client_id} if expect_reply else {}
         if pool_id is not None:
             overrides["pool_id"] = pool_id
@@ -182,7 +193,7 @@ class PoolManager:
             else make_task({**defaults, **t}, **overrides)
             for t in tasks
         ]
-        known = await self._claim_idempotency(specs)
+        known = await claim_keys(self.redis, self.keys, specs, self.settings.result_ttl)
         fresh = [s for s in specs if known.get(s.idempotency_key or "", s.id) == s.id]
         if self.settings.redis_cluster:
             failures = await self._submit_per_slot(fresh)
@@ -285,32 +296,6 @@ class PoolManager:
             )
         pipe.expire(keys.task(spec.id), self.settings.result_ttl)
 
-    async def _claim_idempotency(self, specs: list[TaskSpec]) -> dict[str, str]:
-        """Reserve idempotency keys; return {key: first task id} for keys already taken."""
-        first: dict[str, TaskSpec] = {}
-        for spec in specs:
-            if spec.idempotency_key:
-                first.setdefault(spec.idempotency_key, spec)
-        keyed = list(first.values())
-        if not keyed:
-            return {}
-        pipe = self.redis.pipeline(transaction=False)
-        for spec in keyed:
-            key = self.keys.idempotency(spec.idempotency_key or "")
-            pipe.set(key, spec.id, nx=True, ex=self.settings.result_ttl)
-            pipe.get(key)
-        replies = await pipe.execute()
-        known = {
-            spec.idempotency_key or "": text(current)
-            for spec, won, current in zip(keyed, replies[::2], replies[1::2], strict=True)
-            if not won and text(current) != spec.id
-        }
-        for spec in specs:  # a key given twice in one batch: the first task stands for both
-            repeated = spec.idempotency_key
-            if repeated and repeated not in known and first[repeated] is not spec:
-                known[repeated] = first[repeated].id
-        return known
-
     async def _undo_submits(self, specs: Sequence[TaskSpec]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         for spec in specs:
@@ -333,37 +318,46 @@ class PoolManager:
         return error if isinstance(error, ResponseError) else RuntimeError(message)
 
     async def result(self, task_id: str, timeout: float | None = None) -> TaskResult:
-        """Wait for a final result; raise ResultTimeout (the task goes on) or TaskNotFound."""
+        """Wait for a final result; raise ResultTimeout (the task goes on) or TaskNotFound.
+
+        A wait that cannot end stops early: OrchestratorNotRunning (at once, or within a few
+        seconds of the last orchestrator's heartbeat expiring) when the task waits for an
+        orchestrator and none is alive (the task goes on and is routed once one starts),
+        TaskStateLost within a few seconds of the task's record vanishing from Redis.
+        """
         fut = self._replies.awaiting(task_id)
-        if fut is not None:
+        if fut is None:
+            return await self._wait_foreign(task_id, timeout)
+        if not fut.done():
+            guard = self._guard.watch(task_id)
             try:
-                if fut.done():
-                    res = fut.result()
-                elif timeout is None:
-                    res = await asyncio.shield(fut)  # shielded: the reader owns the future
-                else:
-                    res = await asyncio.wait_for(asyncio.shield(fut), timeout)
+                await asyncio.wait(
+                    (fut, guard), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                self._guard.unwatch(task_id, guard)
+            if not fut.done():
+                if guard.done():
+                    raise guard.result()
+                current = await self._status_while_waiting(task_id)
+                if not current.status.is_final:
+                    raise ResultTimeout(
+                        f"task {task_id} is still {current.status} after {timeout}s", task_id
+                    )
                 self._replies.forget(task_id)
-                return res
-            except TimeoutError:
-                current = await self.status(task_id)
-                if current.status.is_final:
-                    self._replies.forget(task_id)
-                    return current
-                raise ResultTimeout(
-                    f"task {task_id} is still {current.status} after {timeout}s", task_id
-                ) from None
-        return await self._wait_foreign(task_id, timeout)
+                return current
+        res = fut.result()
+        self._replies.forget(task_id)
+        return res
 
     async def _wait_foreign(self, task_id: str, timeout: float | None) -> TaskResult:
         """Wait for a task this client did not submit: its TASK_COMPLETED event, or its hash."""
         completed = await self._completions.watch(task_id)  # before the check: none slips by
+        current = await self.status(task_id)  # TaskNotFound: never submitted, or expired
+        guard = self._guard.watch(task_id)
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
-            while True:
-                current = await self.status(task_id)
-                if current.status.is_final:
-                    return current
+            while not current.status.is_final:
                 left = FOREIGN_RECHECK
                 if deadline is not None:
                     left = min(left, deadline - time.monotonic())
@@ -372,10 +366,35 @@ class PoolManager:
                             f"task {task_id} is still {current.status} after {timeout}s", task_id
                         )
                 # the events stream is trimmed, so the hash is looked at again now and then
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(completed.wait(), left)
+                seen = asyncio.ensure_future(completed.wait())
+                try:
+                    await asyncio.wait(
+                        (seen, guard), timeout=left, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    seen.cancel()
+                if guard.done():
+                    raise guard.result()
+                current = await self._status_while_waiting(task_id)
+            return current
         finally:
+            self._guard.unwatch(task_id, guard)
             self._completions.unwatch(task_id, completed)
+
+    async def _status_while_waiting(self, task_id: str) -> TaskResult:
+        """The state of a task known to exist: TaskStateLost if its record is gone."""
+        try:
+            return await self.status(task_id)
+        except TaskNotFound:
+            raise state_lost(task_id) from None
+
+    async def orchestrators(self) -> list[str]:
+        """Ids of the orchestrators alive now (none: routed tasks wait in the ingress)."""
+        return await self._guard.orchestrators()
+
+    async def live_workers(self, pool_id: str) -> int:
+        """How many of the pool's workers have a live heartbeat."""
+        return (await live_workers(self.redis, self.settings, [pool_id]))[pool_id]
 
     async def status(self, task_id: str) -> TaskResult:
         """The task's current state (its final result once it has one); TaskNotFound if unknown."""

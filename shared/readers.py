@@ -1,6 +1,11 @@
 """The client's two blocking readers: its reply stream (results of the tasks it submitted) and
 the events stream (completions of tasks it waits for but did not submit). One connection each,
-however many tasks are waited on."""
+however many tasks are waited on.
+
+Both survive their stream being deleted (Redis restarted empty, FLUSHDB, an expired reply
+stream): when a read finds nothing and the stream no longer exists, they read the new one from
+its start, so entries written with smaller ids than the last one read (a server whose clock is
+behind the old one's) are not skipped."""
 
 from __future__ import annotations
 
@@ -57,6 +62,8 @@ class ReplyReader:
                 await asyncio.sleep(0.2)  # the connection retries; back off before reading again
                 continue
             pairs = flatten_read(reply)
+            if not pairs:
+                last = await _restart_if_gone(self._redis, self._key, last)
             for _, (entry_id, fields) in pairs:
                 last = entry_id
                 try:
@@ -96,6 +103,16 @@ def _after(entry_id: bytes) -> str:
     """The smallest stream id above `entry_id` (XTRIM MINID keeps ids at or above it)."""
     ms, _, seq = entry_id.partition(b"-")
     return f"{int(ms)}-{int(seq or 0) + 1}"
+
+
+async def _restart_if_gone(redis: Redis, key: str, last: bytes) -> bytes:
+    """Where a reader that found nothing reads next: the start, if its stream is gone."""
+    if last in (b"0-0", b"$"):
+        return last
+    try:
+        return last if await redis.exists(key) else b"0-0"
+    except RedisError:
+        return last
 
 
 class CompletionWatcher:
@@ -139,7 +156,10 @@ class CompletionWatcher:
             except RedisError:
                 await asyncio.sleep(0.2)  # the connection retries; back off before reading again
                 continue
-            for _, (entry_id, fields) in flatten_read(reply):
+            pairs = flatten_read(reply)
+            if not pairs:
+                last = await _restart_if_gone(self._redis, self._key, last)
+            for _, (entry_id, fields) in pairs:
                 last = entry_id
                 if fields.get(b"type") == b"TASK_COMPLETED":
                     for event in self._waiters.get(text(fields.get(b"task")), ()):
