@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from shared.client import PoolManager
 from shared.client_errors import IdempotencyConflict
 from shared.config import Settings
+from shared.connection import Redis
 from shared.models import PoolSpec, PoolStatus
 from shared.state import pool_hash_fields
 from tests.conftest import delete_prefix, make_settings
@@ -28,7 +29,7 @@ async def settings(
     await delete_prefix(value.redis_url, prefix)
 
 
-async def fake_pool(redis: aioredis.Redis, settings: Settings, pool_id: str) -> None:
+async def fake_pool(redis: Redis, settings: Settings, pool_id: str) -> None:
     """A running pool's hash, as an orchestrator writes it (no workers: its tasks stay queued)."""
     spec = PoolSpec(id=pool_id, name=pool_id)
     await redis.hset(
@@ -38,7 +39,7 @@ async def fake_pool(redis: aioredis.Redis, settings: Settings, pool_id: str) -> 
 
 
 async def test_the_same_request_gets_the_first_task_a_different_one_is_refused(
-    manager: PoolManager, redis: aioredis.Redis, settings: Settings
+    manager: PoolManager, redis: Redis, settings: Settings
 ) -> None:
     add = {"call": "add", "args": [1, 2], "kwargs": {"a": 1, "b": 2}, "idempotency_key": "job"}
     first = await manager.submit(add)
@@ -64,7 +65,7 @@ async def test_the_same_request_gets_the_first_task_a_different_one_is_refused(
 
 
 async def test_the_target_pool_is_part_of_the_request(
-    manager: PoolManager, redis: aioredis.Redis, settings: Settings
+    manager: PoolManager, redis: Redis, settings: Settings
 ) -> None:
     await fake_pool(redis, settings, "pa")
     await fake_pool(redis, settings, "pb")
@@ -82,7 +83,7 @@ async def test_the_target_pool_is_part_of_the_request(
 
 
 async def test_one_key_twice_in_a_batch(
-    manager: PoolManager, redis: aioredis.Redis, settings: Settings
+    manager: PoolManager, redis: Redis, settings: Settings
 ) -> None:
     ids = await manager.submit_many(
         [
@@ -94,7 +95,7 @@ async def test_one_key_twice_in_a_batch(
     assert ids[0] == ids[2] != ids[1]
     assert await redis.xlen(settings.keys.ingress) == 2
 
-    batch = [
+    batch: list[dict[str, Any]] = [
         {"call": "noop"},
         {"call": "add", "args": [1, 2], "idempotency_key": "fresh"},
         {"call": "add", "args": [5, 5], "idempotency_key": "fresh"},
@@ -108,7 +109,7 @@ async def test_one_key_twice_in_a_batch(
 
 
 async def test_a_key_stored_without_a_digest_matches_any_request(
-    manager: PoolManager, redis: aioredis.Redis, settings: Settings
+    manager: PoolManager, redis: Redis, settings: Settings
 ) -> None:
     first = await manager.submit({"call": "noop"})
     await redis.set(settings.keys.idempotency("old"), first)  # as written before digests
