@@ -9,15 +9,16 @@ import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
-from urllib.parse import urlsplit
 
 import typer
 from pydantic import ValidationError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from orchestrator import cli_render as render
 from shared.config import ENV_PREFIX, Settings, load_settings
-from shared.errors import MahavishnuError, ResultTimeout
+from shared.errors import InvalidRequest, MahavishnuError, ResultTimeout
+from shared.models import MAX_PROMPT_CHARS
 
 if TYPE_CHECKING:
     from shared.client import PoolManager
@@ -27,6 +28,15 @@ T = TypeVar("T")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout.")]
 PromptOpt = Annotated[str | None, typer.Option(help="A prompt for the pool's executor.")]
+PromptFileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--prompt-file",
+        metavar="PATH",
+        help="Read the prompt from a UTF-8 file (`-` for stdin), for prompts too long to pass "
+        "as an argument.",
+    ),
+]
 CallOpt = Annotated[str | None, typer.Option(help="Name of a function the pool registers.")]
 ArgOpt = Annotated[
     list[str] | None,
@@ -64,17 +74,55 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def read_prompt(prompt: str | None, prompt_file: str | None) -> str | None:
+    """The prompt of --prompt or --prompt-file (`-` reads stdin); InvalidRequest names the
+    option, the file and what is wrong with it."""
+    if prompt_file is None:
+        if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
+            raise InvalidRequest(f"--prompt: {_too_long(f'{len(prompt):,} characters')}")
+        return prompt
+    if prompt is not None:
+        raise InvalidRequest("give either --prompt or --prompt-file, not both")
+    name = "stdin" if prompt_file == "-" else repr(prompt_file)
+    most = MAX_PROMPT_CHARS * 4  # UTF-8 takes at most 4 bytes a character
+    try:
+        if prompt_file == "-":
+            raw = sys.stdin.buffer.read(most + 1)
+        else:
+            with open(prompt_file, "rb") as file:
+                raw = file.read(most + 1)
+    except OSError as exc:
+        raise InvalidRequest(
+            f"--prompt-file {name} cannot be read: {exc.strerror or exc}"
+        ) from None
+    if len(raw) > most:
+        raise InvalidRequest(f"--prompt-file {name}: {_too_long(f'more than {most:,} bytes')}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(
+            f"--prompt-file {name} is not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset "
+            f"{exc.start} cannot be decoded"
+        ) from None
+    if not text:
+        raise InvalidRequest(f"--prompt-file {name} is empty")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(f"--prompt-file {name}: {_too_long(f'{len(text):,} characters')}")
+    return text
+
+
+def _too_long(size: str) -> str:
+    return (
+        f"the prompt has {size}; a task's prompt may have at most {MAX_PROMPT_CHARS:,} characters"
+    )
+
+
 def cli_settings() -> Settings:
     """The settings, or exit with the one-line ConfigError (the Redis password masked)."""
     try:
-        settings = load_settings()
-        _ = urlsplit(settings.redis_url).port  # a malformed port fails here, not in redis-py
-        return settings
-    except ValueError as exc:
-        message = f"invalid settings: redis_url is malformed: {exc}"
+        return load_settings()
     except MahavishnuError as exc:
-        message = str(exc)
-    fail(render.mask_secrets(message, os.environ.get(f"{ENV_PREFIX}REDIS_URL", "")))
+        fail(render.mask_secrets(str(exc), os.environ.get(f"{ENV_PREFIX}REDIS_URL", "")))
 
 
 def scrub(message: str, settings: Settings | None) -> str:
@@ -97,6 +145,10 @@ def guard(settings: Settings | None, fn: Callable[P, T], *args: P.args, **kwargs
 
         fail(f"invalid value: {describe_validation_error(exc)}")
     except RedisError as exc:
+        if settings is not None and isinstance(exc, RedisTimeoutError):
+            from shared.connection import unresponsive
+
+            fail(str(unresponsive(settings)))
         where = settings.redis_url_redacted if settings else "the configured URL"
         fail(scrub(f"Redis at {where}: {type(exc).__name__}: {exc}", settings))
     except OSError as exc:

@@ -1,8 +1,9 @@
 """Redis connections and the few stream operations every process shares.
 
-Two kinds of connection: a normal one (short socket timeout, retries) and a blocking-read one
-whose socket timeout is above the longest `BLOCK`, because redis-py's default 5 s timeout would
-break an XREADGROUP that blocks longer.
+Two kinds of connection: a normal one, whose socket timeout is `redis_command_timeout`, and a
+blocking-read one whose socket timeout is that much above the longest `BLOCK`, so an XREAD that
+blocks is not cut short but a Redis that stops answering is still noticed. Only connection
+errors (refused, reset) are retried: a retried timeout would multiply the wait.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.config import Settings
-from shared.errors import BrokerError
+from shared.errors import BrokerError, BrokerUnresponsive
 
 # redis-py annotates replies as unions that change with the protocol version, and command
 # arguments with types narrower than the mappings we pass; clients are typed loosely and every
@@ -44,6 +45,7 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 
 MAX_CONNECTIONS = 64  # per client; more concurrent commands wait for a free connection
 CONNECTION_WAIT = 30.0  # seconds a command waits for a free connection
+LONGEST_CLIENT_BLOCK_MS = 5000  # the longest BLOCK of the client's readers (shared/readers.py)
 
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     RedisConnectionError,
@@ -66,7 +68,12 @@ def connect(settings: Settings, *, blocking: bool = False, retries: int = 5) -> 
     run it; processes whose writes must not repeat (workers, orchestrators) pass `retries=0` and
     retry at a level where their writes are guarded.
     """
-    retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=retries)
+    retry = Retry(
+        ExponentialBackoff(cap=2.0, base=0.05),
+        retries=retries,
+        supported_errors=(RedisConnectionError,),
+    )
+    timeout = blocking_socket_timeout(settings) if blocking else settings.redis_command_timeout
     # a blocking pool makes the 101st concurrent command wait for a connection instead of
     # failing with "Too many connections" (redis-py's default pool holds 100)
     pool = BlockingConnectionPool.from_url(
@@ -74,15 +81,22 @@ def connect(settings: Settings, *, blocking: bool = False, retries: int = 5) -> 
         max_connections=MAX_CONNECTIONS,
         timeout=CONNECTION_WAIT,
         decode_responses=False,
-        socket_timeout=None if blocking else 10.0,
-        socket_connect_timeout=5.0,
+        socket_timeout=timeout,
+        socket_connect_timeout=min(5.0, settings.redis_command_timeout),
         health_check_interval=30,
         retry=retry,
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        retry_on_error=[RedisConnectionError],
         protocol=2,
     )
     pool.connection_class = _HIREDIS_PACKED.get(pool.connection_class, pool.connection_class)
     return aioredis.Redis.from_pool(pool)
+
+
+def blocking_socket_timeout(settings: Settings) -> float:
+    """Socket timeout of blocking-read connections: `redis_command_timeout` above the longest
+    BLOCK any reader uses (a worker's `worker_block_ms`, the client's readers)."""
+    longest_ms = max(settings.worker_block_ms, LONGEST_CLIENT_BLOCK_MS)
+    return longest_ms / 1000 + settings.redis_command_timeout
 
 
 class _HiredisPacking:
@@ -213,3 +227,14 @@ def flatten_read(reply: Iterable[Any] | None) -> list[tuple[str, Entry]]:
 def broker_error(exc: BaseException, settings: Settings) -> BrokerError:
     """A BrokerError naming the (redacted) URL that failed."""
     return BrokerError(f"Redis at {settings.redis_url_redacted} is not reachable: {exc}")
+
+
+def unresponsive(settings: Settings) -> BrokerUnresponsive:
+    """The error for a command that timed out: `Redis at URL did not answer within N s`."""
+    return BrokerUnresponsive(settings.redis_url_redacted, settings.redis_command_timeout)
+
+
+def as_broker_error(exc: BaseException, settings: Settings) -> BaseException:
+    """`exc`, or BrokerUnresponsive when it is a redis-py TimeoutError (for callers that report
+    errors to people: the CLI, the MCP facade)."""
+    return unresponsive(settings) if isinstance(exc, RedisTimeoutError) else exc

@@ -4,6 +4,7 @@
     ├── ConfigError            a setting is invalid (names the field, the value and the source)
     ├── InvalidRequest         bad input from a caller: a task, a pool spec, a CLI flag
     ├── BrokerError            Redis cannot be reached or answered something unusable
+    │   └── BrokerUnresponsive  Redis accepted the connection but did not answer in time
     ├── QueueFull              a bounded stream (ingress, a pool backlog, an inbox) is at its limit
     │   └── InboxFull          a pool's inbox is full: the message was not sent
     ├── NotFound
@@ -36,6 +37,16 @@ class InvalidRequest(MahavishnuError):
 
 class BrokerError(MahavishnuError):
     """Redis could not be reached, or answered something the system cannot use."""
+
+
+class BrokerUnresponsive(BrokerError):
+    """Redis did not answer a command within `redis_command_timeout` (paused, overloaded or
+    behind a broken network); the command may or may not have run."""
+
+    def __init__(self, url: str, seconds: float) -> None:
+        super().__init__(f"Redis at {url} did not answer within {seconds:g} s")
+        self.url = url
+        self.seconds = seconds
 
 
 class QueueFull(MahavishnuError):
