@@ -1,9 +1,12 @@
 """Worker OS processes of `local` pools: start, watch, restart and stop them on this host.
 
-Each worker is `python -m worker --pool P --worker-id W`, started with this orchestrator's
-settings in its environment and its output in `<log_dir>/<pool>/<worker>.log`. A worker that
-exits is restarted with backoff; one that keeps failing before it ever heartbeats makes the pool
-`failed`, with the last line of its log as the reason.
+Each worker is `python -m worker --pool P --worker-id W --managed-by O`, started with this
+orchestrator's settings in its environment and its output in `<log_dir>/<pool>/<worker>.log`.
+The supervisor learns of an exit at once (a watcher per process wakes the supervision loop), so
+a worker that dies is replaced at once and its entries are taken back without waiting for its
+heartbeat to expire. Repeated quick crashes are restarted with exponential backoff; a worker that
+keeps failing before it ever heartbeats makes the pool `failed`, with the last line of its log
+as the reason. A worker asked to stop that is still running past its drain deadline is killed.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +29,8 @@ from shared.config import ENV_PREFIX, Settings
 log = logging.getLogger("mahavishnu.orchestrator.local")
 
 FAILED_STARTS_BEFORE_FAILED = 3
+QUICK_CRASH = 30.0  # a process that exits within this many seconds of starting adds to a streak
+RESTART_BACKOFF_BASE, RESTART_BACKOFF_MAX = 0.5, 30.0
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -56,6 +62,8 @@ class WorkerProcess:
     started_at: float
     log_path: Path
     stopping: bool = False
+    stop_requested_at: float = 0.0  # monotonic time of the SIGTERM
+    killed: bool = False
 
     @property
     def alive(self) -> bool:
@@ -74,16 +82,27 @@ class LocalPool:
     restart_after: float = 0.0
     ever_heartbeat: bool = False
     last_error: str = ""
+    crash_streak: int = 0
 
 
 class LocalPoolSupervisor:
     """Starts and stops worker processes for the local pools this orchestrator owns."""
 
-    def __init__(self, settings: Settings, log_dir: Path) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        log_dir: Path,
+        *,
+        owner_id: str = "",
+        on_exit: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.log_dir = log_dir
+        self.owner_id = owner_id
+        self.on_exit = on_exit  # called when any worker process exits
         self.pools: dict[str, LocalPool] = {}
         self._env = {**os.environ, **settings_env(settings)}
+        self._watchers: set[asyncio.Task[None]] = set()
 
     def pool(self, pool_id: str) -> LocalPool:
         """The process set of a pool (created on first use)."""
@@ -108,6 +127,8 @@ class LocalPoolSupervisor:
                 worker_id,
                 "--concurrency",
                 str(concurrency),
+                "--managed-by",
+                self.owner_id,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
@@ -116,36 +137,78 @@ class LocalPoolSupervisor:
             )
         proc = WorkerProcess(worker_id, process, time.time(), log_path)
         state.processes[worker_id] = proc
+        watcher = asyncio.create_task(self._watch(proc), name=f"watch-{worker_id}")
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
         log.info("started worker %s (pid %d) for pool %s", worker_id, process.pid, pool_id)
         return proc
 
-    def reap(self, pool_id: str, live_heartbeats: set[str]) -> list[WorkerProcess]:
-        """Forget exited processes of a pool; return those that exited without being asked."""
+    async def _watch(self, proc: WorkerProcess) -> None:
+        await proc.process.wait()
+        if self.on_exit is not None:
+            self.on_exit()
+
+    def reap(self, pool_id: str, live_heartbeats: set[str]) -> tuple[list[str], str]:
+        """Forget exited processes of a pool.
+
+        Returns the worker ids of every process that exited (their heartbeats are stale from
+        now on) and, if any exited without being asked, the reason to report.
+        """
         state = self.pool(pool_id)
         if live_heartbeats & set(state.processes):
             state.ever_heartbeat = True
             state.failed_starts = 0
-        crashed = []
+        exited: list[str] = []
+        reason = ""
         for worker_id, proc in list(state.processes.items()):
             if proc.alive:
                 continue
             del state.processes[worker_id]
+            exited.append(worker_id)
             if proc.stopping and proc.process.returncode == 0:
                 continue
-            crashed.append(proc)
-            state.last_error = _last_line(proc.log_path) or f"exit code {proc.process.returncode}"
+            code = proc.process.returncode
+            if proc.killed:
+                reason = f"worker {worker_id} did not drain in time and was killed"
+            else:
+                last = _last_line(proc.log_path)
+                state.last_error = last or f"exit code {code}"
+                reason = f"worker {worker_id} exited with code {code}: {state.last_error}"
             if worker_id not in live_heartbeats and not state.ever_heartbeat:
                 state.failed_starts += 1
-            delay = min(30.0, 0.5 * (2 ** min(state.failed_starts, 6)))
+            quick = time.time() - proc.started_at < QUICK_CRASH
+            state.crash_streak = state.crash_streak + 1 if quick else 1
+            delay = 0.0
+            if state.crash_streak > 1:  # the first crash is restarted at once
+                exponent = min(state.crash_streak - 2, 8)
+                delay = min(RESTART_BACKOFF_MAX, RESTART_BACKOFF_BASE * 2**exponent)
             state.restart_after = time.monotonic() + delay
-            log.warning(
-                "worker %s of pool %s exited (code %s): %s",
-                worker_id,
-                pool_id,
-                proc.process.returncode,
-                state.last_error,
+            log.warning("%s (restart in %.1fs)", reason, delay)
+        return exited, reason
+
+    def overdue(self, pool_id: str, limit: float) -> list[WorkerProcess]:
+        """Kill (SIGKILL, whole process group) workers still running `limit` s after SIGTERM."""
+        now = time.monotonic()
+        late = [
+            p
+            for p in self.pool(pool_id).processes.values()
+            if p.alive and p.stopping and not p.killed and now - p.stop_requested_at > limit
+        ]
+        for proc in late:
+            log.error(
+                "worker %s (pid %d) did not drain within %.0fs: killing it",
+                proc.worker_id,
+                proc.process.pid,
+                limit,
             )
-        return crashed
+            proc.killed = True
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.process.pid, signal.SIGKILL)
+        return late
+
+    def managed(self, pool_id: str) -> set[str]:
+        """Worker ids of every process of the pool this supervisor started and still has."""
+        return set(self.pool(pool_id).processes)
 
     def may_start(self, pool_id: str) -> bool:
         """Whether the restart backoff of the pool has passed."""
@@ -162,6 +225,7 @@ class LocalPoolSupervisor:
     def stop_worker(self, proc: WorkerProcess) -> None:
         """Ask one worker to drain and exit (SIGTERM)."""
         proc.stopping = True
+        proc.stop_requested_at = time.monotonic()
         with contextlib.suppress(ProcessLookupError):
             proc.process.send_signal(signal.SIGTERM)
 
@@ -179,6 +243,7 @@ class LocalPoolSupervisor:
         for proc in self.pool(pool_id).processes.values():
             if proc.alive:
                 log.warning("worker %s did not drain in time: killing it", proc.worker_id)
+                proc.killed = True
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.process.pid, signal.SIGKILL)
 
@@ -204,6 +269,8 @@ class LocalPoolSupervisor:
             await asyncio.wait(pending, timeout=5)
         for w in pending:
             w.cancel()
+        for watcher in list(self._watchers):
+            watcher.cancel()
 
 
 def _last_line(path: Path) -> str:

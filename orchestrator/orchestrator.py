@@ -57,6 +57,7 @@ log = logging.getLogger("mahavishnu.orchestrator")
 
 MAX_WAITING = 10_000
 BACKLOG_MAX_AGE = 0.1  # seconds a pool's backlog is trusted without an XLEN
+LOOP_STOP_WAIT = 5.0  # seconds the loops get to notice a stop before they are cancelled
 
 
 @dataclass
@@ -87,7 +88,13 @@ class Orchestrator:
         self.router = Router(settings.pool_routing_strategy)
         self.records = Records(self.redis, self._scripts, settings, self.id)
         self.reclaimer = Reclaimer(self.records, self._lease_ms)
-        local = LocalPoolSupervisor(settings, log_dir or Path(".mahavishnu/logs"))
+        self._tick_soon = asyncio.Event()  # a control command or a worker exit asks for a tick
+        local = LocalPoolSupervisor(
+            settings,
+            log_dir or Path(".mahavishnu/logs"),
+            owner_id=self.id,
+            on_exit=self._tick_soon.set,
+        )
         self.supervisor = PoolSupervisor(self.records, self.reclaimer, local, self._lease_ms)
         self.stop_workers_on_exit = stop_workers_on_exit
         self._waiting: list[_Waiting] = []
@@ -97,7 +104,6 @@ class Orchestrator:
         self._tick_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._ticked = asyncio.Event()
-        self._tick_soon = asyncio.Event()  # a control command asks for a tick now
         self.routed = 0
 
     @property
@@ -138,9 +144,15 @@ class Orchestrator:
                     raise task.exception()  # type: ignore[misc]
         finally:
             self._stopping.set()
-            for task in (*loops, stopped):
+            stopped.cancel()
+            # the loops end on `_stopping`; cancelling them is only the fallback, since
+            # redis-py can swallow a cancel that lands inside a pipeline (see worker.worker)
+            _, late = await asyncio.wait(loops, timeout=LOOP_STOP_WAIT)
+            for task in late:
+                log.warning("%s loop did not stop in time: cancelling it", task.get_name())
                 task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            if late:
+                await asyncio.wait(late, timeout=LOOP_STOP_WAIT)
             await self._shutdown()
 
     async def _shutdown(self) -> None:
@@ -354,7 +366,7 @@ class Orchestrator:
         if not views:
             return []
         # only a pool that could take work needs its backlog read (an idle one costs nothing)
-        serving = [v for v in views if v.live_workers and v.status in ROUTABLE_STATUSES]
+        serving = [v for v in views if v.serving and v.status in ROUTABLE_STATUSES]
         now = time.monotonic()
         known = self._backlogs
         if now - self._backlogs_read_at > BACKLOG_MAX_AGE or any(
@@ -375,7 +387,7 @@ class Orchestrator:
                 status=v.status,
                 worker_type=v.spec.worker_type,
                 labels=v.spec.labels,
-                live_workers=len(v.live_workers),
+                live_workers=len(v.serving),
                 capacity=v.capacity,
                 backlog=int(b),
                 max_queue=v.spec.max_queue,

@@ -4,6 +4,12 @@ Each pool is supervised by the one orchestrator holding its lease (a key with a 
 every tick); when that orchestrator dies the lease expires and another adopts the pool. The
 holder reconciles local worker processes with the pool's target (and autoscales), moves the
 pool's status, writes its load hash, takes back lost entries, and finishes closing it.
+
+Who counts: a worker *serves* when its heartbeat is live and it is not draining. The pool's
+target counts only the processes this orchestrator started (`local`); workers it did not start
+(another host, a container, an orphan of a dead orchestrator) are `external`: they add capacity
+and are never stopped. A draining worker counts for neither; one still draining past its drain
+deadline is `stuck`, and a local one is killed.
 """
 
 from __future__ import annotations
@@ -25,10 +31,29 @@ from shared.errors import MalformedMessage
 from shared.keys import WORKER_GROUP
 from shared.models import PoolSpec, PoolStatus, PoolType
 from shared.state import ACCEPTING_STATUSES
+from worker.worker import drain_deadline
 
 log = logging.getLogger("mahavishnu.orchestrator")
 
 AUTOSCALE_COOLDOWN = 10.0
+KILL_MARGIN = 5.0  # seconds past a worker's own drain deadline before its supervisor kills it
+
+
+def is_draining(beat: dict[str, str]) -> bool:
+    """Whether a worker heartbeat says the worker is draining."""
+    return beat.get("status") == "draining"
+
+
+def is_stuck(beat: dict[str, str], now: float) -> bool:
+    """Whether a worker has been draining for longer than its own drain deadline."""
+    if not is_draining(beat):
+        return False
+    try:
+        since = float(beat.get("draining_since", "0") or 0)
+        limit = float(beat.get("drain_deadline", "0") or 0)
+    except ValueError:
+        return False
+    return since > 0 and limit > 0 and now - since > limit
 
 
 @dataclass
@@ -42,11 +67,36 @@ class PoolView:
     live_workers: dict[str, dict[str, str]] = field(default_factory=dict)
     members: set[str] = field(default_factory=set)
     backlog: int = 0
+    local: set[str] = field(default_factory=set)  # processes the supervisor started and has
+
+    @property
+    def serving(self) -> dict[str, dict[str, str]]:
+        """Live workers that are not draining."""
+        return {w: b for w, b in self.live_workers.items() if not is_draining(b)}
+
+    @property
+    def serving_local(self) -> int:
+        """Serving workers that the supervisor started."""
+        return sum(1 for w in self.serving if w in self.local)
+
+    @property
+    def external(self) -> int:
+        """Serving workers that the supervisor did not start."""
+        return sum(1 for w in self.serving if w not in self.local)
+
+    @property
+    def draining(self) -> int:
+        """Live workers that are draining."""
+        return sum(1 for b in self.live_workers.values() if is_draining(b))
+
+    def stuck(self, now: float) -> int:
+        """Live workers draining past their own drain deadline."""
+        return sum(1 for b in self.live_workers.values() if is_stuck(b, now))
 
     @property
     def capacity(self) -> int:
-        """Sum of the live workers' concurrency."""
-        return sum(int(w.get("concurrency", "0") or 0) for w in self.live_workers.values())
+        """Sum of the serving workers' concurrency."""
+        return sum(int(w.get("concurrency", "0") or 0) for w in self.serving.values())
 
     @property
     def in_flight(self) -> int:
@@ -134,16 +184,16 @@ class PoolSupervisor:
         """One pass over a pool this orchestrator holds the lease of (`pending`: its task
         stream's `XPENDING` summary, read for all pools at once)."""
         pool_id = view.spec.id
-        live = set(view.live_workers)
         if view.status is PoolStatus.CLOSING:
             await self._finish_close(view)
             return
         if view.status not in ACCEPTING_STATUSES:
             return
-        starting = {p.worker_id for p in self.local.alive(pool_id)}
-        await self.reclaimer.pool_entries(pool_id, live | starting, pending)
         if view.spec.pool_type is PoolType.LOCAL:
-            self.local.reap(pool_id, live)
+            await self._reap(view)
+        starting = {p.worker_id for p in self.local.alive(pool_id)}
+        await self.reclaimer.pool_entries(pool_id, set(view.live_workers) | starting, pending)
+        if view.spec.pool_type is PoolType.LOCAL:
             if self.local.start_failed(pool_id):
                 self.local.stop_pool(pool_id)
                 detail = f"workers fail to start: {self.local.pool(pool_id).last_error}"
@@ -153,22 +203,48 @@ class PoolSupervisor:
             await self._reconcile_processes(view, self._autoscale(view))
         await self._set_status(view, self._wanted_status(view), "")
 
+    async def _reap(self, view: PoolView) -> None:
+        """Forget exited processes at once (their heartbeats and entries with them) and kill
+        those draining past their deadline."""
+        pool_id = view.spec.id
+        killed = self.local.overdue(pool_id, drain_deadline(self.settings) + KILL_MARGIN)
+        exited, reason = self.local.reap(pool_id, set(view.live_workers))
+        view.local = self.local.managed(pool_id)
+        if not exited and not killed:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for worker_id in exited:
+            view.live_workers.pop(worker_id, None)
+            view.members.discard(worker_id)
+            pipe.delete(self.keys.worker(worker_id))
+            pipe.srem(self.keys.pool_workers(pool_id), worker_id)
+        if killed and not reason:
+            names = ", ".join(p.worker_id for p in killed)
+            reason = f"killed {names}: still draining past the drain deadline"
+        if reason:
+            restart = {"last_restart_at": repr(time.time()), "last_restart_reason": reason[:500]}
+            pipe.hset(self.keys.pool(pool_id), mapping=restart)
+            pipe.hincrby(self.keys.pool(pool_id), "restarts", 1)
+        await pipe.execute()
+
     @staticmethod
     def _wanted_status(view: PoolView) -> PoolStatus:
         target = view.target
-        serving = len(view.live_workers)
+        local = view.spec.pool_type is PoolType.LOCAL
+        serving = view.serving_local if local else len(view.serving)
+        anyone = len(view.serving)  # external workers serve the pool too
         if view.status is PoolStatus.SCALING and (serving > 0 or target == 0):
             return PoolStatus.RUNNING if serving == target else PoolStatus.SCALING
         if serving >= max(target, 1) or target == 0:  # a pool scaled to zero runs, idle
             return PoolStatus.RUNNING
-        if view.status is PoolStatus.STARTING:
+        if view.status is PoolStatus.STARTING and not anyone:
             return PoolStatus.STARTING
-        return PoolStatus.DEGRADED if serving == 0 else PoolStatus.RUNNING
+        return PoolStatus.DEGRADED if anyone == 0 else PoolStatus.RUNNING
 
     async def _set_status(self, view: PoolView, status: PoolStatus, detail: str) -> None:
         if status is view.status:
             return
-        detail = detail or f"{len(view.live_workers)}/{view.target} workers"
+        detail = detail or _workers_detail(view)
         if await self.records.set_pool_status(view.spec.id, status, detail, expect=[view.status]):
             view.status = status
 
@@ -197,12 +273,12 @@ class PoolSupervisor:
         if target != view.target:
             await self.redis.hset(self.keys.pool(pool_id), "target_workers", str(target))
             view.raw["target_workers"] = str(target)
-        mine = self.local.alive(pool_id)
-        serving = set(view.live_workers) | {p.worker_id for p in mine}
-        missing = target - len(serving)
+        mine = self.local.alive(pool_id)  # started by us, not asked to stop, not exited
+        missing = target - len(mine)
         if missing > 0 and self.local.may_start(pool_id):
             for _ in range(min(missing, 8)):
-                await self.local.start_worker(pool_id, view.spec.concurrency)
+                proc = await self.local.start_worker(pool_id, view.spec.concurrency)
+                view.local.add(proc.worker_id)
         elif missing < 0:
             for proc in sorted(mine, key=lambda p: p.started_at, reverse=True)[:-missing]:
                 self.local.stop_worker(proc)
@@ -289,7 +365,11 @@ class PoolSupervisor:
             pipe.hset(
                 self.keys.pool_load(pool_id),
                 mapping={
-                    "workers": len(view.live_workers),
+                    "workers": len(view.serving),
+                    "local_workers": view.serving_local,
+                    "external_workers": view.external,
+                    "draining": view.draining,
+                    "stuck": view.stuck(time.time()),
                     "capacity": view.capacity,
                     "in_flight": in_flight,
                     "queued": max(0, view.backlog - in_flight),
@@ -302,3 +382,14 @@ class PoolSupervisor:
                 pipe.srem(self.keys.pool_workers(pool_id), *dead)
         if len(pipe):
             await pipe.execute()
+
+
+def _workers_detail(view: PoolView) -> str:
+    """E.g. "2/2 workers", "2/2 workers + 1 external", with draining ones named."""
+    local = view.serving_local if view.spec.pool_type is PoolType.LOCAL else len(view.serving)
+    text_ = f"{local}/{view.target} workers"
+    if view.spec.pool_type is PoolType.LOCAL and view.external:
+        text_ += f" + {view.external} external"
+    if view.draining:
+        text_ += f", {view.draining} draining"
+    return text_

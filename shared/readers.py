@@ -14,6 +14,7 @@ import contextlib
 
 from redis.exceptions import RedisError
 
+from shared.aio import stop_task
 from shared.codec import ResultShare, decode
 from shared.connection import Redis, flatten_read, text
 from shared.errors import MalformedMessage
@@ -32,6 +33,7 @@ class ReplyReader:
         self._early: dict[str, TaskResult] = {}
         self._unclaimed: dict[str, None] = {}  # delivered, not yet asked for (in order)
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     def expect(self, task_id: str) -> asyncio.Future[TaskResult]:
         fut = self._waiting.get(task_id)
@@ -55,7 +57,7 @@ class ReplyReader:
 
     async def _run(self) -> None:
         last = b"0-0"
-        while True:
+        while not self._closed:
             try:
                 reply = await self._redis.xread({self._key: last}, count=500, block=5000)
             except RedisError:
@@ -91,10 +93,8 @@ class ReplyReader:
                 self._waiting.pop(oldest, None)
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._closed = True
+        await stop_task(self._task)
         for fut in self._waiting.values():
             fut.cancel()
 
@@ -125,6 +125,7 @@ class CompletionWatcher:
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
         self._reading = asyncio.Event()
+        self._closed = False
 
     async def watch(self, task_id: str) -> asyncio.Event:
         """An event set when the task's TASK_COMPLETED is seen (call `unwatch` when done)."""
@@ -150,7 +151,7 @@ class CompletionWatcher:
         except RedisError:
             last = b"$"  # the waiters' periodic look at the hash covers what this misses
         self._reading.set()
-        while self._waiters:
+        while self._waiters and not self._closed:
             try:
                 reply = await self._redis.xread({self._key: last}, count=1000, block=2000)
             except RedisError:
@@ -166,7 +167,5 @@ class CompletionWatcher:
                         event.set()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._closed = True
+        await stop_task(self._task)

@@ -27,6 +27,7 @@ from functools import partial
 
 from redis.exceptions import RedisError
 
+from shared.aio import stop_task
 from shared.client_errors import OrchestratorNotRunning, state_lost
 from shared.config import Settings
 from shared.connection import Redis, text
@@ -129,6 +130,7 @@ class WaitGuard:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._alive_until = 0.0  # monotonic time until which an orchestrator is known alive
+        self._closed = False
 
     def watch(self, task_id: str) -> asyncio.Future[Exception]:
         """A future set to the error a wait for this task must raise (call `unwatch` after)."""
@@ -163,7 +165,7 @@ class WaitGuard:
 
     async def _run(self) -> None:
         next_full = time.monotonic() + WATCH_INTERVAL
-        while self._watched:
+        while self._watched and not self._closed:
             left = next_full - time.monotonic()
             if left > 0:
                 with contextlib.suppress(TimeoutError):
@@ -242,7 +244,5 @@ class WaitGuard:
                 fut.set_result(error())
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._closed = True
+        await stop_task(self._task)

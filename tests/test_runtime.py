@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 
 from shared import client as client_module
 from shared.client import PoolManager
+from shared.client_errors import IdempotencyConflict
 from shared.config import Settings
 from shared.errors import (
     InboxFull,
@@ -239,9 +240,14 @@ async def test_an_idempotency_key_returns_the_first_task(
         {"call": "add", "args": [1, 1], "idempotency_key": "job-42"}, pool_id=pool_id
     )
     again = await manager.submit(
-        {"call": "add", "args": [9, 9], "idempotency_key": "job-42"}, pool_id=pool_id
+        {"call": "add", "args": [1, 1], "timeout": 9, "idempotency_key": "job-42"},
+        pool_id=pool_id,
     )
     assert again == first
+    with pytest.raises(IdempotencyConflict, match=first):
+        await manager.submit(
+            {"call": "add", "args": [9, 9], "idempotency_key": "job-42"}, pool_id=pool_id
+        )
     assert (await manager.result(first, timeout=15)).output == 2
 
 
@@ -416,7 +422,7 @@ async def test_one_idempotency_key_twice_in_a_batch_submits_one_task(
     ids = await manager.submit_many(
         [
             {"call": "add", "args": [1, 2], "idempotency_key": "k"},
-            {"call": "add", "args": [5, 5], "idempotency_key": "k"},
+            {"call": "add", "args": [1, 2], "idempotency_key": "k"},
         ],
         pool_id=pool_id,
     )

@@ -22,6 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-id", default=None, help="consumer name (default: generated)")
     parser.add_argument("--concurrency", type=int, default=None, help="tasks run at once")
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    parser.add_argument(
+        "--managed-by",
+        default="",
+        help="id of the orchestrator supervising this process (set by local pools; a worker "
+        "started without it is an external worker that adds capacity)",
+    )
     args = parser.parse_args(argv)
     if args.concurrency is not None and args.concurrency < 1:
         parser.error(f"--concurrency must be at least 1, got {args.concurrency}")
@@ -35,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
                 concurrency=args.concurrency,
                 burst=args.burst,
                 worker_id=args.worker_id,
+                managed_by=args.managed_by,
             )
         )
     except MahavishnuError as exc:

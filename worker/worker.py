@@ -9,7 +9,13 @@ is alive; an entry is never taken from a live worker merely because it is old.
 
 On SIGTERM (or when its pool starts closing) the worker drains: it stops reading, lets in-flight
 tasks finish within the grace period, hands back what is left, leaves its consumer group and
-exits.
+exits. A second SIGTERM hands back at once. Whatever its tasks or Redis do, a drain ends by
+itself: past `drain_deadline` the process exits (its entries are then taken back like a dead
+worker's), and its supervisor kills it if even that fails.
+
+The background loops stop on an event, never by cancellation: redis-py can swallow a cancel
+that lands inside a pipeline's execute (seen with redis-py 8.1 on Python 3.11, about one cancel
+in 200), which left the heartbeat loop running forever and the worker "draining" for good.
 """
 
 from __future__ import annotations
@@ -69,6 +75,14 @@ log = logging.getLogger("mahavishnu.worker")
 HEARTBEAT_EVENT_EVERY = 10.0
 DEADLINE_TICK = 0.05  # timeouts are enforced to within this many seconds
 START_SKIP, START_RUN, START_CANCELLED = 0, 1, 2  # what shared.scripts.START_TASK answers
+DRAIN_EXIT_MARGIN = 10.0  # seconds past drain_grace for handing back and writing results
+EXIT_DRAIN_OVERDUE = 3  # exit code of a worker whose drain did not end in time
+LOOP_STOP_WAIT = 5.0  # seconds a background loop gets to notice its stop event
+
+
+def drain_deadline(settings: Settings) -> float:
+    """Seconds from a stop request after which a worker exits whatever it is doing."""
+    return settings.drain_grace + DRAIN_EXIT_MARGIN
 
 
 @dataclass
@@ -114,8 +128,12 @@ class Worker:
         concurrency: int | None = None,
         worker_id: str | None = None,
         burst: bool = False,
+        managed_by: str = "",
+        exit_when_overdue: bool = False,
     ) -> None:
         self.settings = settings
+        self.managed_by = managed_by  # the orchestrator that started this process, if any
+        self._exit_when_overdue = exit_when_overdue  # a worker process: yes; in-process: no
         self.keys = settings.keys
         self.pool_id = pool_id
         self.worker_id = worker_id or new_id("w")
@@ -135,6 +153,12 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._finishing = asyncio.Event()  # reading and draining are over: flush and exit
+        self._hurry = asyncio.Event()  # a second stop request: hand back without waiting
+        self._loops_done = asyncio.Event()  # tells the heartbeat and deadline loops to end
+        self._stop_requested_at: float | None = None
+        self._pool_gone_since: float | None = None
+        self._manager_gone_since: float | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
         self._started_at = time.time()
         self.completed = 0
 
@@ -149,8 +173,36 @@ class Worker:
         return self.keys.pool_inbox(self.pool_id)
 
     def request_stop(self) -> None:
-        """Begin a graceful drain (what SIGTERM does)."""
+        """Begin a graceful drain (what SIGTERM does); a second request hands back at once."""
+        if self._stopping.is_set() and self._stop_requested_at is not None:
+            log.info("second stop request: handing back running tasks now")
+            self._hurry.set()
+        self._begin_drain()
+
+    def _begin_drain(self) -> None:
+        """Mark the worker stopping and arm the watchdog that ends an overdue drain."""
         self._stopping.set()
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.time()
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing to guard
+                loop = asyncio.get_running_loop()
+                self._watchdog = loop.call_later(drain_deadline(self.settings), self._overdue)
+
+    def _overdue(self) -> None:
+        held = len(self._running)
+        limit = drain_deadline(self.settings)
+        if not self._exit_when_overdue:
+            log.error("drain did not end within %.0fs (%d task(s) held): hurrying", limit, held)
+            self._hurry.set()
+            return
+        log.error(
+            "drain did not end within %.0fs (%d task(s) still held): exiting; their entries "
+            "are taken back like a dead worker's",
+            limit,
+            held,
+        )
+        logging.shutdown()
+        os._exit(EXIT_DRAIN_OVERDUE)
 
     async def start(self) -> None:
         """Load the pool's spec, build the executor, join the consumer group and register."""
@@ -192,19 +244,19 @@ class Worker:
             await self._read_loop()
             await self._drain()
         finally:
-            self._stopping.set()
+            self._begin_drain()
             self._finishing.set()
             self._flush_wanted.set()
             await flusher
-            for loop_task in (heart, deadlines):
-                loop_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await loop_task
+            self._loops_done.set()
+            await _stop_loops(heart, deadlines)
             await self._leave()
             if self._executor is not None:
                 await self._executor.aclose()
             await self._reader.aclose()
             await self.redis.aclose()
+            if self._watchdog is not None:
+                self._watchdog.cancel()
 
     # ------------------------------------------------------------------ reading
 
@@ -259,10 +311,11 @@ class Worker:
     async def _rejoin(self) -> None:
         """Our stream or group vanished: stop if the pool is going away, else re-create them."""
         status = text(await self.redis.hget(self.keys.pool(self.pool_id), "status"))
-        if status not in ACCEPTING_STATUSES:
-            log.info("pool %s is %s: stopping", self.pool_id, status or "gone")
-            self._stopping.set()
+        if status and status not in ACCEPTING_STATUSES:
+            log.info("pool %s is %s: stopping", self.pool_id, status)
+            self._begin_drain()
             return
+        # a pool hash that is gone too (Redis lost its data) is waited for by the heartbeat
         await ensure_group(self.redis, self.stream, WORKER_GROUP)
         await ensure_group(self.redis, self.inbox, WORKER_GROUP)
 
@@ -552,6 +605,9 @@ class Worker:
                 "started_at": repr(self._started_at),
                 "last_seen": repr(now),
                 "status": "draining" if self._stopping.is_set() else "running",
+                "draining_since": repr(self._stop_requested_at or 0.0),
+                "drain_deadline": repr(drain_deadline(self.settings)),
+                "managed_by": self.managed_by,
             },
         )
         pipe.pexpire(key, int(self.settings.heartbeat_ttl * 1000))
@@ -572,8 +628,8 @@ class Worker:
     async def _deadline_loop(self) -> None:
         """Cancel tasks past their timeout (one timer for all tasks, not one per task)."""
         loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(DEADLINE_TICK)
+        while not self._loops_done.is_set():
+            await wait_any(self._loops_done, timeout=DEADLINE_TICK)
             now = loop.time()
             for item in list(self._running.values()):
                 if now >= item.deadline and item.task is not None and not item.task.done():
@@ -582,12 +638,15 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         last_event = 0.0
-        while True:
-            await asyncio.sleep(self.settings.heartbeat_interval)
+        while not self._loops_done.is_set():
+            await wait_any(self._loops_done, timeout=self.settings.heartbeat_interval)
+            if self._loops_done.is_set():
+                return
             running = list(self._running.values())
             pipe = self.redis.pipeline(transaction=False)
-            self._queue_heartbeat(pipe)
+            self._queue_heartbeat(pipe)  # three commands
             pipe.hget(self.keys.pool(self.pool_id), "status")
+            pipe.exists(self.keys.orchestrator(self.managed_by or "-"))
             for item in running:
                 pipe.hget(self.keys.task(item.message.task.id), "cancel_requested")
             now = time.time()
@@ -607,15 +666,43 @@ class Worker:
             except RedisError as exc:  # any error: a worker without heartbeats loses its work
                 log.warning("heartbeat failed: %s", exc)
                 continue
-            status = text(replies[3])
-            if status in (PoolStatus.CLOSING, PoolStatus.CLOSED, PoolStatus.FAILED, ""):
-                if not self._stopping.is_set():
-                    log.info("pool %s is %s: draining", self.pool_id, status or "gone")
-                self._stopping.set()
-            for item, flag in zip(running, replies[4 : 4 + len(running)], strict=True):
+            status, manager_alive, *flags = replies[3 : 5 + len(running)]
+            self._check_pool(text(status), bool(manager_alive), now)
+            for item, flag in zip(running, flags, strict=True):
                 if text(flag) == "1" and not item.cancel_requested and item.task is not None:
                     item.cancel_requested = True
                     item.task.cancel()
+
+    def _check_pool(self, status: str, manager_alive: bool, now: float) -> None:
+        """Drain when the pool is closing or has failed, when its hash has been gone for a
+        while (a Redis that lost its data gets time for the orchestrator to re-register it),
+        or when the orchestrator that started this process has been gone for a while (its
+        successor starts workers of its own; an orphan would only add to the target)."""
+        patience = self.pool_gone_patience
+        if status in (PoolStatus.CLOSING, PoolStatus.CLOSED, PoolStatus.FAILED):
+            self._stop_because(f"pool {self.pool_id} is {status}")
+        if status:
+            self._pool_gone_since = None
+        else:
+            self._pool_gone_since = self._pool_gone_since or now
+            if now - self._pool_gone_since > patience:
+                self._stop_because(f"pool {self.pool_id} is gone")
+        if not self.managed_by or manager_alive:
+            self._manager_gone_since = None
+        else:
+            self._manager_gone_since = self._manager_gone_since or now
+            if now - self._manager_gone_since > patience:
+                self._stop_because(f"orchestrator {self.managed_by} that started it is gone")
+
+    @property
+    def pool_gone_patience(self) -> float:
+        """Seconds a vanished pool hash or orchestrator is waited for before draining."""
+        return 3 * self.settings.orchestrator_lease_ttl
+
+    def _stop_because(self, why: str) -> None:
+        if not self._stopping.is_set():
+            log.info("%s: draining", why)
+        self._begin_drain()
 
     # -------------------------------------------------------------------- drain
 
@@ -623,28 +710,58 @@ class Worker:
         """Let in-flight tasks finish within the grace period; hand back the rest."""
         pending = [r.task for r in self._running.values() if r.task is not None]
         if pending:
-            await asyncio.wait(pending, timeout=self.settings.drain_grace)
+            # cancelling these two waiters leaves the tasks themselves running
+            finished = asyncio.create_task(asyncio.wait(pending))
+            hurry = asyncio.create_task(self._hurry.wait())
+            await asyncio.wait(
+                [finished, hurry],
+                timeout=self.settings.drain_grace,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            for waiter in (finished, hurry):
+                waiter.cancel()
+            await asyncio.gather(finished, hurry, return_exceptions=True)
         leftovers = [r for r in self._running.values() if r.task is not None and not r.task.done()]
         for r in leftovers:
             assert r.task is not None
             r.handing_back = True
             r.task.cancel()
         if leftovers:
-            await asyncio.gather(*(r.task for r in leftovers if r.task), return_exceptions=True)
+            tasks = [r.task for r in leftovers if r.task is not None]
+            _, ignoring = await asyncio.wait(tasks, timeout=DRAIN_EXIT_MARGIN / 2)
+            if ignoring:
+                log.warning("%d task(s) ignore cancellation: handing them back", len(ignoring))
             # a task that finished just before its cancel landed has a result to flush instead
-            unfinished = [r for r in leftovers if r.task is not None and r.task.cancelled()]
+            unfinished = [r for r in leftovers if r.task is not None and not r.task.done()]
+            unfinished += [r for r in leftovers if r.task is not None and r.task.cancelled()]
             await self._hand_back(unfinished)
 
     async def _hand_back(self, leftovers: list[_Running]) -> None:
-        """Return unfinished entries to the pool's stream as fresh entries (same attempt)."""
-        pipe = self.redis.pipeline(transaction=False)
+        """Return unfinished entries to the pool's stream as fresh entries (same attempt).
+
+        Retried until the drain margin is spent; then the entries stay pending on this worker
+        and are taken back once it has exited.
+        """
+        deadline = time.monotonic() + DRAIN_EXIT_MARGIN / 2
+        backoff = 0.1
+        while True:
+            pipe = self.redis.pipeline(transaction=False)
+            for r in leftovers:
+                pipe.xadd(self.stream, encode(r.message))
+                self._scripts.set_task(pipe, self.keys.task(r.message.task.id), status="queued")
+            ack_and_delete(pipe, self.stream, WORKER_GROUP, [r.entry_id for r in leftovers])
+            try:
+                await self._scripts.execute(pipe)
+                log.info("handed back %d unfinished task(s)", len(leftovers))
+                break
+            except RedisError as exc:
+                if time.monotonic() + backoff > deadline:
+                    log.error("could not hand back %d task(s): %s", len(leftovers), exc)
+                    break
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
         for r in leftovers:
-            pipe.xadd(self.stream, encode(r.message))
-            self._scripts.set_task(pipe, self.keys.task(r.message.task.id), status="queued")
             self._running.pop(r.entry_id, None)
-        ack_and_delete(pipe, self.stream, WORKER_GROUP, [r.entry_id for r in leftovers])
-        await self._scripts.execute(pipe)
-        log.info("handed back %d unfinished task(s)", len(leftovers))
 
     async def _leave(self) -> None:
         """Leave the group (only once nothing is pending on us) and drop the heartbeat."""
@@ -663,6 +780,19 @@ class Worker:
             log.warning("could not leave the group cleanly: %s", exc)
 
 
+async def _stop_loops(*loops: asyncio.Task[None]) -> None:
+    """Wait for loops told to stop by their event; cancel any that does not end in time."""
+    _, late = await asyncio.wait(loops, timeout=LOOP_STOP_WAIT)
+    for loop_task in late:
+        log.warning("%s loop did not stop in time: cancelling it", loop_task.get_name())
+        loop_task.cancel()
+    if late:
+        await asyncio.wait(late, timeout=LOOP_STOP_WAIT)
+    for loop_task in loops:
+        if loop_task.done() and not loop_task.cancelled() and loop_task.exception() is not None:
+            log.error("%s loop failed: %r", loop_task.get_name(), loop_task.exception())
+
+
 async def serve(
     settings: Settings,
     pool_id: str,
@@ -670,9 +800,18 @@ async def serve(
     concurrency: int | None = None,
     burst: bool = False,
     worker_id: str | None = None,
+    managed_by: str = "",
 ) -> int:
     """Run a worker until SIGTERM/SIGINT (drain) and return a process exit code."""
-    worker = Worker(settings, pool_id, concurrency=concurrency, burst=burst, worker_id=worker_id)
+    worker = Worker(
+        settings,
+        pool_id,
+        concurrency=concurrency,
+        burst=burst,
+        worker_id=worker_id,
+        managed_by=managed_by,
+        exit_when_overdue=True,
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop)
