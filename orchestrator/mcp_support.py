@@ -7,8 +7,9 @@ default timeout).
 
 Errors the system raises on purpose become `ToolError`s whose text the model reads: which
 argument was wrong and why, which pool or task is unknown, that a queue is full, that no
-orchestrator answered, that Redis cannot be reached. Anything else is a bug and stays hidden
-behind the SDK's generic message (and is logged with its traceback).
+orchestrator answered, that Redis cannot be reached or did not answer within
+`redis_command_timeout`. Anything else is a bug and stays hidden behind the SDK's generic
+message (and is logged with its traceback).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
 from mcp_types import ToolAnnotations
 from pydantic import ConfigDict, ValidationError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from orchestrator.mcp_params import PROMPT_LIMIT
 from shared.codec import describe_validation_error
 from shared.config import Settings
+from shared.connection import unresponsive
 from shared.errors import (
     BrokerError,
     ExecutorError,
@@ -127,7 +130,10 @@ def tool_errors(settings: Settings) -> Iterator[None]:
     except PoolUnavailable as exc:
         raise ToolError(f"pool unavailable: {exc}") from None
     except OrchestratorUnavailable as exc:
-        raise ToolError(f"no orchestrator: {exc}") from None
+        text = str(exc)
+        raise ToolError(
+            text if text.startswith("no orchestrator") else f"no orchestrator: {text}"
+        ) from None
     except ResultTimeout as exc:
         raise ToolError(
             f"timed out: {exc}; poll task_result with task_id={exc.task_id!r}"
@@ -136,6 +142,8 @@ def tool_errors(settings: Settings) -> Iterator[None]:
         raise ToolError(f"executor error: {exc}") from None
     except BrokerError as exc:
         raise ToolError(str(exc)) from None
+    except RedisTimeoutError:
+        raise ToolError(str(unresponsive(settings))) from None
     except (RedisError, OSError) as exc:
         raise ToolError(
             f"Redis at {settings.redis_url_redacted} is not reachable or failed: "

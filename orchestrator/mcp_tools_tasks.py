@@ -1,7 +1,8 @@
 """The MCP facade's task tools: execute (on a pool, or routed), submit, status, result, cancel.
 
 Every tool goes through the facade's one PoolManager. A call that waits respects its wait bound:
-a task not done by then is returned with done=false and its task_id, never an error.
+a task not done by then, or that waits for an orchestrator when none runs, is returned with
+done=false and its task_id, never an error.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from orchestrator.mcp_support import (
     tool_errors,
 )
 from shared.client import PoolManager, make_task
+from shared.client_errors import OrchestratorNotRunning
 from shared.errors import InvalidRequest, ResultTimeout
 from shared.models import (
     MAX_TIMEOUT_SECONDS,
@@ -58,9 +60,19 @@ ResultWait = Annotated[
 
 
 async def wait_result(pools: PoolManager, task_id: str, wait: float) -> ExecuteResult:
-    """The task's final result, or its current state if it is not done within `wait` seconds."""
+    """The task's final result, or its current state if it is not done within `wait` seconds
+    or cannot be done until an orchestrator runs."""
     try:
         return ExecuteResult.from_result(await pools.result(task_id, wait))
+    except OrchestratorNotRunning as exc:  # the task is queued all the same
+        current = await pools.status(task_id)
+        if current.status.is_final:
+            return ExecuteResult.from_result(current)
+        message = (
+            f"{exc}; poll task_result with task_id={task_id!r} once it runs, or cancel it "
+            "with task_cancel"
+        )
+        return ExecuteResult.from_result(current, message)
     except ResultTimeout:
         current = await pools.status(task_id)
         if current.status.is_final:

@@ -4,6 +4,8 @@ dead-letter messages, the HTTP body limit and oversized prompts, over the SDK's 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,7 +26,16 @@ from orchestrator.mcp_support import unknown_arguments
 from shared.config import Settings
 from shared.connection import Redis, connect
 from shared.models import MAX_PROMPT_CHARS, TaskResult, TaskStatus
-from tests.test_mcp_server import REPO, TOKEN, facade_env, facade_process, fails, held, ok
+from tests.test_mcp_server import (
+    REPO,
+    TOKEN,
+    facade_env,
+    facade_process,
+    fails,
+    fake_pool,
+    held,
+    ok,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -226,3 +237,54 @@ async def test_body_limit_middleware_counts_chunked_bodies() -> None:
     )
     assert declared.status_code == 413 and refused.json()["id"] is None
     assert declared.json()["error"]["message"] == body_too_large(101, 100)
+
+
+# ------------------------------------------------------------------ a Redis that does not answer
+
+
+@contextlib.asynccontextmanager
+async def silent_server() -> AsyncIterator[int]:
+    """A TCP port that accepts connections and never answers (a paused Redis)."""
+    held_open: list[asyncio.StreamWriter] = []
+
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held_open.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in held_open:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_redis_that_does_not_answer_is_reported_with_its_bound() -> None:
+    async with silent_server() as port:
+        settings = Settings(
+            redis_url=f"redis://mhv:s3cret@127.0.0.1:{port}/0",
+            key_prefix="test-silent:",
+            redis_command_timeout=0.3,
+        )
+        async with Client(build_server(settings)) as c:
+            error = await fails(c, "pool_list")
+    assert f"Redis at redis://mhv:***@127.0.0.1:{port}/0 did not answer within 0.3 s" in error
+    assert "s3cret" not in error
+
+
+# ------------------------------------------------------------------ no orchestrator running
+
+
+async def test_a_wait_without_an_orchestrator_answers_done_false(
+    client: Client, redis: Redis, settings: Settings
+) -> None:
+    await fake_pool(redis, settings, "idle")  # a pool hash without workers or orchestrator
+    direct = await ok(client, "pool_execute", {"pool_id": "idle", "prompt": "hi", "wait": 30})
+    routed = await ok(client, "pool_route_execute", {"prompt": "hi", "wait": 30})
+    for res, status in ((direct, "queued"), (routed, "pending")):
+        assert (res["done"], res["status"]) == (False, status)
+        assert res["message"].startswith("no orchestrator is running")
+        assert f"poll task_result with task_id={res['task_id']!r}" in res["message"]
+    error = await fails(client, "pool_spawn", {"name": "lonely", "timeout": 0.3})
+    assert error.count("no orchestrator") == 1 and "mahavishnu orchestrator" in error
