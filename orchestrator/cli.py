@@ -13,8 +13,11 @@ usage errors exit 2. The commands are thin: they talk to Redis through `shared.c
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import sys
+import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -33,6 +36,7 @@ from orchestrator.cli_common import (
     JsonOpt,
     KwargOpt,
     LabelOpt,
+    PromptFileOpt,
     PromptOpt,
     QueueTimeoutOpt,
     StrategyOpt,
@@ -41,14 +45,20 @@ from orchestrator.cli_common import (
     cli_settings,
     client,
     guard,
+    read_prompt,
     run_async,
     setup_logging,
 )
+from shared.config import Settings
+from shared.errors import PoolNotFound, PoolUnavailable
+from shared.models import PoolInfo, PoolStatus
 
 if TYPE_CHECKING:
     from shared.models import TaskResult
 
 from orchestrator.cli_tasks import task_app
+
+CLOSE_POLL = 0.5  # seconds between looks at a closing pool
 
 app = typer.Typer(
     name="mahavishnu",
@@ -226,6 +236,7 @@ def pool_exec(
     pool_id: Annotated[str, typer.Argument(help="The pool to run on.")],
     argv: ArgvArg = None,
     prompt: PromptOpt = None,
+    prompt_file: PromptFileOpt = None,
     call: CallOpt = None,
     arg: ArgOpt = None,
     kwarg: KwargOpt = None,
@@ -241,7 +252,8 @@ def pool_exec(
 
     async def execute() -> TaskResult:
         task = render.build_task(
-            settings, prompt=prompt, call=call, args=arg, kwargs=kwarg, command=command,
+            settings, prompt=read_prompt(prompt, prompt_file), call=call, args=arg,
+            kwargs=kwarg, command=command,
             argv=argv, timeout=timeout, max_attempts=max_attempts, pool_id=pool_id,
             idempotency_key=idempotency_key, tags=tag,
         )  # fmt: skip
@@ -256,6 +268,7 @@ def pool_exec(
 def pool_route(
     argv: ArgvArg = None,
     prompt: PromptOpt = None,
+    prompt_file: PromptFileOpt = None,
     call: CallOpt = None,
     arg: ArgOpt = None,
     kwarg: KwargOpt = None,
@@ -275,7 +288,8 @@ def pool_route(
 
     async def route() -> TaskResult:
         task = render.build_task(
-            settings, prompt=prompt, call=call, args=arg, kwargs=kwarg, command=command,
+            settings, prompt=read_prompt(prompt, prompt_file), call=call, args=arg,
+            kwargs=kwarg, command=command,
             argv=argv, timeout=timeout, max_attempts=max_attempts, strategy=strategy,
             affinity_key=affinity_key, labels=render.pairs(label, "--label"),
             queue_timeout=queue_timeout,
@@ -312,23 +326,97 @@ def pool_scale(
 @pool_app.command("close")
 def pool_close(
     pool_id: Annotated[str, typer.Argument(help="The pool to close.")],
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Show progress until closed (no limit unless --timeout).")
+    ] = False,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once requested.")] = False,
     timeout: Annotated[float | None, typer.Option(help="Seconds to wait for closed.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Close a pool: its workers drain and stop."""
+    if wait and no_wait:
+        raise typer.BadParameter("--wait and --no-wait exclude each other", param_hint="--wait")
+    if timeout is not None and not timeout > 0:
+        raise typer.BadParameter(
+            f"{timeout:g}: give a number of seconds above 0", param_hint="--timeout"
+        )
     settings = cli_settings()
+    if wait:
+        follow_close(settings, pool_id, timeout)
+        state = "closed"
+    else:
 
-    async def close() -> None:
-        async with client(settings) as pools:
-            await pools.close_pool(pool_id, wait=not no_wait, timeout=timeout)
+        async def close() -> None:
+            async with client(settings) as pools:
+                await pools.close_pool(pool_id, wait=not no_wait, timeout=timeout)
+
+        run_async(settings, close)
         state = "close requested" if no_wait else "closed"
-        if json_out:
-            render.emit_json({"pool_id": pool_id, "status": state})
-        else:
-            render.stdout_console().print(f"pool [bold]{pool_id}[/] {state}")
+    if json_out:
+        render.emit_json({"pool_id": pool_id, "status": state})
+    else:
+        render.stdout_console().print(f"pool [bold]{pool_id}[/] {state}")
 
-    run_async(settings, close)
+
+def follow_close(settings: Settings, pool_id: str, timeout: float | None) -> None:
+    """Request the close, then print the pool's progress on stderr until it is closed.
+
+    Ctrl-C stops the waiting only: the pool goes on closing, and the message says so.
+    """
+    requested = False
+
+    async def follow() -> None:
+        nonlocal requested
+        async with client(settings) as pools:
+            await pools.close_pool(pool_id, wait=False)
+            requested = True
+            started = time.monotonic()
+            shown = ""
+            while True:
+                try:
+                    info = await pools.get_pool(pool_id)
+                except PoolNotFound:
+                    return  # its record expired: closed long ago
+                if info.status is PoolStatus.CLOSED:
+                    return
+                queued = await pools.redis.xlen(pools.keys.pool_tasks(pool_id))
+                progress = close_progress(info, queued, await pools.live_workers(pool_id))
+                waited = time.monotonic() - started
+                if progress != shown:
+                    print(f"pool {pool_id}: {progress} ({waited:.0f}s)", file=sys.stderr)
+                    shown = progress
+                if timeout is not None and waited >= timeout:
+                    raise PoolUnavailable(
+                        f"pool {pool_id!r} did not close within {timeout:g}s; it is {progress} "
+                        "and goes on closing"
+                    )
+                await asyncio.sleep(CLOSE_POLL)
+
+    def run() -> None:
+        try:
+            asyncio.run(follow())
+        except KeyboardInterrupt:
+            if not requested:
+                raise
+            print(
+                f"interrupted: stopped waiting; pool {pool_id} goes on closing "
+                f"(`mahavishnu pool close {pool_id} --wait` follows it again)",
+                file=sys.stderr,
+            )
+            raise typer.Exit(130) from None
+
+    guard(settings, run)
+
+
+def close_progress(info: PoolInfo, queued: int, workers: int) -> str:
+    """Where a closing pool is: its status and detail, tasks left, workers left."""
+    state = str(info.status)
+    if info.detail and info.detail != state:
+        state += f" ({info.detail})"
+    return (
+        f"{state}, {queued} task(s) left in its stream ({info.load.in_flight} running), "
+        f"{workers} worker(s) left"
+    )
 
 
 @pool_app.command("close-all")

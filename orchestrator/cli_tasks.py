@@ -20,6 +20,7 @@ from orchestrator.cli_common import (
     JsonOpt,
     KwargOpt,
     LabelOpt,
+    PromptFileOpt,
     PromptOpt,
     QueueTimeoutOpt,
     StrategyOpt,
@@ -27,6 +28,7 @@ from orchestrator.cli_common import (
     TimeoutOpt,
     cli_settings,
     client,
+    read_prompt,
     run_async,
 )
 
@@ -41,6 +43,7 @@ task_app = typer.Typer(help="Submit, follow and cancel single tasks.", no_args_i
 def task_submit(
     argv: ArgvArg = None,
     prompt: PromptOpt = None,
+    prompt_file: PromptFileOpt = None,
     call: CallOpt = None,
     arg: ArgOpt = None,
     kwarg: KwargOpt = None,
@@ -61,7 +64,8 @@ def task_submit(
 
     async def submit() -> str:
         task = render.build_task(
-            settings, prompt=prompt, call=call, args=arg, kwargs=kwarg, command=command,
+            settings, prompt=read_prompt(prompt, prompt_file), call=call, args=arg,
+            kwargs=kwarg, command=command,
             argv=argv, timeout=timeout, max_attempts=max_attempts, pool_id=pool,
             strategy=strategy, affinity_key=affinity_key, labels=render.pairs(label, "--label"),
             queue_timeout=queue_timeout,
