@@ -80,6 +80,7 @@ async def run_cli(url: str, *args: str) -> tuple[int, str, str, float]:
         ["pool", "list", "--json"],
         ["task", "submit", "--call", "noop"],
         ["task", "status", "t-1"],
+        ["pool", "close", "p-1", "--wait"],
     ],
 )
 async def test_cli_commands_fail_within_the_bound_when_redis_stops_answering(
