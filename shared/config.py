@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     embedded_broker_dir: Path = Path(".mahavishnu/redis")
     # seconds one non-blocking Redis command may take (socket timeout; a timeout is not retried),
     # so a Redis that stops answering fails a CLI call in about this time instead of hanging
-    redis_command_timeout: float = Field(default=5.0, gt=0, le=300)
+    redis_command_timeout: float = Field(default=5.0, ge=0.1, le=300)
     # a Redis Cluster takes scripts that touch one slot each: one script per task instead of
     # one per batch (slower; see docs/benchmarks.md)
     redis_cluster: bool = False
