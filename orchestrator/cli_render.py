@@ -34,6 +34,7 @@ T = TypeVar("T")
 log = logging.getLogger("mahavishnu.cli")
 
 STATUS_STYLE = {
+    "unsupervised": "yellow",
     "running": "green",
     "completed": "green",
     "starting": "yellow",
@@ -101,7 +102,23 @@ def _labels(labels: Mapping[str, str]) -> str:
 
 def pool_document(info: PoolInfo) -> dict[str, Any]:
     """A pool as a JSON-ready dict (spec, status, target, load, detail, created time)."""
-    return info.model_dump(mode="json")
+    document = info.model_dump(mode="json")
+    document["shown_status"] = info.shown_status
+    return document
+
+
+def workers_cell(info: PoolInfo) -> str:
+    """Serving workers against the target: "2/2", "2/2 local + 1 external", "+ 1 draining"."""
+    load = info.load
+    local = load.local_workers if load.local_workers or load.external_workers else load.workers
+    cell = f"{local}/{info.target_workers}"
+    if load.external_workers:
+        cell += f" local + {load.external_workers} external"
+    if load.draining:
+        cell += f", {load.draining} draining"
+    if load.stuck:
+        cell += f" ({load.stuck} stuck)"
+    return cell
 
 
 def pools_table(pools: Sequence[PoolInfo], *, title: str = "pools") -> Table:
@@ -118,8 +135,8 @@ def pools_table(pools: Sequence[PoolInfo], *, title: str = "pools") -> Table:
             info.spec.id,
             info.spec.name,
             f"{info.spec.pool_type}/{info.spec.worker_type}",
-            styled(str(info.status)),
-            f"{load.workers}/{info.target_workers}",
+            styled(info.shown_status),
+            workers_cell(info),
             str(load.in_flight),
             str(load.queued),
             str(load.completed),
@@ -137,6 +154,11 @@ def monitor_view(pools: Sequence[PoolInfo], health: Mapping[str, Any] | None) ->
         return Text(f"{title}: no live pools")
     parts: list[RenderableType] = [pools_table(pools, title=title)]
     failing = [p for p in pools if p.detail and str(p.status) in ("failed", "degraded")]
+    unsupervised = [p for p in pools if p.shown_status == "unsupervised"]
+    parts.extend(
+        Text(f"{p.spec.id}: no orchestrator supervises it; start `mahavishnu orchestrator`")
+        for p in unsupervised
+    )
     parts.extend(Text(f"{p.spec.id}: {p.detail}", style="yellow") for p in failing)
     if health is not None:
         for pool_id, report in health.get("pools", {}).items():
@@ -182,19 +204,31 @@ def health_view(report: Mapping[str, Any]) -> RenderableType:
         names.append(f"{beat.get('id')} (pid {beat.get('pid')} on {beat.get('host')}, {age})")
     orch_line = "orchestrators: " + (", ".join(names) if names else "none running")
     table = Table(title="pools", title_justify="left")
-    for column in ("id", "name", "status", "healthy", "live/target", "detail"):
+    for column in ("id", "name", "status", "healthy", "serving/target", "detail"):
         table.add_column(column)
     for pool_id, pool in sorted(report.get("pools", {}).items()):
         ok = bool(pool.get("healthy"))
+        workers = f"{pool.get('serving', 0)}/{pool.get('target_workers', 0)}"
+        for name in ("external", "draining", "stuck"):
+            if pool.get(name):
+                workers += f" +{pool[name]} {name}"
+        detail = "; ".join(pool.get("problems") or []) or str(pool.get("detail", ""))
+        if pool.get("last_restart_reason"):
+            when = time.strftime("%H:%M:%S", time.localtime(pool.get("last_restart_at") or 0))
+            detail += f" (last restart {when}: {pool['last_restart_reason']})"
         table.add_row(
             pool_id,
             str(pool.get("name", "")),
             styled(str(pool.get("status", ""))),
             Text("yes" if ok else "no", style="green" if ok else "red"),
-            f"{pool.get('live_workers', 0)}/{pool.get('target_workers', 0)}",
-            str(pool.get("detail", "")),
+            workers,
+            detail,
         )
-    return Group(Text.assemble("health: ", verdict), Text(broker_line), Text(orch_line), table)
+    lines: list[RenderableType] = [Text.assemble("health: ", verdict), Text(broker_line)]
+    if broker.get("data_lost_at"):
+        lost = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(broker["data_lost_at"]))
+        lines.append(Text(f"Redis lost its data at {lost}: {broker.get('data_lost')}", "red"))
+    return Group(*lines, Text(orch_line), table)
 
 
 def result_line(result: TaskResult) -> Text:

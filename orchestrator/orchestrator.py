@@ -19,6 +19,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from orchestrator.epoch import Epoch
 from orchestrator.local_pool import LocalPoolSupervisor
 from orchestrator.reclaim import Reclaimer
 from orchestrator.records import BadEntry, Records
@@ -96,6 +97,7 @@ class Orchestrator:
             on_exit=self._tick_soon.set,
         )
         self.supervisor = PoolSupervisor(self.records, self.reclaimer, local, self._lease_ms)
+        self.epoch = Epoch(self.records, self._lease_ms)
         self.stop_workers_on_exit = stop_workers_on_exit
         self._waiting: list[_Waiting] = []
         self._backlogs: dict[str, int] = {}  # pool -> XLEN, as last read or returned by a forward
@@ -132,6 +134,7 @@ class Orchestrator:
         """Serve until `request_stop`."""
         for stream in (self.keys.ingress, self.keys.control):
             await ensure_group(self.redis, stream, ORCHESTRATOR_GROUP)
+        await self.epoch.join()
         loops = [
             asyncio.create_task(self._ingress_loop(), name="ingress"),
             asyncio.create_task(self._supervise_loop(), name="supervise"),
@@ -497,6 +500,8 @@ class Orchestrator:
             await self._tick()
 
     async def _tick(self) -> None:
+        if await self.epoch.lost():  # before the refresh replaces the last view of the pools
+            await self.epoch.restore(self.supervisor.pools)
         await self.supervisor.refresh()
         owned = self.supervisor.owned()
         pending = await self.reclaimer.pending_summaries(owned)

@@ -30,30 +30,13 @@ from shared.connection import decode_hash, text
 from shared.errors import MalformedMessage
 from shared.keys import WORKER_GROUP
 from shared.models import PoolSpec, PoolStatus, PoolType
-from shared.state import ACCEPTING_STATUSES
+from shared.state import ACCEPTING_STATUSES, worker_draining, worker_stuck
 from worker.worker import drain_deadline
 
 log = logging.getLogger("mahavishnu.orchestrator")
 
 AUTOSCALE_COOLDOWN = 10.0
 KILL_MARGIN = 5.0  # seconds past a worker's own drain deadline before its supervisor kills it
-
-
-def is_draining(beat: dict[str, str]) -> bool:
-    """Whether a worker heartbeat says the worker is draining."""
-    return beat.get("status") == "draining"
-
-
-def is_stuck(beat: dict[str, str], now: float) -> bool:
-    """Whether a worker has been draining for longer than its own drain deadline."""
-    if not is_draining(beat):
-        return False
-    try:
-        since = float(beat.get("draining_since", "0") or 0)
-        limit = float(beat.get("drain_deadline", "0") or 0)
-    except ValueError:
-        return False
-    return since > 0 and limit > 0 and now - since > limit
 
 
 @dataclass
@@ -72,7 +55,7 @@ class PoolView:
     @property
     def serving(self) -> dict[str, dict[str, str]]:
         """Live workers that are not draining."""
-        return {w: b for w, b in self.live_workers.items() if not is_draining(b)}
+        return {w: b for w, b in self.live_workers.items() if not worker_draining(b)}
 
     @property
     def serving_local(self) -> int:
@@ -87,11 +70,11 @@ class PoolView:
     @property
     def draining(self) -> int:
         """Live workers that are draining."""
-        return sum(1 for b in self.live_workers.values() if is_draining(b))
+        return sum(1 for b in self.live_workers.values() if worker_draining(b))
 
     def stuck(self, now: float) -> int:
         """Live workers draining past their own drain deadline."""
-        return sum(1 for b in self.live_workers.values() if is_stuck(b, now))
+        return sum(1 for b in self.live_workers.values() if worker_stuck(b, now))
 
     @property
     def capacity(self) -> int:
@@ -321,7 +304,8 @@ class PoolSupervisor:
         log.info("closed pool %s", pool_id)
 
     async def _requeue_leftovers(self, pool_id: str) -> None:
-        """Re-route a closed pool's routed tasks; fail the ones sent to it directly."""
+        """Re-route a closed pool's routed tasks (and direct ones with `reroute_on_close`);
+        fail the other direct ones with the reason."""
         stream = self.keys.pool_tasks(pool_id)
         start = "-"
         while True:
@@ -343,8 +327,11 @@ class PoolSupervisor:
                         pipe, stream, bad, group=WORKER_GROUP, pool_id=pool_id
                     )
                     continue
-                if msg.task.pool_id:
+                if msg.task.pool_id and not msg.task.reroute_on_close:
                     failures.append((msg, f"pool {pool_id} closed before the task ran"))
+                elif msg.task.pool_id:  # allowed to run elsewhere: routed like any other
+                    task = msg.task.model_copy(update={"pool_id": None})
+                    routed.append(msg.model_copy(update={"task": task}))
                 else:
                     routed.append(msg)
             if failures:

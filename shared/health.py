@@ -10,13 +10,16 @@ from redis.exceptions import RedisError
 from shared.config import Settings
 from shared.connection import Redis, decode_hash, server_version, text
 from shared.models import PoolStatus
-from shared.state import live_pool_ids, read_pools
+from shared.state import live_pool_ids, read_pools, worker_draining, worker_stuck
 
 
 async def health_report(redis: Redis, settings: Settings) -> dict[str, Any]:
     """A health report: `healthy` overall, the broker, orchestrators and per-pool state.
 
-    A pool is healthy when it is running and has at least one worker whose heartbeat is live.
+    A pool is healthy when an orchestrator supervises it, it is running (or scaling), as many
+    workers serve (live heartbeat, not draining) as its target asks, and none is stuck draining
+    past its drain deadline; each unhealthy pool lists its problems. Overall health also needs a
+    live orchestrator, and reports when Redis lost its data (`data_lost_at`).
     """
     keys = settings.keys
     try:
@@ -26,6 +29,10 @@ async def health_report(redis: Redis, settings: Settings) -> dict[str, Any]:
             "url": settings.redis_url_redacted,
             "version": version,
         }
+        epoch = decode_hash(await redis.hgetall(keys.epoch))
+        if epoch.get("lost_at"):
+            broker["data_lost_at"] = float(epoch["lost_at"])
+            broker["data_lost"] = epoch.get("lost", "")
     except RedisError as exc:
         return {
             "healthy": False,
@@ -48,6 +55,7 @@ async def health_report(redis: Redis, settings: Settings) -> dict[str, Any]:
         for worker_id in members:
             pipe.hgetall(keys.worker(worker_id))
         beats = [decode_hash(b) for b in await pipe.execute()] if members else []
+        beats_by_id = dict(zip(members, beats, strict=True))
         workers = {
             w: {
                 "in_flight": int(b.get("in_flight", "0") or 0),
@@ -55,17 +63,40 @@ async def health_report(redis: Redis, settings: Settings) -> dict[str, Any]:
                 "last_seen_s": round(now - float(b.get("last_seen", now) or now), 3),
                 "host": b.get("host", ""),
                 "pid": b.get("pid", ""),
+                "external": not b.get("managed_by"),
             }
             for w, b in zip(members, beats, strict=True)
             if b
         }
-        healthy = pool.status in (PoolStatus.RUNNING, PoolStatus.SCALING) and bool(workers)
+        draining = [w for w in workers if worker_draining(beats_by_id[w])]
+        serving = [w for w in workers if w not in draining]
+        stuck = [w for w in draining if worker_stuck(beats_by_id[w], now)]
+        external = [w for w in serving if not beats_by_id[w].get("managed_by")]
+        target = pool.target_workers
+        problems = []
+        if not pool.supervised:
+            problems.append("no orchestrator supervises it (its lease is free)")
+        if pool.status not in (PoolStatus.RUNNING, PoolStatus.SCALING):
+            problems.append(f"it is {pool.status}")
+        if len(serving) < max(target, 1 if target else 0):
+            problems.append(f"{len(serving)} of {target} workers serve")
+        if stuck:
+            problems.append(f"{len(stuck)} worker(s) stuck draining: {', '.join(stuck)}")
         report[pool.spec.id] = {
             "name": pool.spec.name,
-            "status": str(pool.status),
-            "healthy": healthy,
-            "live_workers": len(workers),
-            "target_workers": pool.target_workers,
+            "status": pool.shown_status,
+            "healthy": not problems,
+            "problems": problems,
+            "serving": len(serving),
+            "live_workers": len(serving),
+            "target_workers": target,
+            "external": len(external),
+            "draining": len(draining),
+            "stuck": len(stuck),
+            "supervised": pool.supervised,
+            "restarts": pool.restarts,
+            "last_restart_at": pool.last_restart_at or None,
+            "last_restart_reason": pool.last_restart_reason or None,
             "detail": pool.detail,
             "workers": workers,
         }

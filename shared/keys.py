@@ -55,6 +55,12 @@ class Keys:
         """Lease held by the one orchestrator that moves due retries back into pool streams."""
         return f"{self.prefix}lease:scheduler"
 
+    @property
+    def epoch(self) -> str:
+        """Hash: the deployment epoch (id, created_at; lost_at and lost after Redis lost its data).
+        Orchestrators keep it; when it vanishes they know the data went with it."""
+        return f"{self.prefix}epoch"
+
     def pool(self, pool_id: str) -> str:
         """Hash: the pool's spec and status."""
         return f"{self.prefix}pool:{{{pool_id}}}"

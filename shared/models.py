@@ -177,6 +177,10 @@ class TaskSpec(BaseModel):
     reply_to: str | None = None
     tags: list[str] = Field(default_factory=list, max_length=32)
     share_with: list[str] = Field(default_factory=list, max_length=16)
+    # what happens to the task if its pool closes before it ran: a routed task (no pool_id) is
+    # always routed again; one sent to a pool directly fails ("closed before the task ran")
+    # unless it allows being routed to another eligible pool
+    reroute_on_close: bool = False
     submitted_at: float = Field(default_factory=time.time)
 
     @field_validator("share_with")
@@ -338,7 +342,11 @@ class PoolSpec(BaseModel):
 class LoadMetrics(BaseModel):
     """A pool's load as stored in its `load` hash and used for routing."""
 
-    workers: int = 0
+    workers: int = 0  # serving: live heartbeat, not draining
+    local_workers: int = 0  # serving workers started by the pool's supervisor
+    external_workers: int = 0  # serving workers started elsewhere (other hosts, by hand)
+    draining: int = 0
+    stuck: int = 0  # draining past their drain deadline
     capacity: int = 0
     in_flight: int = 0
     queued: int = 0
@@ -364,3 +372,20 @@ class PoolInfo(BaseModel):
     target_workers: int
     load: LoadMetrics
     detail: str = ""
+    supervised: bool = True  # an orchestrator holds the pool's lease
+    restarts: int = 0
+    last_restart_at: float = 0.0
+    last_restart_reason: str = ""
+
+    @property
+    def shown_status(self) -> str:
+        """The status to show: `unsupervised` for a live pool no orchestrator supervises."""
+        if not self.supervised and self.status in (
+            PoolStatus.STARTING,
+            PoolStatus.RUNNING,
+            PoolStatus.DEGRADED,
+            PoolStatus.SCALING,
+            PoolStatus.CLOSING,
+        ):
+            return "unsupervised"
+        return str(self.status)

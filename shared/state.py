@@ -25,6 +25,23 @@ ACCEPTING_STATUSES = frozenset(
 )
 
 
+def worker_draining(beat: dict[str, str]) -> bool:
+    """Whether a worker's heartbeat says it is draining (it serves no new work)."""
+    return beat.get("status") == "draining"
+
+
+def worker_stuck(beat: dict[str, str], now: float) -> bool:
+    """Whether a worker has been draining for longer than its own drain deadline."""
+    if not worker_draining(beat):
+        return False
+    try:
+        since = float(beat.get("draining_since", "0") or 0)
+        limit = float(beat.get("drain_deadline", "0") or 0)
+    except ValueError:
+        return False
+    return since > 0 and limit > 0 and now - since > limit
+
+
 def pool_hash_fields(spec: PoolSpec, status: PoolStatus, **extra: Any) -> dict[str, str]:
     """The pool hash: plain readable fields plus the whole spec as JSON."""
     fields = {
@@ -59,6 +76,10 @@ def parse_load(raw: dict[str, str]) -> LoadMetrics:
     total_ms = num("total_ms")
     return LoadMetrics(
         workers=int(num("workers")),
+        local_workers=int(num("local_workers")),
+        external_workers=int(num("external_workers")),
+        draining=int(num("draining")),
+        stuck=int(num("stuck")),
         capacity=int(num("capacity")),
         in_flight=int(num("in_flight")),
         queued=int(num("queued")),
@@ -69,8 +90,12 @@ def parse_load(raw: dict[str, str]) -> LoadMetrics:
     )
 
 
-def parse_pool(raw: dict[str, str], load: dict[str, str]) -> PoolInfo | None:
-    """A PoolInfo from the pool and load hashes, or None if the pool hash is empty or unusable."""
+def parse_pool(
+    raw: dict[str, str], load: dict[str, str], *, supervised: bool = True
+) -> PoolInfo | None:
+    """A PoolInfo from the pool and load hashes, or None if the pool hash is empty or unusable.
+
+    `supervised`: whether the pool's lease is held (its supervising orchestrator is alive)."""
     if not raw or "spec" not in raw:
         return None
     try:
@@ -85,6 +110,10 @@ def parse_pool(raw: dict[str, str], load: dict[str, str]) -> PoolInfo | None:
         target_workers=int(raw.get("target_workers", spec.min_workers) or 0),
         load=parse_load(load),
         detail=raw.get("detail", ""),
+        supervised=supervised,
+        restarts=int(raw.get("restarts", "0") or 0),
+        last_restart_at=float(raw.get("last_restart_at", "0") or 0),
+        last_restart_reason=raw.get("last_restart_reason", ""),
     )
 
 
@@ -95,10 +124,12 @@ async def read_pools(redis: Redis, settings: Settings, pool_ids: Sequence[str]) 
     for pool_id in pool_ids:
         pipe.hgetall(keys.pool(pool_id))
         pipe.hgetall(keys.pool_load(pool_id))
+        pipe.exists(keys.pool_lease(pool_id))
     replies = await pipe.execute()
     pools = []
-    for i in range(0, len(replies), 2):
-        info = parse_pool(decode_hash(replies[i]), decode_hash(replies[i + 1]))
+    for i in range(0, len(replies), 3):
+        raw, load, leased = replies[i : i + 3]
+        info = parse_pool(decode_hash(raw), decode_hash(load), supervised=bool(leased))
         if info is not None:
             pools.append(info)
     return pools

@@ -255,7 +255,9 @@ class Worker:
                 await self._executor.aclose()
             await self._reader.aclose()
             await self.redis.aclose()
-            if self._watchdog is not None:
+            # a worker process keeps its watchdog to the end: asyncio.run still waits for the
+            # threads of blocking functions, which no cancel can stop
+            if self._watchdog is not None and not self._exit_when_overdue:
                 self._watchdog.cancel()
 
     # ------------------------------------------------------------------ reading
