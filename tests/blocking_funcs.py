@@ -1,0 +1,22 @@
+"""A function for supervision tests: it blocks its thread (no cancel can stop it) on its first
+run only, so a task handed back or taken back then completes on its next attempt."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+
+
+def block_first(token: str, seconds: float) -> str:
+    """Block for `seconds` the first time `token` runs; return at once afterwards."""
+    client = redis.Redis.from_url(os.environ["MAHAVISHNU_REDIS_URL"])
+    prefix = os.environ.get("MAHAVISHNU_KEY_PREFIX", "mhv:")
+    try:
+        runs = client.hincrby(f"{prefix}test:block_first", token, 1)
+    finally:
+        client.close()
+    if runs == 1:
+        time.sleep(seconds)
+    return token
