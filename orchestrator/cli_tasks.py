@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -57,12 +58,20 @@ def task_submit(
     max_attempts: AttemptsOpt = None,
     idempotency_key: IdemOpt = None,
     tag: TagOpt = None,
+    reroute_on_close: Annotated[
+        bool,
+        typer.Option(
+            "--reroute-on-close",
+            help="With --pool: if that pool closes before the task ran, route it to another "
+            "eligible pool instead of failing it.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Queue a task without waiting and print its id."""
+    """Queue a task without waiting and print its id (warns when nothing can run it yet)."""
     settings = cli_settings()
 
-    async def submit() -> str:
+    async def submit() -> tuple[str, str]:
         task = render.build_task(
             settings, prompt=read_prompt(prompt, prompt_file), call=call, args=arg,
             kwargs=kwarg, command=command,
@@ -70,13 +79,30 @@ def task_submit(
             strategy=strategy, affinity_key=affinity_key, labels=render.pairs(label, "--label"),
             queue_timeout=queue_timeout,
             idempotency_key=idempotency_key, tags=tag,
+            reroute_on_close=reroute_on_close or None,
         )  # fmt: skip
         async with client(settings) as pools:
-            return await pools.submit(task, expect_reply=False)
+            task_id = await pools.submit(task, expect_reply=False)
+            if await pools.orchestrators():
+                return task_id, ""
+            start = "start one with `mahavishnu orchestrator`"
+            if not task.pool_id:
+                return (
+                    task_id,
+                    f"no orchestrator is running; the task waits in the ingress ({start})",
+                )
+            if not await pools.live_workers(task.pool_id):
+                return task_id, (
+                    f"no orchestrator is running and pool {task.pool_id} has no live worker; "
+                    f"the task waits in its queue: {start}"
+                )
+            return task_id, ""
 
-    task_id = run_async(settings, submit)
+    task_id, warning = run_async(settings, submit)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     if json_out:
-        render.emit_json({"task_id": task_id})
+        render.emit_json({"task_id": task_id} | ({"warning": warning} if warning else {}))
     else:
         print(task_id)
 

@@ -518,3 +518,37 @@ async def test_up_demo_runs_a_batch_and_exits_zero(env: dict[str, str], tmp_path
     assert summary["redis_url"] == load_settings(redis_url=REDIS_URL).redis_url_redacted
     assert list(summary["by_pool"]) == [summary["pool_id"]]
     assert await mhv_json(env, "pool", "list") == []
+
+
+async def test_task_submit_warns_when_no_orchestrator_runs(env: dict[str, str]) -> None:
+    code, out, err = await mhv(env, "task", "submit", "--call", "noop")
+    assert code == 0 and out.strip().startswith("t-"), (out, err)
+    assert "warning: no orchestrator is running; the task waits in the ingress" in err
+
+
+async def test_pool_list_shows_external_workers_and_unsupervised_pools(
+    env: dict[str, str], settings: Settings, tmp_path: Path, client: PoolManager
+) -> None:
+    orch = Orchestrator(settings, log_dir=tmp_path / "logs")
+    running = asyncio.create_task(orch.run())
+    await orch.wait_ready()
+    pool_id = await client.spawn_pool("local", name="p", min_workers=1)
+    extra = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "--pool", pool_id,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **env},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while "1/1 local + 1 external" not in (await mhv(env, "pool", "list"))[1]:
+            assert time.monotonic() < deadline, "pool list never showed the external worker"
+        orch.request_stop()
+        await running
+        deadline = time.monotonic() + 20
+        while "unsupervised" not in (await mhv(env, "pool", "list"))[1]:
+            assert time.monotonic() < deadline, "pool list never showed unsupervised"
+    finally:
+        orch.request_stop()
+        await running
+        if extra.returncode is None:
+            extra.terminate()
+        await asyncio.wait_for(extra.wait(), 30)
