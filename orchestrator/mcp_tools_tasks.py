@@ -42,8 +42,7 @@ from orchestrator.mcp_support import (
     tool_errors,
 )
 from shared.client import PoolManager, make_task
-from shared.client_errors import OrchestratorNotRunning
-from shared.errors import InvalidRequest, ResultTimeout
+from shared.errors import InvalidRequest, OrchestratorNotRunning, ResultTimeout
 from shared.models import (
     MAX_TIMEOUT_SECONDS,
     RoutingStrategy,

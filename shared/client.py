@@ -22,7 +22,6 @@ from typing import Any, Self
 from pydantic import ValidationError
 from redis.exceptions import ResponseError
 
-from shared.client_errors import state_lost
 from shared.codec import (
     Control,
     ControlAction,
@@ -50,6 +49,7 @@ from shared.errors import (
     ResultTimeout,
     TaskNotFound,
     inbox_error,
+    state_lost,
 )
 from shared.finals import FinalResult, announce
 from shared.idempotency import claim_keys

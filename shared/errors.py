@@ -3,6 +3,7 @@
     MahavishnuError
     ├── ConfigError            a setting is invalid (names the field, the value and the source)
     ├── InvalidRequest         bad input from a caller: a task, a pool spec, a CLI flag
+    │   └── IdempotencyConflict  an idempotency key re-used for a different request
     ├── BrokerError            Redis cannot be reached or answered something unusable
     │   └── BrokerUnresponsive  Redis accepted the connection but did not answer in time
     ├── QueueFull              a bounded stream (ingress, a pool backlog, an inbox) is at its limit
@@ -10,8 +11,10 @@
     ├── NotFound
     │   ├── PoolNotFound       no live pool has this id
     │   └── TaskNotFound       no task record has this id (never submitted, or expired)
+    │       └── TaskStateLost  the record of a waited task vanished (Redis lost its data)
     ├── PoolUnavailable        the pool exists but is closing, closed or failed
     ├── OrchestratorUnavailable  no orchestrator acted on a control command in time
+    │   └── OrchestratorNotRunning  a wait needs an orchestrator and none is alive
     ├── ResultTimeout          the caller stopped waiting; the task goes on and can be polled
     ├── ExecutorError          a pool's executor cannot run (missing CLI, command not allowed)
     └── MalformedMessage       a stream entry could not be decoded (it is dead-lettered)
@@ -101,3 +104,39 @@ def inbox_error(pool_id: str, exc: Exception) -> Exception:
     if "NOPOOL" in str(exc):
         return PoolNotFound(f"no pool with id {pool_id!r}")
     return exc
+
+
+class IdempotencyConflict(InvalidRequest):
+    """An idempotency key already names a task whose request differs; nothing was queued."""
+
+    def __init__(self, message: str, key: str, task_id: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.task_id = task_id
+
+
+class OrchestratorNotRunning(OrchestratorUnavailable):
+    """A wait stopped because no orchestrator is alive to route (or retry) its task, or to
+    restart the workers of its pool; the task keeps waiting and can be polled once one runs."""
+
+    def __init__(self, message: str, task_id: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
+class TaskStateLost(TaskNotFound):
+    """The record of a task being waited on is gone (e.g. Redis restarted without
+    persistence): its result can never arrive."""
+
+    def __init__(self, message: str, task_id: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
+def state_lost(task_id: str) -> TaskStateLost:
+    """The error of a wait whose task's hash vanished."""
+    return TaskStateLost(
+        f"state of task {task_id} was lost (its record is gone from Redis: was Redis restarted "
+        "without persistence?)",
+        task_id,
+    )

@@ -20,8 +20,8 @@ import hashlib
 import json
 from collections.abc import Sequence
 
-from shared.client_errors import IdempotencyConflict
 from shared.connection import Redis, text
+from shared.errors import IdempotencyConflict
 from shared.keys import Keys
 from shared.models import TaskSpec
 

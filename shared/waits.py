@@ -28,9 +28,9 @@ from functools import partial
 from redis.exceptions import RedisError
 
 from shared.aio import stop_task
-from shared.client_errors import OrchestratorNotRunning, state_lost
 from shared.config import Settings
 from shared.connection import Redis, text
+from shared.errors import OrchestratorNotRunning, state_lost
 from shared.keys import ORCHESTRATOR_GROUP
 from shared.models import TaskStatus
 

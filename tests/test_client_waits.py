@@ -20,10 +20,9 @@ import redis.asyncio as aioredis
 from orchestrator.orchestrator import Orchestrator
 from shared.broker import EmbeddedBroker, free_port, start_redis_server
 from shared.client import PoolManager
-from shared.client_errors import OrchestratorNotRunning, TaskStateLost
 from shared.config import Settings
 from shared.connection import Redis
-from shared.errors import ResultTimeout
+from shared.errors import OrchestratorNotRunning, ResultTimeout, TaskStateLost
 from shared.models import PoolSpec, PoolStatus, TaskStatus
 from shared.state import pool_hash_fields
 from tests.conftest import make_settings, wait_until

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from shared.client import PoolManager
-from shared.client_errors import IdempotencyConflict
 from shared.config import Settings
 from shared.connection import Redis
+from shared.errors import IdempotencyConflict
 from shared.models import PoolSpec, PoolStatus
 from shared.state import pool_hash_fields
 from tests.conftest import delete_prefix, make_settings

@@ -12,9 +12,9 @@ import redis.asyncio as aioredis
 
 from shared import client as client_module
 from shared.client import PoolManager
-from shared.client_errors import IdempotencyConflict
 from shared.config import Settings
 from shared.errors import (
+    IdempotencyConflict,
     InboxFull,
     InvalidRequest,
     OrchestratorUnavailable,
