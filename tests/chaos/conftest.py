@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,13 @@ from orchestrator.local_pool import settings_env
 from shared.broker import EmbeddedBroker, free_port, start_redis_server
 from shared.client import PoolManager
 from shared.config import Settings
-from shared.connection import connect
-from shared.errors import ResultTimeout
+from shared.connection import connect, decode_hash, text
+from shared.errors import ResultTimeout, TaskNotFound, TaskStateLost
 from shared.keys import WORKER_GROUP
 from shared.models import TaskStatus
+from shared.state import worker_draining, worker_stuck
 from tests.conftest import delete_prefix, make_settings
+from worker.worker import drain_deadline
 
 REPO = Path(__file__).resolve().parents[2]
 FIGURES: list[Figures] = []
@@ -53,6 +54,9 @@ class Figures:
     recorded_twice: int = 0
     reruns: int = 0
     left_in_streams: int = 0
+    lost_reported: int = 0  # callers told TaskStateLost: the broker lost the task's record
+    stuck: int = 0  # workers still draining past their drain deadline at the end
+    serving: str = ""  # "local serving / target" over the live pools at the end
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -141,10 +145,16 @@ class Chaos:
             try:
                 left = max(0.1, deadline - time.monotonic())
                 statuses[(await self.manager.result(task_id, timeout=left)).status] += 1
+            except TaskStateLost:
+                fig.lost_reported += 1
             except ResultTimeout:
                 fig.lost += 1
-                state = await self.manager.status(task_id)
-                fig.notes.append(f"{task_id}: {state.status} on {state.pool_id}/{state.worker_id}")
+                try:
+                    state = await self.manager.status(task_id)
+                    where = f"{state.status} on {state.pool_id}/{state.worker_id}"
+                except TaskNotFound:
+                    where = "its record is gone"
+                fig.notes.append(f"{task_id}: {where}")
         fig.completed = statuses[TaskStatus.COMPLETED]
         fig.dead_lettered = statuses[TaskStatus.DEAD_LETTERED]
         fig.other = sum(statuses.values()) - fig.completed - fig.dead_lettered
@@ -165,6 +175,7 @@ class Chaos:
         with contextlib.suppress(AssertionError):  # what is left is what we report
             await wait_until(drained, timeout=self.settings.orchestrator_lease_ttl + 10)
         fig.left_in_streams = await self.leftovers()
+        await self.settle()
         fig.seconds = round(time.monotonic() - self._started, 2)
         FIGURES.append(fig)
         return fig
@@ -178,6 +189,71 @@ class Chaos:
             with contextlib.suppress(aioredis.ResponseError):
                 total += int((await self.redis.xpending(stream, WORKER_GROUP))["pending"])
         return total
+
+    async def pool_workers(self) -> dict[str, tuple[str, int, list[dict[str, str]]]]:
+        """Each live pool's status, target and live workers' heartbeats, read from Redis."""
+        found = {}
+        for member in sorted(await self.redis.smembers(self.keys.pools)):
+            pool_id = text(member)
+            raw = decode_hash(await self.redis.hgetall(self.keys.pool(pool_id)))
+            beats = []
+            for worker_id in sorted(await self.redis.smembers(self.keys.pool_workers(pool_id))):
+                beat = decode_hash(await self.redis.hgetall(self.keys.worker(text(worker_id))))
+                if beat:
+                    beats.append(beat)
+            found[pool_id] = (raw.get("status", ""), int(raw.get("target_workers", 0) or 0), beats)
+        return found
+
+    async def capacity(self) -> tuple[int, int, int, int]:
+        """(local workers serving, their target, draining, stuck) over the supervised pools; a
+        failed pool has no workers to count."""
+        serving = target = draining = stuck = 0
+        now = time.time()
+        for status, wanted, beats in (await self.pool_workers()).values():
+            if status in ("failed", "closed"):
+                continue
+            target += wanted
+            for beat in beats:
+                if worker_draining(beat):
+                    draining += 1
+                    stuck += worker_stuck(beat, now)
+                elif beat.get("managed_by"):  # external workers add capacity, never count
+                    serving += 1
+        return serving, target, draining, stuck
+
+    async def settle(self) -> None:
+        """Wait (bounded) until the pools serve exactly their targets and nobody drains; record
+        what is left when the bound passes."""
+        from tests.conftest import wait_until
+
+        async def settled() -> bool:
+            serving, target, draining, _ = await self.capacity()
+            return serving == target and draining == 0
+
+        with contextlib.suppress(AssertionError):  # what is left is what we report
+            await wait_until(settled, timeout=drain_deadline(self.settings) + 10, what="targets")
+        serving, target, _, stuck = await self.capacity()
+        self.figures.stuck = stuck
+        self.figures.serving = f"{serving}/{target}"
+
+    def start_worker(self, pool_id: str, name: str) -> subprocess.Popen[bytes]:
+        """An external worker, started by hand the way an operator would: `python -m worker`."""
+        log = (self.tmp_path / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "--pool", pool_id],
+            stdout=log,
+            stderr=log,
+            env=self.env(),
+            cwd=REPO,
+            start_new_session=True,
+        )
+        log.close()
+        self.processes.append(proc)
+        return proc
+
+    def worker_starts(self, pool_id: str) -> int:
+        """How many worker processes the orchestrators started for the pool (one log each)."""
+        return len(list((self.tmp_path / "logs" / pool_id).glob("*.log")))
 
     async def worker_pids(self) -> list[int]:
         """Pids of every worker with a live heartbeat."""
@@ -215,6 +291,9 @@ def assert_nothing_lost(fig: Figures, *, dead_lettered: int = 0) -> None:
     assert fig.dead_lettered == dead_lettered, fig
     assert fig.recorded_twice == 0, fig
     assert fig.left_in_streams == 0, fig
+    assert fig.stuck == 0, fig
+    serving, _, target = fig.serving.partition("/")
+    assert serving == target, fig
 
 
 @pytest.fixture
@@ -260,22 +339,56 @@ async def own_redis(tmp_path: Path) -> AsyncIterator[EmbeddedBroker]:
     await broker.stop()
 
 
+TABLE_START = "<!-- chaos figures: written by tests/chaos with MAHAVISHNU_WRITE_RELIABILITY=1 -->"
+TABLE_END = "<!-- end of chaos figures -->"
+COLUMNS = (
+    "| # | scenario | fault | tasks | completed | dead-lettered | lost | lost, reported "
+    "| recorded twice | re-executed | left in streams | stuck | serving/target | seconds |"
+)
+
+
+def figures_table(figures: list[Figures]) -> str:
+    """The Markdown table of docs/reliability.md, one row per scenario in run order."""
+    rows = [COLUMNS, "|---:|---|---|" + "---:|" * 11]
+    for n, f in enumerate(figures, 1):
+        rows.append(
+            f"| {n} | {f.scenario.replace('_', ' ')} | {f.faults} | {f.tasks} | {f.completed} "
+            f"| {f.dead_lettered} | {f.lost} | {f.lost_reported} | {f.recorded_twice} "
+            f"| {f.reruns} | {f.left_in_streams} | {f.stuck} | {f.serving} | {f.seconds:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def write_reliability(figures: list[Figures], path: Path) -> None:
+    """Replace the figures table between the markers of `path`."""
+    doc = path.read_text()
+    head, found, rest = doc.partition(TABLE_START)
+    _, found_end, tail = rest.partition(TABLE_END)
+    if not (found and found_end):
+        raise AssertionError(f"{path} has no {TABLE_START!r} ... {TABLE_END!r} markers")
+    path.write_text(f"{head}{TABLE_START}\n{figures_table(figures)}\n{TABLE_END}{tail}")
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Print the chaos figures; write docs/reliability.md when asked to."""
+    """Print the chaos figures; write them into docs/reliability.md when asked to."""
     if not FIGURES:
         return
     terminalreporter.section("chaos figures")
-    header = f"{'scenario':44} {'tasks':>5} {'done':>5} {'dead':>5} {'lost':>4} {'twice':>5} {'reruns':>6} {'left':>4} {'s':>6}"
+    header = (
+        f"{'scenario':52} {'tasks':>5} {'done':>5} {'dead':>4} {'lost':>4} {'told':>4} "
+        f"{'twice':>5} {'reruns':>6} {'left':>4} {'stuck':>5} {'serving':>7} {'s':>6}"
+    )
     terminalreporter.write_line(header)
     for f in FIGURES:
         terminalreporter.write_line(
-            f"{f.scenario:44} {f.tasks:5} {f.completed:5} {f.dead_lettered:5} {f.lost:4} "
-            f"{f.recorded_twice:5} {f.reruns:6} {f.left_in_streams:4} {f.seconds:6}"
+            f"{f.scenario[:52]:52} {f.tasks:5} {f.completed:5} {f.dead_lettered:4} {f.lost:4} "
+            f"{f.lost_reported:4} {f.recorded_twice:5} {f.reruns:6} {f.left_in_streams:4} "
+            f"{f.stuck:5} {f.serving:>7} {f.seconds:6}"
         )
+        for note in f.notes:
+            terminalreporter.write_line(f"    {note}")
     if os.environ.get("MAHAVISHNU_WRITE_RELIABILITY") == "1":
-        (REPO / "docs" / "chaos-figures.json").write_text(
-            json.dumps([asdict(f) for f in FIGURES], indent=2) + "\n"
-        )
+        write_reliability(FIGURES, REPO / "docs" / "reliability.md")
 
 
 @pytest.fixture(scope="session", autouse=True)
