@@ -30,7 +30,7 @@ from shared.config import Settings
 from shared.connection import connect, decode_hash, text
 from shared.errors import ResultTimeout, TaskNotFound, TaskStateLost
 from shared.keys import WORKER_GROUP
-from shared.models import TaskStatus
+from shared.models import TaskResult, TaskStatus
 from shared.state import worker_draining, worker_stuck
 from tests.conftest import delete_prefix, make_settings
 from worker.worker import drain_deadline
@@ -73,6 +73,7 @@ class Chaos:
         self.ids: list[str] = []
         self.tokens: dict[str, str] = {}
         self.processes: list[subprocess.Popen[bytes]] = []
+        self._waits: dict[str, asyncio.Task[TaskResult]] = {}
         self.redis = connect(settings)  # with retries: the broker may restart under us
         self._started = time.monotonic()
         self.closed = False
@@ -134,17 +135,24 @@ class Chaos:
 
         await wait_until(started, timeout=30, what=f"{at_least} tasks to start")
 
+    def wait(self, task_ids: list[str], timeout: float) -> None:
+        """Start callers waiting (each bounded by `timeout`) on these tasks' results now, so
+        they wait through the fault; `finish` collects what they got."""
+        for task_id in task_ids:
+            if task_id not in self._waits:
+                wait = self.manager.result(task_id, timeout=timeout)
+                self._waits[task_id] = asyncio.create_task(wait, name=f"wait-{task_id}")
+
     async def finish(self, *, timeout: float = 90.0) -> Figures:
-        """Wait for every task's final result and measure."""
+        """Wait for every task's final result (all at once, each bounded) and measure."""
         from tests.chaos.funcs import runs_key
 
         fig = self.figures
-        deadline = time.monotonic() + timeout
+        self.wait(self.ids, timeout)
         statuses: Counter[TaskStatus] = Counter()
         for task_id in self.ids:
             try:
-                left = max(0.1, deadline - time.monotonic())
-                statuses[(await self.manager.result(task_id, timeout=left)).status] += 1
+                statuses[(await self._waits[task_id]).status] += 1
             except TaskStateLost:
                 fig.lost_reported += 1
             except ResultTimeout:
@@ -269,6 +277,9 @@ class Chaos:
         if self.closed:
             return
         self.closed = True
+        for wait in self._waits.values():
+            wait.cancel()
+        await asyncio.gather(*self._waits.values(), return_exceptions=True)
         for proc in self.processes:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
