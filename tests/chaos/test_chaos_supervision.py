@@ -130,7 +130,7 @@ async def test_workers_stopped_while_starting_are_not_crashes(chaos: Chaos) -> N
     await wait_until(three_more, what="3 more worker processes")
     await chaos.manager.scale(pool_id, 1)  # they are still importing: no handler yet
     await chaos.submit(10)
-    chaos.figures.faults = "scale 1 -> 4 -> 1 while the 3 new workers start"
+    chaos.figures.faults = "scale 1 -> 4 -> 1 while 3 new workers start (known bug: xfail)"
     fig = await chaos.finish()
     assert_nothing_lost(fig)
     info = await chaos.manager.get_pool(pool_id)
