@@ -165,11 +165,18 @@ class LocalPoolSupervisor:
                 continue
             del state.processes[worker_id]
             exited.append(worker_id)
-            if proc.stopping and proc.process.returncode == 0:
-                continue
             code = proc.process.returncode
+            if proc.stopping and not proc.killed:
+                # asked to stop: a clean exit, or SIGTERM's default action when it came before
+                # the worker had installed its handler (still importing), is no crash
+                if code not in (0, -signal.SIGTERM):
+                    reason = f"worker {worker_id} exited with code {code} while draining"
+                    log.warning("%s: %s", reason, _last_line(proc.log_path))
+                continue
             if proc.killed:
                 reason = f"worker {worker_id} did not drain in time and was killed"
+                if proc.stopping:  # it was going anyway: no crash to back off from
+                    continue
             else:
                 last = _last_line(proc.log_path)
                 state.last_error = last or f"exit code {code}"

@@ -25,7 +25,7 @@ from orchestrator.reclaim import Reclaimer
 from orchestrator.records import BadEntry, Records
 from orchestrator.routing import ROUTABLE_STATUSES, Candidate, Router, eligible, explain
 from orchestrator.supervisor import PoolSupervisor, PoolView
-from shared.aio import wait_any
+from shared.aio import stop_loops, wait_any
 from shared.codec import (
     Control,
     ControlAction,
@@ -150,12 +150,7 @@ class Orchestrator:
             stopped.cancel()
             # the loops end on `_stopping`; cancelling them is only the fallback, since
             # redis-py can swallow a cancel that lands inside a pipeline (see worker.worker)
-            _, late = await asyncio.wait(loops, timeout=LOOP_STOP_WAIT)
-            for task in late:
-                log.warning("%s loop did not stop in time: cancelling it", task.get_name())
-                task.cancel()
-            if late:
-                await asyncio.wait(late, timeout=LOOP_STOP_WAIT)
+            await stop_loops(*loops, timeout=LOOP_STOP_WAIT)
             await self._shutdown()
 
     async def _shutdown(self) -> None:

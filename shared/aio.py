@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
+
+log = logging.getLogger("mahavishnu")
 
 STOP_WAIT = 7.0  # seconds a stopped loop gets: above the longest BLOCK of a client reader
 
@@ -32,3 +35,17 @@ async def stop_task(task: asyncio.Task[Any] | None, timeout: float = STOP_WAIT) 
     await asyncio.wait({task}, timeout=timeout)
     if task.done() and not task.cancelled():
         task.exception()  # retrieved: a loop that failed while stopping is not reported twice
+
+
+async def stop_loops(*loops: asyncio.Task[None], timeout: float = 5.0) -> None:
+    """Wait for loops already told to stop (by their own event or flag) to end; cancel any that
+    does not end within `timeout` (see `stop_task` for why cancelling comes last)."""
+    _, late = await asyncio.wait(loops, timeout=timeout)
+    for loop_task in late:
+        log.warning("%s loop did not stop in time: cancelling it", loop_task.get_name())
+        loop_task.cancel()
+    if late:
+        await asyncio.wait(late, timeout=timeout)
+    for loop_task in loops:
+        if loop_task.done() and not loop_task.cancelled() and loop_task.exception() is not None:
+            log.error("%s loop failed: %r", loop_task.get_name(), loop_task.exception())

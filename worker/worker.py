@@ -33,7 +33,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from shared.aio import wait_any
+from shared.aio import stop_loops, wait_any
 from shared.codec import (
     Heartbeat,
     ResultShare,
@@ -249,7 +249,7 @@ class Worker:
             self._flush_wanted.set()
             await flusher
             self._loops_done.set()
-            await _stop_loops(heart, deadlines)
+            await stop_loops(heart, deadlines, timeout=LOOP_STOP_WAIT)
             await self._leave()
             if self._executor is not None:
                 await self._executor.aclose()
@@ -780,19 +780,6 @@ class Worker:
             await pipe.execute()
         except RedisError as exc:
             log.warning("could not leave the group cleanly: %s", exc)
-
-
-async def _stop_loops(*loops: asyncio.Task[None]) -> None:
-    """Wait for loops told to stop by their event; cancel any that does not end in time."""
-    _, late = await asyncio.wait(loops, timeout=LOOP_STOP_WAIT)
-    for loop_task in late:
-        log.warning("%s loop did not stop in time: cancelling it", loop_task.get_name())
-        loop_task.cancel()
-    if late:
-        await asyncio.wait(late, timeout=LOOP_STOP_WAIT)
-    for loop_task in loops:
-        if loop_task.done() and not loop_task.cancelled() and loop_task.exception() is not None:
-            log.error("%s loop failed: %r", loop_task.get_name(), loop_task.exception())
 
 
 async def serve(

@@ -7,8 +7,6 @@ import asyncio
 import random
 import signal
 
-import pytest
-
 from shared.connection import decode_hash
 from shared.models import PoolStatus, TaskStatus
 from tests.chaos.conftest import Chaos, assert_nothing_lost
@@ -113,12 +111,6 @@ async def test_a_pool_whose_workers_crash_at_start_is_backed_off_and_failed(chao
     chaos.figures.notes.append(f"failed with: {info.detail}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="orchestrator/local_pool.py reap(): a worker SIGTERMed by a scale-down before its "
-    "signal handler is installed exits with -15 and is counted as a crash (restarts, "
-    "last_restart_reason, crash streak backoff)",
-)
 async def test_workers_stopped_while_starting_are_not_crashes(chaos: Chaos) -> None:
     chaos.start_orchestrator("o1")
     pool_id = await chaos.spawn("p", min_workers=1, max_workers=4)
@@ -130,7 +122,7 @@ async def test_workers_stopped_while_starting_are_not_crashes(chaos: Chaos) -> N
     await wait_until(three_more, what="3 more worker processes")
     await chaos.manager.scale(pool_id, 1)  # they are still importing: no handler yet
     await chaos.submit(10)
-    chaos.figures.faults = "scale 1 -> 4 -> 1 while 3 new workers start (known bug: xfail)"
+    chaos.figures.faults = "scale 1 -> 4 -> 1 while 3 new workers start"
     fig = await chaos.finish()
     assert_nothing_lost(fig)
     info = await chaos.manager.get_pool(pool_id)
