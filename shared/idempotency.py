@@ -64,11 +64,16 @@ async def claim_keys(
         return {}
     pipe = redis.pipeline(transaction=False)
     for key, spec in first.items():
-        pipe.set(keys.idempotency(key), f"{spec.id} {digests[spec.id]}", nx=True, ex=ttl, get=True)
+        # SET NX then GET, not SET NX GET: that form needs Redis 7, and 6.2 must keep working
+        pipe.set(keys.idempotency(key), f"{spec.id} {digests[spec.id]}", nx=True, ex=ttl)
+        pipe.get(keys.idempotency(key))
     replies = await pipe.execute()
     owner: dict[str, tuple[str, str | None]] = {}  # key -> (task id, its digest if known)
     won: list[str] = []  # keys this call set (the others were there before)
-    for (key, spec), stored in zip(first.items(), replies, strict=True):
+    for (key, spec), was_set, current in zip(
+        first.items(), replies[::2], replies[1::2], strict=True
+    ):
+        stored = None if was_set else current
         stored_id, _, stored_digest = text(stored).partition(" ")
         if stored is None:
             won.append(key)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -115,3 +117,36 @@ async def wait_until(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLI = str(Path(sys.executable).with_name("mahavishnu"))
+
+
+async def run_cli(
+    url: str, *args: str, command_timeout: float, limit: float = 120.0
+) -> tuple[int, str, str, float]:
+    """Run `mahavishnu ARGS` as its own process against `url`, with no settings but the Redis
+    URL and `redis_command_timeout`; return (exit code, stdout, stderr, seconds it took)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAHAVISHNU_")}
+    env.update(
+        {
+            "MAHAVISHNU_REDIS_URL": url,
+            "MAHAVISHNU_REDIS_COMMAND_TIMEOUT": str(command_timeout),
+            "MAHAVISHNU_EMBEDDED_BROKER": "false",
+            "MAHAVISHNU_SETTINGS_DIR": str(REPO_ROOT / "no-such-settings"),
+            "PYTHONPATH": str(REPO_ROOT),
+        }
+    )
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), limit)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"mahavishnu {' '.join(args)} still runs after {limit:g} s") from None
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode(), time.monotonic() - started

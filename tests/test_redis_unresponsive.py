@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,10 +21,8 @@ from shared.client import PoolManager
 from shared.config import Settings
 from shared.connection import as_broker_error, blocking_socket_timeout, connect, unresponsive
 from shared.errors import BrokerError, BrokerUnresponsive
-from tests.conftest import delete_prefix, make_settings
+from tests.conftest import delete_prefix, make_settings, run_cli
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CLI = str(Path(sys.executable).with_name("mahavishnu"))
 COMMAND_TIMEOUT = 2.0
 MARGIN = 8.0  # interpreter start and imports of a CLI process on a busy 2-core machine
 
@@ -48,32 +44,6 @@ def paused(broker: EmbeddedBroker) -> Iterator[None]:
         os.kill(broker.pid, signal.SIGCONT)
 
 
-async def run_cli(url: str, *args: str) -> tuple[int, str, str, float]:
-    """Run `mahavishnu ARGS` against `url`; return (exit code, stdout, stderr, seconds)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAHAVISHNU_")}
-    env.update(
-        {
-            "MAHAVISHNU_REDIS_URL": url,
-            "MAHAVISHNU_REDIS_COMMAND_TIMEOUT": str(COMMAND_TIMEOUT),
-            "MAHAVISHNU_EMBEDDED_BROKER": "false",
-            "MAHAVISHNU_SETTINGS_DIR": str(REPO_ROOT / "no-such-settings"),
-            "PYTHONPATH": str(REPO_ROOT),
-        }
-    )
-    started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError(f"mahavishnu {' '.join(args)} still runs after 120 s") from None
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode(), time.monotonic() - started
-
-
 @pytest.mark.parametrize(
     "args",
     [
@@ -88,7 +58,7 @@ async def test_cli_commands_fail_within_the_bound_when_redis_stops_answering(
 ) -> None:
     url = f"redis://:s3cret-pw@127.0.0.1:{own_redis.port}/0"
     with paused(own_redis):
-        code, out, err, seconds = await run_cli(url, *args)
+        code, out, err, seconds = await run_cli(url, *args, command_timeout=COMMAND_TIMEOUT)
     assert code == 1, (out, err)
     assert out == ""
     assert err.splitlines() == [
@@ -99,9 +69,13 @@ async def test_cli_commands_fail_within_the_bound_when_redis_stops_answering(
 
 async def test_the_same_command_answers_once_redis_resumes(own_redis: EmbeddedBroker) -> None:
     with paused(own_redis):
-        code, _, _, _ = await run_cli(own_redis.url, "pool", "list", "--json")
+        code, _, _, _ = await run_cli(
+            own_redis.url, "pool", "list", "--json", command_timeout=COMMAND_TIMEOUT
+        )
     assert code == 1
-    code, out, err, _ = await run_cli(own_redis.url, "pool", "list", "--json")
+    code, out, err, _ = await run_cli(
+        own_redis.url, "pool", "list", "--json", command_timeout=COMMAND_TIMEOUT
+    )
     assert (code, out.strip()) == (0, "[]"), err
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -16,10 +15,9 @@ from shared.broker import EmbeddedBroker, start_redis_server
 from shared.config import Settings
 from shared.errors import OrchestratorNotRunning, PoolNotFound
 from shared.waits import orchestrator_alive
-from tests.chaos.conftest import REPO, Chaos, _chaos, assert_nothing_lost
-from tests.conftest import make_settings, wait_until
+from tests.chaos.conftest import Chaos, _chaos, assert_nothing_lost
+from tests.conftest import make_settings, run_cli, wait_until
 
-CLI = str(Path(sys.executable).with_name("mahavishnu"))
 PAUSE = 10.0  # seconds Redis is stopped
 CLI_COMMAND_TIMEOUT = 1.0
 CLI_MARGIN = 8.0  # interpreter start and imports of a CLI process on a busy 2-core machine
@@ -31,31 +29,6 @@ def own_settings(broker: EmbeddedBroker, prefix: str, tmp_path: Path) -> Setting
     return make_settings(
         prefix, tmp_path, redis_url=broker.url, events_max_len=100_000, task_deadline_grace=1.0
     )
-
-
-async def run_cli(url: str, *args: str) -> tuple[int, str, float]:
-    """`mahavishnu ARGS` against `url` with a short command timeout: (exit code, stderr, s)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAHAVISHNU_")}
-    env.update(
-        {
-            "MAHAVISHNU_REDIS_URL": url,
-            "MAHAVISHNU_REDIS_COMMAND_TIMEOUT": str(CLI_COMMAND_TIMEOUT),
-            "MAHAVISHNU_EMBEDDED_BROKER": "false",
-            "MAHAVISHNU_SETTINGS_DIR": str(REPO / "no-such-settings"),
-            "PYTHONPATH": str(REPO),
-        }
-    )
-    started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-    )
-    try:
-        _, err = await asyncio.wait_for(proc.communicate(), 60)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError(f"mahavishnu {' '.join(args)} still runs after 60 s") from None
-    return proc.returncode or 0, err.decode(), time.monotonic() - started
 
 
 async def test_redis_paused_10_s_under_load(
@@ -73,20 +46,29 @@ async def test_redis_paused_10_s_under_load(
         os.kill(own_redis.pid, signal.SIGSTOP)
         try:
             for _ in range(2):
-                answers.append(await run_cli(own_redis.url, "pool", "list", "--json"))
+                answers.append(
+                    await run_cli(
+                        own_redis.url,
+                        "pool",
+                        "list",
+                        "--json",
+                        command_timeout=CLI_COMMAND_TIMEOUT,
+                        limit=60,
+                    )
+                )
             await asyncio.sleep(max(0.0, PAUSE - (time.monotonic() - started)))  # the fault
         finally:
             os.kill(own_redis.pid, signal.SIGCONT)
         paused = time.monotonic() - started
         await chaos.submit(100, seconds=0.01, max_attempts=5)
-        slowest = max(seconds for _, _, seconds in answers)
+        slowest = max(seconds for _, _, _, seconds in answers)
         chaos.figures.faults = (
             f"Redis SIGSTOP {paused:.0f} s; `pool list` during it failed in <= {slowest:.1f} s"
         )
         fig = await chaos.finish()
         assert_nothing_lost(fig)
         line = f"error: Redis at {own_redis.url} did not answer within {CLI_COMMAND_TIMEOUT:g} s"
-        for code, err, seconds in answers:
+        for code, _, err, seconds in answers:
             assert (code, err.splitlines()) == (1, [line]), err
             assert seconds < CLI_COMMAND_TIMEOUT + CLI_MARGIN, seconds
 
