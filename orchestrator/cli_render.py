@@ -411,9 +411,11 @@ def build_task(
         data["kwargs"] = {k: json_value(v) for k, v in pairs(kwargs, "--kwarg").items()}
     else:
         data["command"] = list(argv or [])
-    data["timeout"] = timeout if timeout is not None else settings.task_default_timeout
-    data["max_attempts"] = max_attempts if max_attempts is not None else settings.task_max_attempts
-    return make_task(data)
+    if timeout is not None:
+        data["timeout"] = timeout
+    if max_attempts is not None:
+        data["max_attempts"] = max_attempts
+    return make_task(data, settings=settings)
 
 
 def wait_bound(settings: Settings, task: TaskSpec, *, routed: bool) -> float:

@@ -115,7 +115,7 @@ async def run_demo(
 ) -> dict[str, Any]:
     """Submit the demo batch through routing, follow it with a progress bar, summarise it."""
     planned = demo_tasks(count, run_id)
-    specs = [make_task(data) for data, _ in planned]
+    specs = [make_task(data, settings=pools.settings) for data, _ in planned]
     expected = {spec.id: want for spec, (_, want) in zip(specs, planned, strict=True)}
     deadline = time.monotonic() + limit
     sent: dict[str, float] = {}

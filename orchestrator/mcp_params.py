@@ -61,12 +61,13 @@ Call = Annotated[
 CallArgs = Annotated[list[Any] | None, Field(description="Positional arguments of `call`")]
 CallKwargs = Annotated[dict[str, Any] | None, Field(description="Keyword arguments of `call`")]
 Timeout = Annotated[
-    float,
+    float | None,
     Field(
         gt=0,
         le=MAX_TIMEOUT_SECONDS,
-        description="The task's execution limit in seconds; also how long this call waits for "
-        "the result unless `wait` says otherwise",
+        description="The task's execution limit in seconds (default: the deployment's "
+        "task_default_timeout setting, 300 s unless configured); also how long a waiting call "
+        "waits for the result unless `wait` says otherwise",
     ),
 ]
 Wait = Annotated[

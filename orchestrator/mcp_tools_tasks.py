@@ -42,6 +42,7 @@ from orchestrator.mcp_support import (
     tool_errors,
 )
 from shared.client import PoolManager, make_task
+from shared.config import Settings
 from shared.errors import InvalidRequest, OrchestratorNotRunning, ResultTimeout
 from shared.models import (
     MAX_TIMEOUT_SECONDS,
@@ -89,6 +90,7 @@ async def wait_result(pools: PoolManager, task_id: str, wait: float) -> ExecuteR
 
 
 def routed_task(
+    settings: Settings,
     payload: dict[str, Any],
     pool_selector: str | None,
     affinity_key: str | None,
@@ -105,7 +107,7 @@ def routed_task(
     parsed = parse_labels(labels)
     if parsed:
         payload["labels"] = parsed
-    return make_task(payload)
+    return make_task(payload, settings=settings)
 
 
 async def check_pool_runs(pools: PoolManager, task: TaskSpec, pool_id: str) -> None:
@@ -126,7 +128,7 @@ def register_task_tools(mcp: ToolSet) -> None:
         ctx: ToolContext,
         pool_id: PoolId,
         prompt: Prompt = None,
-        timeout: Timeout = 300.0,
+        timeout: Timeout = None,
         command: Command = None,
         call: Call = None,
         args: CallArgs = None,
@@ -155,18 +157,19 @@ def register_task_tools(mcp: ToolSet) -> None:
                     idempotency_key=idempotency_key,
                     share_with=share_with,
                     pool_id=pool_id,
-                )
+                ),
+                settings=state.settings,
             )
             await check_pool_runs(state.pools, task, pool_id)
             task_id = await state.pools.submit(task, pool_id=pool_id)
-            return await wait_result(state.pools, task_id, timeout if wait is None else wait)
+            return await wait_result(state.pools, task_id, task.timeout if wait is None else wait)
 
     @mcp.tool()
     async def pool_route_execute(
         ctx: ToolContext,
         prompt: Prompt = None,
         pool_selector: PoolSelector = None,
-        timeout: Timeout = 300.0,
+        timeout: Timeout = None,
         affinity_key: AffinityKey = None,
         labels: Labels = None,
         command: Command = None,
@@ -198,9 +201,9 @@ def register_task_tools(mcp: ToolSet) -> None:
                 idempotency_key=idempotency_key,
                 share_with=share_with,
             )
-            task = routed_task(payload, pool_selector, affinity_key, labels)
+            task = routed_task(state.settings, payload, pool_selector, affinity_key, labels)
             task_id = await state.pools.submit(task)
-            return await wait_result(state.pools, task_id, timeout if wait is None else wait)
+            return await wait_result(state.pools, task_id, task.timeout if wait is None else wait)
 
     @mcp.tool()
     async def task_submit(
@@ -222,7 +225,7 @@ def register_task_tools(mcp: ToolSet) -> None:
         pool_selector: PoolSelector = None,
         affinity_key: AffinityKey = None,
         labels: Labels = None,
-        timeout: Timeout = 300.0,
+        timeout: Timeout = None,
         queue_timeout: QueueTimeout = None,
         max_attempts: MaxAttempts = None,
         tags: Tags = None,
@@ -252,10 +255,10 @@ def register_task_tools(mcp: ToolSet) -> None:
                         "pool_selector/affinity_key/labels: these route a task; they do not go "
                         "with pool_id (which sends it to that pool directly)"
                     )
-                task = make_task(payload, pool_id=pool_id)
+                task = make_task(payload, settings=state.settings, pool_id=pool_id)
                 await check_pool_runs(state.pools, task, pool_id)
             else:
-                task = routed_task(payload, pool_selector, affinity_key, labels)
+                task = routed_task(state.settings, payload, pool_selector, affinity_key, labels)
             task_id = await state.pools.submit(task, pool_id=pool_id, expect_reply=False)
             current = await state.pools.status(task_id)
             return TaskSubmitted(

@@ -75,14 +75,23 @@ FOREIGN_RECHECK = 5.0  # seconds between looks at the hash of a task waited on v
 SUBMIT_CHUNK = 1000  # tasks per submit script: one call must not hold Redis for long
 
 
-def make_task(task: TaskInput, **overrides: Any) -> TaskSpec:
-    """Validate a task given as a TaskSpec or a mapping; raise InvalidRequest naming the field."""
+def make_task(task: TaskInput, *, settings: Settings | None = None, **overrides: Any) -> TaskSpec:
+    """Validate a task given as a TaskSpec or a mapping; raise InvalidRequest naming the field.
+
+    The one place task defaults are applied: a mapping that leaves out `timeout` or
+    `max_attempts` gets the `settings`' `task_default_timeout` / `task_max_attempts` (every entry
+    point passes its settings: the client, the CLI, the MCP tools). A TaskSpec is taken as built.
+    """
     try:
         if isinstance(task, TaskSpec):
             if not overrides:
                 return task
             return TaskSpec.model_validate({**task.model_dump(), **overrides})
-        return TaskSpec.model_validate({**task, **overrides})
+        data = dict(task)
+        if settings is not None:
+            data.setdefault("timeout", settings.task_default_timeout)
+            data.setdefault("max_attempts", settings.task_max_attempts)
+        return TaskSpec.model_validate({**data, **overrides})
     except ValidationError as exc:
         raise InvalidRequest(f"invalid task: {describe_validation_error(exc)}") from None
 
@@ -183,16 +192,7 @@ class PoolManager:
         overrides: dict[str, Any] = {"reply_to": self.client_id} if expect_reply else {}
         if pool_id is not None:
             overrides["pool_id"] = pool_id
-        defaults = {
-            "timeout": self.settings.task_default_timeout,
-            "max_attempts": self.settings.task_max_attempts,
-        }
-        specs = [
-            make_task(t, **overrides)
-            if isinstance(t, TaskSpec)
-            else make_task({**defaults, **t}, **overrides)
-            for t in tasks
-        ]
+        specs = [make_task(t, settings=self.settings, **overrides) for t in tasks]
         known = await claim_keys(self.redis, self.keys, specs, self.settings.result_ttl)
         fresh = [s for s in specs if known.get(s.idempotency_key or "", s.id) == s.id]
         if self.settings.redis_cluster:
@@ -420,7 +420,7 @@ class PoolManager:
         overrides: dict[str, Any] = {}
         if pool_selector is not None:
             overrides["strategy"] = pool_selector
-        task_id = await self.submit(make_task(task, **overrides))
+        task_id = await self.submit(make_task(task, settings=self.settings, **overrides))
         return await self.result(task_id, timeout)
 
     async def execute_batch(
