@@ -35,9 +35,8 @@ from bench.stats import (
     start_process,
     stop_process,
 )
-from orchestrator.local_pool import settings_env
 from shared.client import PoolManager
-from shared.config import SETTINGS_DIR_ENV, Settings, load_settings
+from shared.config import SETTINGS_DIR_ENV, Settings, load_settings, settings_env
 from shared.connection import decode_hash, text
 from shared.models import PoolStatus, TaskResult, TaskStatus
 

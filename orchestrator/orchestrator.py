@@ -20,7 +20,8 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from orchestrator.epoch import Epoch
-from orchestrator.local_pool import LocalPoolSupervisor
+from orchestrator.pools import PoolBackend, build_backends, unavailable
+from orchestrator.pools.local import LocalBackend
 from orchestrator.reclaim import Reclaimer
 from orchestrator.records import BadEntry, Records
 from orchestrator.routing import ROUTABLE_STATUSES, Candidate, Router, eligible, explain
@@ -47,12 +48,11 @@ from shared.connection import (
     read_own_pending,
     text,
 )
-from shared.errors import ExecutorError, MalformedMessage
+from shared.errors import MalformedMessage
 from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
 from shared.models import PoolSpec, PoolStatus, PoolType, TaskStatus, new_id
 from shared.scripts import Scripts, add_counted, flat_fields
 from shared.state import ACCEPTING_STATUSES, pool_hash_fields
-from worker.executors import build_executor
 
 log = logging.getLogger("mahavishnu.orchestrator")
 
@@ -90,13 +90,12 @@ class Orchestrator:
         self.records = Records(self.redis, self._scripts, settings, self.id)
         self.reclaimer = Reclaimer(self.records, self._lease_ms)
         self._tick_soon = asyncio.Event()  # a control command or a worker exit asks for a tick
-        local = LocalPoolSupervisor(
-            settings,
-            log_dir or Path(".mahavishnu/logs"),
-            owner_id=self.id,
-            on_exit=self._tick_soon.set,
+        self.backends = build_backends(
+            settings, log_dir or Path(".mahavishnu/logs"), self.id, self._tick_soon.set
         )
-        self.supervisor = PoolSupervisor(self.records, self.reclaimer, local, self._lease_ms)
+        self.supervisor = PoolSupervisor(
+            self.records, self.reclaimer, self.backends, self._lease_ms
+        )
         self.epoch = Epoch(self.records, self._lease_ms)
         self.stop_workers_on_exit = stop_workers_on_exit
         self._waiting: list[_Waiting] = []
@@ -114,9 +113,11 @@ class Orchestrator:
         return self.supervisor.pools
 
     @property
-    def local(self) -> LocalPoolSupervisor:
-        """The worker processes this orchestrator started."""
-        return self.supervisor.local
+    def local(self) -> LocalBackend:
+        """The worker processes this orchestrator started on this host."""
+        backend = self.backends[PoolType.LOCAL]
+        assert isinstance(backend, LocalBackend)
+        return backend
 
     @property
     def _lease_ms(self) -> int:
@@ -155,7 +156,8 @@ class Orchestrator:
 
     async def _shutdown(self) -> None:
         if self.stop_workers_on_exit:
-            await self.local.stop_all(self.settings.drain_grace + 5)
+            for backend in self.backends.values():
+                await backend.stop_all(self.settings.drain_grace + 5)
         try:
             pipe = self.redis.pipeline(transaction=False)
             for pool_id in self.supervisor.owned():
@@ -420,7 +422,7 @@ class Orchestrator:
         key = self.keys.pool(spec.id)
         if await self.redis.exists(key):
             return  # a re-delivered spawn: the pool exists already
-        problem = _spawn_problem(spec)
+        problem = self._spawn_problem(spec)
         now = time.time()
         if problem:
             log.warning("pool %s (%s) cannot start: %s", spec.id, spec.name, problem)
@@ -473,6 +475,11 @@ class Orchestrator:
         ):
             self._tick_soon.set()
 
+    def _spawn_problem(self, spec: PoolSpec) -> str:
+        """Why a pool cannot start on this orchestrator, or '' if it can."""
+        backend: PoolBackend | None = self.backends.get(spec.pool_type)
+        return unavailable(spec.pool_type) if backend is None else backend.problem(spec)
+
     # -------------------------------------------------------------- supervision
 
     async def _supervise_loop(self) -> None:
@@ -513,20 +520,6 @@ class Orchestrator:
             await self._handle_control(entry)
         if orphans.get(self.keys.ingress):
             await self.route(orphans[self.keys.ingress], reclaimed=True)
-
-
-def _spawn_problem(spec: PoolSpec) -> str:
-    """Why a pool cannot start on this orchestrator, or '' if it can."""
-    if spec.pool_type is not PoolType.LOCAL:
-        return (
-            f"pool type {spec.pool_type!s} is not available yet in this version; "
-            "use 'local' (alias 'mahavishnu')"
-        )
-    try:
-        build_executor(spec)
-    except ExecutorError as exc:
-        return str(exc)
-    return ""
 
 
 async def serve(settings: Settings, *, log_dir: Path | None = None) -> int:

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.local_pool import LocalPoolSupervisor
+from orchestrator.pools import PoolBackend
 from orchestrator.reclaim import Reclaimer
 from orchestrator.records import Records
 from shared.codec import PoolClosed, StatusUpdate, TaskDelegate, decode, encode
@@ -50,7 +50,8 @@ class PoolView:
     live_workers: dict[str, dict[str, str]] = field(default_factory=dict)
     members: set[str] = field(default_factory=set)
     backlog: int = 0
-    local: set[str] = field(default_factory=set)  # processes the supervisor started and has
+    local: set[str] = field(default_factory=set)  # workers the pool's backend started and has
+    failed: str = ""  # why the backend cannot run the pool, as of the last sweep
 
     @property
     def serving(self) -> dict[str, dict[str, str]]:
@@ -96,11 +97,15 @@ class PoolSupervisor:
     """Keeps the view of all pools and supervises the ones whose lease this orchestrator holds."""
 
     def __init__(
-        self, records: Records, reclaimer: Reclaimer, local: LocalPoolSupervisor, lease_ms: int
+        self,
+        records: Records,
+        reclaimer: Reclaimer,
+        backends: dict[PoolType, PoolBackend],
+        lease_ms: int,
     ) -> None:
         self.records = records
         self.reclaimer = reclaimer
-        self.local = local
+        self.backends = backends
         self.redis = records.redis
         self.settings = records.settings
         self.keys = records.keys
@@ -172,40 +177,45 @@ class PoolSupervisor:
             return
         if view.status not in ACCEPTING_STATUSES:
             return
-        if view.spec.pool_type is PoolType.LOCAL:
-            await self._reap(view)
-        starting = {p.worker_id for p in self.local.alive(pool_id)}
+        backend = self.backends.get(view.spec.pool_type)
+        if backend is None:  # a type this version cannot run (refused at spawn): leave it be
+            return
+        await self._sweep(view, backend)
+        starting = backend.active(pool_id)
         await self.reclaimer.pool_entries(pool_id, set(view.live_workers) | starting, pending)
-        if view.spec.pool_type is PoolType.LOCAL:
-            if self.local.start_failed(pool_id):
-                self.local.stop_pool(pool_id)
-                detail = f"workers fail to start: {self.local.pool(pool_id).last_error}"
-                await self._set_status(view, PoolStatus.FAILED, detail)
-                await self._requeue_leftovers(pool_id)  # its queued tasks must not wait forever
-                return
-            await self._reconcile_processes(view, self._autoscale(view))
+        if view.failed:
+            backend.stop(pool_id)
+            await self._set_status(view, PoolStatus.FAILED, view.failed)
+            await self._requeue_leftovers(pool_id)  # its queued tasks must not wait forever
+            return
+        target = self._autoscale(view)
+        if target != view.target:
+            await self.redis.hset(self.keys.pool(pool_id), "target_workers", str(target))
+            view.raw["target_workers"] = str(target)
+        await backend.reconcile(view.spec, target)
+        view.local = backend.managed(pool_id)
         await self._set_status(view, self._wanted_status(view), "")
 
-    async def _reap(self, view: PoolView) -> None:
-        """Forget exited processes at once (their heartbeats and entries with them) and kill
-        those draining past their deadline."""
+    async def _sweep(self, view: PoolView, backend: PoolBackend) -> None:
+        """Forget exited workers at once (their heartbeats and entries with them), kill those
+        draining past their deadline, and record why a worker had to be restarted."""
         pool_id = view.spec.id
-        killed = self.local.overdue(pool_id, drain_deadline(self.settings) + KILL_MARGIN)
-        exited, reason = self.local.reap(pool_id, set(view.live_workers))
-        view.local = self.local.managed(pool_id)
-        if not exited and not killed:
+        found = backend.sweep(
+            pool_id, set(view.live_workers), drain_deadline(self.settings) + KILL_MARGIN
+        )
+        view.local = backend.managed(pool_id)
+        view.failed = found.failed
+        if not found.exited and not found.restart_reason:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for worker_id in exited:
+        for worker_id in found.exited:
             view.live_workers.pop(worker_id, None)
             view.members.discard(worker_id)
             pipe.delete(self.keys.worker(worker_id))
             pipe.srem(self.keys.pool_workers(pool_id), worker_id)
-        if killed and not reason:
-            names = ", ".join(p.worker_id for p in killed)
-            reason = f"killed {names}: still draining past the drain deadline"
-        if reason:
-            restart = {"last_restart_at": repr(time.time()), "last_restart_reason": reason[:500]}
+        if found.restart_reason:
+            reason = found.restart_reason[:500]
+            restart = {"last_restart_at": repr(time.time()), "last_restart_reason": reason}
             pipe.hset(self.keys.pool(pool_id), mapping=restart)
             pipe.hincrby(self.keys.pool(pool_id), "restarts", 1)
         await pipe.execute()
@@ -213,8 +223,7 @@ class PoolSupervisor:
     @staticmethod
     def _wanted_status(view: PoolView) -> PoolStatus:
         target = view.target
-        local = view.spec.pool_type is PoolType.LOCAL
-        serving = view.serving_local if local else len(view.serving)
+        serving = view.serving_local  # the target counts only the backend's own workers
         anyone = len(view.serving)  # external workers serve the pool too
         if view.status is PoolStatus.SCALING and (serving > 0 or target == 0):
             return PoolStatus.RUNNING if serving == target else PoolStatus.SCALING
@@ -251,31 +260,19 @@ class PoolSupervisor:
             self._low_backlog_since.pop(spec.id, None)
         return target
 
-    async def _reconcile_processes(self, view: PoolView, target: int) -> None:
-        pool_id = view.spec.id
-        if target != view.target:
-            await self.redis.hset(self.keys.pool(pool_id), "target_workers", str(target))
-            view.raw["target_workers"] = str(target)
-        mine = self.local.alive(pool_id)  # started by us, not asked to stop, not exited
-        missing = target - len(mine)
-        if missing > 0 and self.local.may_start(pool_id):
-            for _ in range(min(missing, 8)):
-                proc = await self.local.start_worker(pool_id, view.spec.concurrency)
-                view.local.add(proc.worker_id)
-        elif missing < 0:
-            for proc in sorted(mine, key=lambda p: p.started_at, reverse=True)[:-missing]:
-                self.local.stop_worker(proc)
-
     async def _finish_close(self, view: PoolView) -> None:
         """Once the pool's workers have drained, re-route or fail what is left, then close."""
         pool_id = view.spec.id
-        self.local.stop_pool(pool_id)
+        backend = self.backends.get(view.spec.pool_type)
+        if backend is not None:
+            backend.stop(pool_id)
         since = self._closing_since.setdefault(pool_id, time.monotonic())
         limit = self.settings.drain_grace + self.settings.heartbeat_ttl + 5
-        still = self.local.running(pool_id) or view.live_workers
+        still = (backend.running(pool_id) if backend else 0) or view.live_workers
         if still and time.monotonic() - since < limit:
             return
-        self.local.kill_pool(pool_id)
+        if backend is not None:
+            backend.kill(pool_id)
         await self._requeue_leftovers(pool_id)
         keys = self.keys
         pipe = self.redis.pipeline(transaction=False)
@@ -298,8 +295,8 @@ class PoolSupervisor:
         )
         await self.records.scripts.execute(pipe)
         self._closing_since.pop(pool_id, None)
-        if not self.local.running(pool_id):
-            self.local.pools.pop(pool_id, None)
+        if backend is not None:
+            backend.forget(pool_id)
         self.pools.pop(pool_id, None)
         log.info("closed pool %s", pool_id)
 
@@ -363,7 +360,8 @@ class PoolSupervisor:
                     "updated_at": now,
                 },
             )
-            starting = {p.worker_id for p in self.local.alive(pool_id)}
+            backend = self.backends.get(view.spec.pool_type)
+            starting = backend.active(pool_id) if backend else set()
             dead = view.members - set(view.live_workers) - starting
             if dead:
                 pipe.srem(self.keys.pool_workers(pool_id), *dead)
@@ -373,9 +371,8 @@ class PoolSupervisor:
 
 def _workers_detail(view: PoolView) -> str:
     """E.g. "2/2 workers", "2/2 workers + 1 external", with draining ones named."""
-    local = view.serving_local if view.spec.pool_type is PoolType.LOCAL else len(view.serving)
-    text_ = f"{local}/{view.target} workers"
-    if view.spec.pool_type is PoolType.LOCAL and view.external:
+    text_ = f"{view.serving_local}/{view.target} workers"
+    if view.external:
         text_ += f" + {view.external} external"
     if view.draining:
         text_ += f", {view.draining} draining"

@@ -10,6 +10,7 @@ nearest valid name (variables that are not settings are listed in NOT_SETTINGS_E
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from pathlib import Path
 from typing import Any, Self
@@ -327,3 +328,21 @@ def load_settings(**overrides: Any) -> Settings:
             message = str(err["msg"]).removeprefix("Value error, ")
             problems.append(f"{field}={shown} from {_source_of(field)}: {message}")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process exactly these settings."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            text = value.get_secret_value()
+        elif isinstance(value, list | dict):
+            text = json.dumps(value)
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        else:
+            text = str(value)
+        env[f"{ENV_PREFIX}{name.upper()}"] = text
+    return env

@@ -65,7 +65,7 @@ async def settings(
 
     The same values go into the environment, so processes started by the test see them too.
     """
-    from orchestrator.local_pool import settings_env
+    from shared.config import settings_env
 
     monkeypatch.setenv("MAHAVISHNU_SETTINGS_DIR", str(tmp_path / "no-settings"))
     value = make_settings(prefix, tmp_path)

@@ -171,7 +171,7 @@ async def own_redis(tmp_path: Path) -> AsyncIterator[EmbeddedBroker]:
 async def test_redis_flushed_under_a_waiting_caller(
     own_redis: EmbeddedBroker, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from orchestrator.local_pool import settings_env
+    from shared.config import settings_env
 
     settings = make_settings(prefix, tmp_path, redis_url=own_redis.url)
     monkeypatch.setenv("MAHAVISHNU_SETTINGS_DIR", str(tmp_path / "no-settings"))

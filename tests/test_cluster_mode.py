@@ -48,7 +48,7 @@ async def settings(
     prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Settings]:
     """The suite's settings with `redis_cluster` on, in this process and its children."""
-    from orchestrator.local_pool import settings_env
+    from shared.config import settings_env
     from tests.conftest import delete_prefix
 
     monkeypatch.setenv("MAHAVISHNU_SETTINGS_DIR", str(tmp_path / "no-settings"))

@@ -102,8 +102,8 @@ async def test_the_error_and_the_timeouts_come_from_the_settings(tmp_path: Path)
 async def test_a_pool_rides_out_a_pause_longer_than_the_command_timeout(
     own_redis: EmbeddedBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from orchestrator.local_pool import settings_env
     from orchestrator.orchestrator import Orchestrator
+    from shared.config import settings_env
 
     settings: Settings = make_settings(
         "test-unresponsive-pool:",

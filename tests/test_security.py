@@ -13,11 +13,10 @@ from typing import Any
 
 import pytest
 
-from orchestrator.local_pool import settings_env
 from orchestrator.orchestrator import Orchestrator
 from shared.broker import EmbeddedBroker, free_port, start_redis_server
 from shared.client import PoolManager
-from shared.config import Settings
+from shared.config import Settings, settings_env
 from shared.errors import BrokerError
 from tests.conftest import delete_prefix, make_settings
 

@@ -17,10 +17,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from orchestrator.cli_render import workers_cell
-from orchestrator.local_pool import settings_env
 from orchestrator.orchestrator import Orchestrator
 from shared.client import PoolManager
-from shared.config import Settings
+from shared.config import Settings, settings_env
 from shared.health import health_report
 from shared.models import PoolInfo, TaskStatus
 from tests.conftest import make_settings, wait_until

@@ -23,10 +23,9 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from orchestrator.local_pool import settings_env
 from shared.broker import EmbeddedBroker, free_port, start_redis_server
 from shared.client import PoolManager
-from shared.config import Settings
+from shared.config import Settings, settings_env
 from shared.connection import connect, decode_hash, text
 from shared.errors import ResultTimeout, TaskNotFound, TaskStateLost
 from shared.keys import WORKER_GROUP

@@ -21,36 +21,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from pydantic import SecretStr
-
-from shared.config import ENV_PREFIX, Settings
+from orchestrator.pools.base import PoolBackend, Sweep
+from shared.config import Settings, settings_env
+from shared.errors import ExecutorError
+from shared.models import PoolSpec
+from worker.executors import build_executor
 
 log = logging.getLogger("mahavishnu.orchestrator.local")
 
 FAILED_STARTS_BEFORE_FAILED = 3
 QUICK_CRASH = 30.0  # a process that exits within this many seconds of starting adds to a streak
 RESTART_BACKOFF_BASE, RESTART_BACKOFF_MAX = 0.5, 30.0
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a child process exactly these settings."""
-    env: dict[str, str] = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            text = value.get_secret_value()
-        elif isinstance(value, list | dict):
-            import json
-
-            text = json.dumps(value)
-        elif isinstance(value, bool):
-            text = "true" if value else "false"
-        else:
-            text = str(value)
-        env[f"{ENV_PREFIX}{name.upper()}"] = text
-    return env
 
 
 @dataclass
@@ -85,14 +68,14 @@ class LocalPool:
     crash_streak: int = 0
 
 
-class LocalPoolSupervisor:
-    """Starts and stops worker processes for the local pools this orchestrator owns."""
+class LocalBackend(PoolBackend):
+    """The `local` backend: worker processes on this host for the pools this orchestrator
+    holds the leases of."""
 
     def __init__(
         self,
         settings: Settings,
         log_dir: Path,
-        *,
         owner_id: str = "",
         on_exit: Callable[[], None] | None = None,
     ) -> None:
@@ -279,14 +262,92 @@ class LocalPoolSupervisor:
         for watcher in list(self._watchers):
             watcher.cancel()
 
+    # ------------------------------------------------------------ PoolBackend
 
-def _last_line(path: Path) -> str:
+    def problem(self, spec: PoolSpec) -> str:
+        """Why this host cannot run the pool's executor ('' if it can)."""
+        try:
+            build_executor(spec)
+        except ExecutorError as exc:
+            return str(exc)
+        return ""
+
+    async def reconcile(self, spec: PoolSpec, target: int) -> None:
+        """Start processes (past the restart backoff, at most 8 a tick) or stop the newest."""
+        mine = self.alive(spec.id)  # started by us, not asked to stop, not exited
+        missing = target - len(mine)
+        if missing > 0 and self.may_start(spec.id):
+            for _ in range(min(missing, 8)):
+                await self.start_worker(spec.id, spec.concurrency)
+        elif missing < 0:
+            for proc in sorted(mine, key=lambda p: p.started_at, reverse=True)[:-missing]:
+                self.stop_worker(proc)
+
+    def sweep(self, pool_id: str, live: set[str], drain_limit: float) -> Sweep:
+        """Kill processes draining past `drain_limit`, forget exited ones, and tell whether
+        the pool's workers keep dying before their first heartbeat."""
+        killed = self.overdue(pool_id, drain_limit)
+        exited, reason = self.reap(pool_id, live)
+        if killed and not reason:
+            names = ", ".join(p.worker_id for p in killed)
+            reason = f"killed {names}: still draining past the drain deadline"
+        failed = ""
+        if self.start_failed(pool_id):
+            failed = f"workers fail to start: {self.pool(pool_id).last_error}"
+        return Sweep(exited=exited, restart_reason=reason, failed=failed)
+
+    def active(self, pool_id: str) -> set[str]:
+        """Worker ids of the processes neither exited nor asked to stop."""
+        return {p.worker_id for p in self.alive(pool_id)}
+
+    def stop(self, pool_id: str) -> None:
+        self.stop_pool(pool_id)
+
+    def kill(self, pool_id: str) -> None:
+        self.kill_pool(pool_id)
+
+    def forget(self, pool_id: str) -> None:
+        if not self.running(pool_id):
+            self.pools.pop(pool_id, None)
+
+    def describe(self, pool_id: str) -> dict[str, Any]:
+        """The pool's processes on this host: pid, start time, whether asked to stop, log."""
+        state = self.pool(pool_id)
+        return {
+            "backend": "local",
+            "processes": [
+                {
+                    "worker_id": p.worker_id,
+                    "pid": p.process.pid,
+                    "started_at": p.started_at,
+                    "stopping": p.stopping,
+                    "exit_code": p.process.returncode,
+                    "log": str(p.log_path),
+                }
+                for p in state.processes.values()
+            ],
+            "crash_streak": state.crash_streak,
+            "last_error": state.last_error,
+        }
+
+    def logs(self, pool_id: str, worker_id: str, tail: int) -> list[str]:
+        proc = self.pool(pool_id).processes.get(worker_id)
+        path = proc.log_path if proc is not None else self.log_dir / pool_id / f"{worker_id}.log"
+        return _tail(path, tail)
+
+
+def _tail(path: Path, lines: int) -> list[str]:
+    """The last `lines` non-empty lines of a log file ([] if it cannot be read)."""
     try:
         with path.open("rb") as f:
             f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 4096))
-            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines()]
+            f.seek(max(0, f.tell() - 256 * max(lines, 1)))
+            text = f.read().decode("utf-8", "replace")
     except OSError:
-        return ""
-    lines = [ln for ln in lines if ln]
-    return lines[-1][:500] if lines else ""
+        return []
+    return [ln.strip() for ln in text.splitlines() if ln.strip()][-lines:]
+
+
+def _last_line(path: Path) -> str:
+    found = _tail(path, 1)
+    return found[0][:500] if found else ""

@@ -1,0 +1,39 @@
+"""Pool backends, one module each, registered by pool type (see `base.PoolBackend`).
+
+Only `local` exists so far; a pool of an unregistered type fails at spawn with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from orchestrator.pools.base import PoolBackend, Sweep
+from orchestrator.pools.local import LocalBackend
+from shared.config import Settings
+from shared.models import PoolType
+
+BackendFactory = Callable[[Settings, Path, str, Callable[[], None]], PoolBackend]
+"""(settings, log folder, orchestrator id, a callback that asks for a supervision tick)."""
+
+BACKENDS: dict[PoolType, BackendFactory] = {
+    PoolType.LOCAL: LocalBackend,
+}
+
+
+def build_backends(
+    settings: Settings, log_dir: Path, owner_id: str, wake: Callable[[], None]
+) -> dict[PoolType, PoolBackend]:
+    """One backend of each registered type for one orchestrator."""
+    return {kind: make(settings, log_dir, owner_id, wake) for kind, make in BACKENDS.items()}
+
+
+def unavailable(pool_type: PoolType) -> str:
+    """Why a pool of an unregistered type cannot start."""
+    return (
+        f"pool type {pool_type!s} is not available yet in this version; "
+        "use 'local' (alias 'mahavishnu')"
+    )
+
+
+__all__ = ["BACKENDS", "PoolBackend", "Sweep", "build_backends", "unavailable"]
