@@ -1,4 +1,4 @@
-"""`mahavishnu`: the command line of the pools (DESIGN.md §7).
+"""`mahavishnu`: the command line of the pools (README.md, "Run it").
 
     mahavishnu up [--demo]                 broker + orchestrator + a default pool, in one command
     mahavishnu orchestrator | worker | mcp  the long-running processes

@@ -34,8 +34,7 @@ from shared.errors import (
     PoolUnavailable,
     ResultTimeout,
 )
-from shared.models import PoolInfo, TaskResult, new_id
-from shared.state import ACCEPTING_STATUSES
+from shared.models import ACCEPTING_STATUSES, PoolInfo, TaskResult, new_id
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""Decode any of our Redis keys for `mahavishnu inspect KEY` (DESIGN.md §2).
+"""Decode any of our Redis keys for `mahavishnu inspect KEY` (keys: docs/architecture.md).
 
 The key's TYPE picks the reader: a hash shows its fields (msgpack values such as a task's
 `result` and JSON strings such as a pool's `spec` decoded), a stream its first (or last) entries

@@ -34,8 +34,7 @@ from shared.client import PoolManager
 from shared.config import Settings
 from shared.dead_letters import DeadLetter
 from shared.errors import InvalidRequest, MahavishnuError, PoolNotFound, PoolUnavailable
-from shared.models import PoolInfo, PoolStatus
-from shared.state import ACCEPTING_STATUSES
+from shared.models import ACCEPTING_STATUSES, PoolInfo, PoolStatus
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 DESTRUCTIVE = ToolAnnotations(destructive_hint=True, open_world_hint=False)

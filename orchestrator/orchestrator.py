@@ -25,7 +25,7 @@ from orchestrator.pools.local import LocalBackend
 from orchestrator.reclaim import Reclaimer
 from orchestrator.records import BadEntry, Records
 from orchestrator.routing import ROUTABLE_STATUSES, Candidate, Router, eligible, explain
-from orchestrator.supervisor import PoolSupervisor, PoolView
+from orchestrator.supervisor import KILL_MARGIN, PoolSupervisor, PoolView
 from shared.aio import stop_loops, wait_any
 from shared.codec import (
     Control,
@@ -50,9 +50,10 @@ from shared.connection import (
 )
 from shared.errors import MalformedMessage
 from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
-from shared.models import PoolSpec, PoolStatus, PoolType, TaskStatus, new_id
+from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, PoolType, TaskStatus, new_id
 from shared.scripts import Scripts, add_counted, flat_fields
-from shared.state import ACCEPTING_STATUSES, pool_hash_fields
+from shared.state import pool_hash_fields
+from worker.worker import drain_deadline
 
 log = logging.getLogger("mahavishnu.orchestrator")
 
@@ -156,8 +157,10 @@ class Orchestrator:
 
     async def _shutdown(self) -> None:
         if self.stop_workers_on_exit:
+            # the same bound as supervision: a worker exits by itself at its drain deadline
+            grace = drain_deadline(self.settings) + KILL_MARGIN
             for backend in self.backends.values():
-                await backend.stop_all(self.settings.drain_grace + 5)
+                await backend.stop_all(grace)
         try:
             pipe = self.redis.pipeline(transaction=False)
             for pool_id in self.supervisor.owned():

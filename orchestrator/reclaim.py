@@ -15,13 +15,13 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from orchestrator.records import BadEntry, Records
-from shared.codec import TaskDelegate, decode, encode, unpack
+from shared.codec import TaskDelegate, decode, encode
 from shared.connection import Entry, ack_and_delete, text
 from shared.errors import MalformedMessage
 from shared.finals import dead_letter_record, queue_dead_letter
 from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
-from shared.models import TaskStatus
-from shared.state import ACCEPTING_STATUSES
+from shared.models import ACCEPTING_STATUSES, TaskStatus
+from shared.retries import dead_letter_reason, queue_retry, read_retry_member
 
 log = logging.getLogger("mahavishnu.orchestrator")
 
@@ -133,12 +133,12 @@ class Reclaimer:
                 continue
             reason = reasons.get(entry_id, "lost")
             if msg.attempt >= msg.task.max_attempts:
-                dead.append((msg, f"dead-lettered after {msg.attempt} attempt(s); last: {reason}"))
-            else:
-                history = [*msg.history, f"attempt {msg.attempt}: {reason}"][-20:]
-                again = TaskDelegate(task=msg.task, attempt=msg.attempt + 1, history=history)
-                pipe.xadd(stream, encode(again))
-                self.scripts.set_task(pipe, self.keys.task(msg.task.id), status="queued")
+                dead.append((msg, dead_letter_reason(msg.attempt, reason)))
+            else:  # the same policy as a failed attempt's (backoff, then back to this pool)
+                line = f"attempt {msg.attempt}: {reason}"
+                queue_retry(
+                    pipe, self.settings, self.scripts, msg, pool_id=pool_id, line=line, error=reason
+                )
             done.append(entry_id)
         self.records.queue_malformed(pipe, stream, bad, group=WORKER_GROUP, pool_id=pool_id)
         if dead:
@@ -168,14 +168,8 @@ class Reclaimer:
         gone: list[tuple[TaskDelegate, str]] = []
         for member in due:
             try:
-                data = unpack(member)
-                fields = {
-                    str(k).encode(): v if isinstance(v, bytes) else str(v).encode()
-                    for k, v in data["fields"].items()
-                }
-                msg = decode(fields)
-                pool_id = str(data.get("pool") or "")
-            except (MalformedMessage, KeyError, TypeError, AttributeError):
+                pool_id, msg = read_retry_member(member)
+            except MalformedMessage:
                 queue_dead_letter(
                     pipe,
                     self.settings,
@@ -191,10 +185,10 @@ class Reclaimer:
                 continue
             if not pool_id:
                 pipe.xadd(self.keys.ingress, encode(msg))
-                self.scripts.set_task(pipe, self.keys.task(msg.task.id), status="pending")
+                self.scripts.set_task(pipe, self.keys.task(msg.task.id), status=TaskStatus.PENDING)
             elif pool_status.get(pool_id) in ACCEPTING_STATUSES:
                 pipe.xadd(self.keys.pool_tasks(pool_id), encode(msg))
-                self.scripts.set_task(pipe, self.keys.task(msg.task.id), status="queued")
+                self.scripts.set_task(pipe, self.keys.task(msg.task.id), status=TaskStatus.QUEUED)
             else:
                 gone.append((msg, f"pool {pool_id} is gone; the retry cannot run"))
         if gone:  # before the members leave the set, so a failure here loses none

@@ -1,4 +1,4 @@
-"""Routing decisions (DESIGN.md §5): which eligible pool takes a task.
+"""Routing decisions (docs/architecture.md): which eligible pool takes a task.
 
 Pure functions over a snapshot of the pools, so the rules are unit-tested without Redis. The
 orchestrator refreshes the snapshot (status, labels, live workers, capacity) on every supervision

@@ -29,8 +29,8 @@ from shared.codec import PoolClosed, StatusUpdate, TaskDelegate, decode, encode
 from shared.connection import decode_hash, text
 from shared.errors import MalformedMessage
 from shared.keys import WORKER_GROUP
-from shared.models import PoolSpec, PoolStatus, PoolType
-from shared.state import ACCEPTING_STATUSES, worker_draining, worker_stuck
+from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, PoolType, TaskStatus
+from shared.state import worker_draining, worker_stuck
 from worker.worker import drain_deadline
 
 log = logging.getLogger("mahavishnu.orchestrator")
@@ -335,7 +335,9 @@ class PoolSupervisor:
                 await self.records.fail(failures, pool_id=pool_id)
             for msg in routed:
                 pipe.xadd(self.keys.ingress, encode(msg))
-                self.records.scripts.set_task(pipe, self.keys.task(msg.task.id), status="pending")
+                self.records.scripts.set_task(
+                    pipe, self.keys.task(msg.task.id), status=TaskStatus.PENDING
+                )
             pipe.xdel(stream, *[entry_id for entry_id, _ in entries])  # handled: never twice
             await self.records.scripts.execute(pipe)
 

@@ -24,7 +24,7 @@ StreamFields = dict[str, str | bytes | int | float]
 
 
 class MessageType(StrEnum):
-    """The seven message types of DESIGN.md §3, plus CONTROL for the control stream."""
+    """The seven message types (docs/architecture.md), plus CONTROL for the control stream."""
 
     TASK_DELEGATE = "TASK_DELEGATE"
     RESULT_SHARE = "RESULT_SHARE"

@@ -1,4 +1,4 @@
-"""Every Redis key name the system uses, in one place (DESIGN.md §2).
+"""Every Redis key name the system uses, in one place (the key table: docs/architecture.md).
 
 Keys that belong to one pool carry the pool id as a Redis Cluster hash tag (`{P}`), so all of a
 pool's keys live on one shard.

@@ -71,7 +71,7 @@ class WorkerType(StrEnum):
 
 
 class RoutingStrategy(StrEnum):
-    """How the orchestrator picks among eligible pools (DESIGN.md §5)."""
+    """How the orchestrator picks among eligible pools (docs/architecture.md)."""
 
     ROUND_ROBIN = "round_robin"
     LEAST_LOADED = "least_loaded"
@@ -91,6 +91,13 @@ class PoolStatus(StrEnum):
     FAILED = "failed"
 
 
+ACCEPTING_STATUSES = frozenset(
+    {PoolStatus.STARTING, PoolStatus.RUNNING, PoolStatus.DEGRADED, PoolStatus.SCALING}
+)
+"""The pool statuses in which a pool takes work (the Lua pool checks in shared/scripts.py are
+built from this set)."""
+
+
 class TaskStatus(StrEnum):
     """Lifecycle of a task; the last four are final."""
 
@@ -106,12 +113,14 @@ class TaskStatus(StrEnum):
     @property
     def is_final(self) -> bool:
         """True when the task will not change again."""
-        return self in _FINAL_STATUSES
+        return self in FINAL_STATUSES
 
 
-_FINAL_STATUSES = frozenset(
+FINAL_STATUSES = frozenset(
     {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.DEAD_LETTERED}
 )
+"""The task statuses that never change again (the Lua guard in shared/scripts.py is built
+from this set)."""
 
 
 class TaskKind(StrEnum):

@@ -19,6 +19,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from shared.connection import Redis
+from shared.models import ACCEPTING_STATUSES, FINAL_STATUSES, PoolStatus, TaskStatus
 
 # ARGV[1] = max length; ARGV[2..] = field/value pairs. Returns the entry id, or an error.
 XADD_BOUNDED = """
@@ -29,13 +30,18 @@ end
 return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
 """
 
+# the pool statuses in which a pool takes no work, as a Lua condition on `status`
+_POOL_DOWN = " or ".join(
+    f"status == '{status}'" for status in sorted(set(PoolStatus) - ACCEPTING_STATUSES)
+)
+
 # Errors unless the pool at KEYS[1] exists and takes work (the start of the submit scripts).
-_POOL_TAKES_WORK = """
+_POOL_TAKES_WORK = f"""
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   return redis.error_reply('NOPOOL no pool ' .. KEYS[1])
 end
-if status == 'closing' or status == 'closed' or status == 'failed' then
+if {_POOL_DOWN} then
   return redis.error_reply('POOLDOWN pool is ' .. status)
 end
 """
@@ -72,8 +78,9 @@ return redis.call('XADD', KEYS[2], '*', unpack(ARGV))
 # Sets the fields unless the task is already final. Returns 1 when written, 0 when final. A
 # writer retrying after a lost reply (same token) gets 1 again, so it still announces the result,
 # unless its announcement went through (the `announced` mark, set last by `finalize_results`).
-_FINAL = "status == 'completed' or status == 'failed' or status == 'cancelled' or "
-_FINAL += "status == 'dead_lettered'"
+_FINAL = " or ".join(f"status == '{status}'" for status in sorted(FINAL_STATUSES))
+_RUNNING, _QUEUED = TaskStatus.RUNNING.value, TaskStatus.QUEUED.value
+_CANCELLED = TaskStatus.CANCELLED.value
 
 FINALIZE_TASK = f"""
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -99,7 +106,7 @@ end
 if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
   return 2
 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2],
+redis.call('HSET', KEYS[1], 'status', '{_RUNNING}', 'worker', ARGV[1], 'started_at', ARGV[2],
   'attempts', ARGV[3])
 return 1
 """
@@ -125,11 +132,11 @@ end
 if {_FINAL} then
   return status
 end
-if status == 'running' then
+if status == '{_RUNNING}' then
   redis.call('HSET', KEYS[1], 'cancel_requested', '1')
   return status
 end
-redis.call('HSET', KEYS[1], 'status', 'cancelled', 'cancel_requested', '1',
+redis.call('HSET', KEYS[1], 'status', '{_CANCELLED}', 'cancel_requested', '1',
   'finished_at', ARGV[1])
 return status
 """
@@ -250,7 +257,7 @@ ROUTE_BATCH = (
     + f"""
 local default_limit, group, pool = take(), take(), take()
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status or status == 'closing' or status == 'closed' or status == 'failed' then
+if not status or {_POOL_DOWN} then
   return {{0, redis.call('XLEN', KEYS[2])}}
 end
 local limit = tonumber(redis.call('HGET', KEYS[1], 'max_queue') or default_limit)
@@ -264,7 +271,7 @@ for k = 4, #KEYS do
   local fa, fb = span()
   status = redis.call('HGET', KEYS[k], 'status')
   if not ({_FINAL}) then
-    redis.call('HSET', KEYS[k], 'status', 'queued', 'pool', pool, 'routed_from', entry)
+    redis.call('HSET', KEYS[k], 'status', '{_QUEUED}', 'pool', pool, 'routed_from', entry)
     redis.call('XADD', KEYS[2], '*', unpack(ARGV, fa, fb))
   end
   taken[#taken + 1] = entry
@@ -289,7 +296,7 @@ for k = 1, #KEYS do
   elseif state[2] == '1' then
     out[k] = 2
   else
-    redis.call('HSET', KEYS[k], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2],
+    redis.call('HSET', KEYS[k], 'status', '{_RUNNING}', 'worker', ARGV[1], 'started_at', ARGV[2],
       'attempts', ARGV[k + 2])
     out[k] = 1
   end

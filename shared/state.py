@@ -20,10 +20,6 @@ from shared.models import (
     TaskStatus,
 )
 
-ACCEPTING_STATUSES = frozenset(
-    {PoolStatus.STARTING, PoolStatus.RUNNING, PoolStatus.DEGRADED, PoolStatus.SCALING}
-)
-
 
 def worker_draining(beat: dict[str, str]) -> bool:
     """Whether a worker's heartbeat says it is draining (it serves no new work)."""

@@ -13,8 +13,9 @@ from shared.client import PoolManager
 from shared.config import Settings
 from shared.keys import WORKER_GROUP
 from shared.models import TaskStatus
+from shared.retries import retry_delay
 from tests.conftest import wait_until
-from worker.worker import Worker, retry_delay
+from worker.worker import Worker
 
 
 async def empty_pool(manager: PoolManager, **spec: Any) -> str:

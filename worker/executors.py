@@ -1,4 +1,4 @@
-"""How a worker runs a task with its pool's executor (DESIGN.md §6), chosen by `worker_type`:
+"""How a worker runs a task with its pool's executor (README.md, "Tasks"), chosen by `worker_type`:
 PythonExecutor (`python`), ShellExecutor (`shell`), TerminalExecutor (`terminal-claude`,
 `terminal-qwen`). `build_executor` raises ExecutorError at pool spawn / worker start when the
 executor cannot work; `run` reports a task's own failure as `Outcome(error=...)`, never raises.

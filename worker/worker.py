@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import signal
 import socket
 import time
@@ -41,7 +40,6 @@ from shared.codec import (
     TaskDelegate,
     decode,
     encode,
-    pack,
 )
 from shared.config import Settings
 from shared.connection import (
@@ -65,9 +63,9 @@ from shared.finals import (
     queue_memory_record,
 )
 from shared.keys import WORKER_GROUP
-from shared.models import PoolSpec, PoolStatus, TaskResult, TaskStatus, new_id
+from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, TaskResult, TaskStatus, new_id
+from shared.retries import dead_letter_reason, queue_retry, with_line
 from shared.scripts import Scripts
-from shared.state import ACCEPTING_STATUSES
 from worker.executors import Executor, Outcome, build_executor
 
 log = logging.getLogger("mahavishnu.worker")
@@ -110,11 +108,6 @@ class _DeadLetter:
     entry_id: bytes
     reason: str
     fields: dict[bytes, bytes] = field(default_factory=dict)
-
-
-def retry_delay(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter for the retry after `attempt` failed attempts."""
-    return random.uniform(0, min(cap, base * (2 ** (attempt - 1))))
 
 
 class Worker:
@@ -495,7 +488,7 @@ class Worker:
         self, done: list[_Done], dead: list[_DeadLetter], skipped: list[bytes]
     ) -> None:
         finals: list[FinalResult] = []
-        retries: list[tuple[_Done, float]] = []
+        retries: list[_Done] = []
         for item in done:
             msg = item.running.message
             task = msg.task
@@ -507,10 +500,7 @@ class Worker:
             elif not item.outcome.retryable:
                 status = TaskStatus.FAILED
             elif msg.attempt < task.max_attempts:
-                delay = retry_delay(
-                    msg.attempt, self.settings.retry_backoff_base, self.settings.retry_backoff_max
-                )
-                retries.append((item, time.time() + delay))
+                retries.append(item)
                 continue
             else:
                 status = TaskStatus.DEAD_LETTERED
@@ -534,7 +524,7 @@ class Worker:
         msg = item.running.message
         error = item.outcome.error
         if status is TaskStatus.DEAD_LETTERED:
-            error = f"dead-lettered after {msg.attempt} attempt(s); last error: {error}"
+            error = dead_letter_reason(msg.attempt, error)
         result = TaskResult.model_construct(  # every value is ours and of the right type
             task_id=msg.task.id,
             pool_id=self.pool_id,
@@ -561,24 +551,24 @@ class Worker:
         )
 
     def _history(self, item: _Done) -> list[str]:
-        """The task's attempt history including this attempt (the last 20 lines)."""
-        msg = item.running.message
-        line = f"attempt {msg.attempt} on {self.worker_id}: {item.outcome.error}"
-        return [*msg.history, line][-20:]
+        """The task's attempt history including this attempt."""
+        return with_line(item.running.message.history, self._attempt_line(item))
 
-    def _queue_retries(self, pipe: Any, retries: list[tuple[_Done, float]]) -> None:
-        for item, due in retries:
+    def _attempt_line(self, item: _Done) -> str:
+        msg = item.running.message
+        return f"attempt {msg.attempt} on {self.worker_id}: {item.outcome.error}"
+
+    def _queue_retries(self, pipe: Any, retries: list[_Done]) -> None:
+        for item in retries:
             msg = item.running.message
-            again = TaskDelegate(
-                task=msg.task, attempt=msg.attempt + 1, history=self._history(item)
-            )
-            member = pack({"pool": msg.task.pool_id or "", "fields": dict(encode(again))})
-            pipe.zadd(self.keys.delayed, {member: due})
-            self._scripts.set_task(
+            queue_retry(
                 pipe,
-                self.keys.task(msg.task.id),
-                status=str(TaskStatus.RETRYING),
-                error=str(item.outcome.error)[:2000],
+                self.settings,
+                self._scripts,
+                msg,
+                pool_id=msg.task.pool_id or "",
+                line=self._attempt_line(item),
+                error=str(item.outcome.error),
             )
 
     def _queue_dead_letters(self, pipe: Any, dead: list[_DeadLetter]) -> None:
@@ -750,7 +740,9 @@ class Worker:
             pipe = self.redis.pipeline(transaction=False)
             for r in leftovers:
                 pipe.xadd(self.stream, encode(r.message))
-                self._scripts.set_task(pipe, self.keys.task(r.message.task.id), status="queued")
+                self._scripts.set_task(
+                    pipe, self.keys.task(r.message.task.id), status=TaskStatus.QUEUED
+                )
             ack_and_delete(pipe, self.stream, WORKER_GROUP, [r.entry_id for r in leftovers])
             try:
                 await self._scripts.execute(pipe)
