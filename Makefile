@@ -3,6 +3,7 @@
 #   make redis  make sure a Redis answers at MAHAVISHNU_REDIS_URL (starts one if needed)
 #   make lint   ruff check, ruff format --check, mypy --strict
 #   make test   venv + redis + lint, then the test suite
+#   make test-unit  the unit tests alone (no Redis, seconds)
 #   make demo   run `mahavishnu up --demo`
 #   make bench  run the benchmark harness and regenerate docs/benchmarks.md
 #   make clean  remove caches and build output (keeps .venv and .mahavishnu data)
@@ -13,7 +14,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis redis-stop lint test demo bench clean distclean
+.PHONY: venv redis redis-stop lint test test-unit demo bench clean distclean
 
 venv: $(STAMP)
 
@@ -42,6 +43,9 @@ test: venv redis lint
 	@$(BIN)/pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; \
 	exit $$rc
+
+test-unit: venv
+	$(BIN)/pytest -q -p no:cacheprovider -m unit
 
 demo: venv
 	$(BIN)/mahavishnu up --demo

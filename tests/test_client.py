@@ -11,6 +11,8 @@ from shared.errors import InvalidRequest
 from shared.models import PoolType, TaskSpec
 from tests.conftest import make_settings
 
+pytestmark = pytest.mark.unit  # needs no Redis: `make test-unit`
+
 
 async def test_pool_spec_applies_the_deployments_defaults(tmp_path: Path) -> None:
     settings = make_settings(

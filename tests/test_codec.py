@@ -28,6 +28,8 @@ from shared.codec import (
 from shared.errors import MalformedMessage
 from shared.models import PoolSpec, TaskResult, TaskSpec, TaskStatus
 
+pytestmark = pytest.mark.unit  # needs no Redis: `make test-unit`
+
 
 def as_redis(fields: dict[str, Any]) -> dict[bytes, bytes]:
     """Fields as Redis returns them: bytes keys and values."""

@@ -11,6 +11,8 @@ from shared.config import NOT_SETTINGS_ENV, Settings, load_settings, redact_url
 from shared.errors import ConfigError
 from shared.models import PoolType, RoutingStrategy
 
+pytestmark = pytest.mark.unit  # needs no Redis: `make test-unit`
+
 
 @pytest.fixture
 def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

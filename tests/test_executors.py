@@ -31,6 +31,9 @@ from worker.executors import (
     build_executor,
 )
 
+pytestmark = pytest.mark.unit  # needs no Redis: `make test-unit`
+
+
 PY = sys.executable
 GRACE = 0.3
 Pids = tuple[str, asyncio.Queue[list[int]]]  # a unix socket path, the pid lists reported to it

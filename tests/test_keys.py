@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from shared.keys import Keys
+
+pytestmark = pytest.mark.unit  # needs no Redis: `make test-unit`
 
 
 def test_every_key_starts_with_the_prefix() -> None:

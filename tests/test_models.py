@@ -20,6 +20,8 @@ from shared.models import (
     parse_pool_type,
 )
 
+pytestmark = pytest.mark.unit  # needs no Redis: `make test-unit`
+
 
 def error_text(exc: pytest.ExceptionInfo[ValidationError]) -> str:
     return describe_validation_error(exc.value)

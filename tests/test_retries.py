@@ -23,11 +23,13 @@ from shared.retries import (
 from shared.scripts import Scripts
 
 
+@pytest.mark.unit
 def test_history_keeps_the_last_lines() -> None:
     history = [f"attempt {i}" for i in range(HISTORY_CAP)]
     assert with_line(history, "new") == [*history[1:], "new"]
 
 
+@pytest.mark.unit
 def test_members_round_trip_and_garbage_is_malformed() -> None:
     again = TaskDelegate(task=TaskSpec(call="noop"), attempt=2, history=["attempt 1: x"])
     pool_id, msg = read_retry_member(retry_member("p1", again))
@@ -36,6 +38,7 @@ def test_members_round_trip_and_garbage_is_malformed() -> None:
         read_retry_member(b"\x93not a member")
 
 
+@pytest.mark.unit
 def test_the_dead_letter_reason_says_it_once() -> None:
     assert dead_letter_reason(3, "boom") == "dead-lettered after 3 attempt(s); last error: boom"
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
+
 from orchestrator.routing import Candidate, Router, eligible, explain, ineligibility
 from shared.models import PoolStatus, RoutingStrategy, TaskSpec, WorkerType
+
+pytestmark = pytest.mark.unit  # needs no Redis: `make test-unit`
 
 
 def pool(pool_id: str, **kw: object) -> Candidate:
