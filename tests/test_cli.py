@@ -280,9 +280,9 @@ def test_mcp_runs_the_facade_with_the_options(
     runner: CliRunner, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[tuple[Settings, dict[str, Any]]] = []
-    fake = ModuleType("orchestrator.mcp_server")
+    fake = ModuleType("orchestrator.mcp.server")
     fake.run_mcp = lambda settings, **kw: calls.append((settings, kw))  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "orchestrator.mcp_server", fake)
+    monkeypatch.setitem(sys.modules, "orchestrator.mcp.server", fake)
     result = runner.invoke(app, ["mcp", "--http", "--port", "9999"], env=env)
     assert result.exit_code == 0, result.output
     assert calls[0][1] == {"http": True, "host": "127.0.0.1", "port": 9999, "require_auth": True}

@@ -18,11 +18,11 @@ from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-from orchestrator.mcp_http import MAX_BODY_BYTES, BodyLimit, body_too_large
-from orchestrator.mcp_models import ExecuteResult
-from orchestrator.mcp_params import PROMPT_LIMIT
-from orchestrator.mcp_server import build_server
-from orchestrator.mcp_support import unknown_arguments
+from orchestrator.mcp.http import MAX_BODY_BYTES, BodyLimit, body_too_large
+from orchestrator.mcp.models import ExecuteResult
+from orchestrator.mcp.params import PROMPT_LIMIT
+from orchestrator.mcp.server import build_server
+from orchestrator.mcp.support import unknown_arguments
 from shared.config import Settings
 from shared.connection import Redis, connect
 from shared.models import MAX_PROMPT_CHARS, TaskResult, TaskStatus
@@ -170,7 +170,7 @@ async def test_an_oversized_prompt_reads_the_same_on_stdio_and_http(
     huge = {"prompt": "x" * (MAX_BODY_BYTES + 1)}  # does not fit the HTTP body either
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-c", "from orchestrator.mcp_server import run_mcp; run_mcp(http=False)"],
+        args=["-c", "from orchestrator.mcp.server import run_mcp; run_mcp(http=False)"],
         env=facade_env(settings),
         cwd=str(REPO),
     )

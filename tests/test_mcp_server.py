@@ -22,8 +22,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult
 
-from orchestrator.mcp_http import BearerAuth, check_token, is_loopback, transport_security
-from orchestrator.mcp_server import build_server, http_app, run_mcp
+from orchestrator.mcp.http import BearerAuth, check_token, is_loopback, transport_security
+from orchestrator.mcp.server import build_server, http_app, run_mcp
 from orchestrator.orchestrator import Orchestrator
 from shared.broker import free_port
 from shared.codec import TaskDelegate, decode, encode
@@ -589,7 +589,7 @@ async def test_stdio_transport(settings: Settings, redis: Redis) -> None:
     await fake_pool(redis, settings, "pa")
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-c", "from orchestrator.mcp_server import run_mcp; run_mcp(http=False)"],
+        args=["-c", "from orchestrator.mcp.server import run_mcp; run_mcp(http=False)"],
         env=facade_env(settings),
         cwd=str(REPO),
     )
@@ -609,7 +609,7 @@ async def facade_process(settings: Settings, log: Path, **extra: str) -> AsyncIt
     """A facade on streamable HTTP in its own process; yields its base URL once it answers."""
     port = free_port()
     code = (
-        "from orchestrator.mcp_server import run_mcp; "
+        "from orchestrator.mcp.server import run_mcp; "
         f"run_mcp(http=True, host='127.0.0.1', port={port})"
     )
     with log.open("wb") as out:

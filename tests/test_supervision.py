@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from orchestrator.cli_render import workers_cell
+from orchestrator.cli.render import workers_cell
 from orchestrator.orchestrator import Orchestrator
 from shared.client import PoolManager
 from shared.config import Settings, settings_env

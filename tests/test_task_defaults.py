@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli_render import build_task
-from orchestrator.mcp_server import build_server
+from orchestrator.cli.render import build_task
+from orchestrator.mcp.server import build_server
 from shared.client import PoolManager
 from shared.codec import TaskDelegate, decode
 from shared.config import Settings

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
-from orchestrator.mcp_models import (
+from orchestrator.mcp.models import (
     CloseAllResult,
     CloseResult,
     DeadLetterModel,
@@ -28,8 +28,8 @@ from orchestrator.mcp_models import (
     ScaleResult,
     SpawnResult,
 )
-from orchestrator.mcp_params import Labels, PoolId, ToolContext, state_of
-from orchestrator.mcp_support import ToolSet, parse_labels, tool_errors
+from orchestrator.mcp.params import Labels, PoolId, ToolContext, state_of
+from orchestrator.mcp.support import ToolSet, parse_labels, tool_errors
 from shared.client import PoolManager
 from shared.config import Settings
 from shared.dead_letters import DeadLetter

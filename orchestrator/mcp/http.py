@@ -30,7 +30,7 @@ from mcp.server.transport_security import (
 from mcp_types import INVALID_REQUEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orchestrator.mcp_params import PROMPT_LIMIT
+from orchestrator.mcp.params import PROMPT_LIMIT
 from shared.errors import ConfigError
 
 MCP_PATH = "/mcp"

@@ -1,7 +1,7 @@
 """How the `mahavishnu` commands show things and read their options.
 
 Rich tables for people, one JSON document for `--json`, and tasks built from the payload
-options. The long-running parts (`up`, the demo, the live monitor) are in `cli_up`.
+options. The long-running parts (`up`, the demo, the live monitor) are in `up.py`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.inspect import entry_time, is_time_field, iso_time
+from orchestrator.cli.inspect import entry_time, is_time_field, iso_time
 from shared.client import make_task
 from shared.config import Settings
 from shared.errors import (
@@ -278,7 +278,7 @@ def _cell(name: str, value: Any) -> Text:
 
 
 def inspect_view(doc: Mapping[str, Any]) -> RenderableType:
-    """The `inspect` view of a decoded key (see `orchestrator.inspect.inspect_key`)."""
+    """The `inspect` view of a decoded key (see `orchestrator.cli.inspect.inspect_key`)."""
     ttl = doc.get("ttl_s")
     head = f"[bold]{escape(str(doc['key']))}[/]  {doc['type']}"
     if doc.get("kind"):

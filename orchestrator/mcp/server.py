@@ -6,7 +6,7 @@
 The facade is thin: it validates arguments, publishes into the streams and reads hashes through
 one `PoolManager` per server lifetime (created in the lifespan), and holds no pool state of its
 own, so any number of facades can serve one Redis. Every tool refuses arguments it does not
-declare (mcp_support.StrictTool).
+declare (support.StrictTool).
 
 Tools: pool_spawn, pool_execute, pool_route_execute, pool_list, pool_monitor, pool_scale,
 pool_close, pool_close_all, pool_health, pool_search_memory (the original's ten, same names and
@@ -24,11 +24,11 @@ import anyio
 from mcp.server.mcpserver import MCPServer
 from starlette.types import ASGIApp
 
-from orchestrator.mcp_http import MCP_PATH, BearerAuth, BodyLimit, check_token, transport_security
-from orchestrator.mcp_params import FacadeState
-from orchestrator.mcp_support import ToolSet
-from orchestrator.mcp_tools_pools import register_pool_tools
-from orchestrator.mcp_tools_tasks import register_task_tools
+from orchestrator.mcp.http import MCP_PATH, BearerAuth, BodyLimit, check_token, transport_security
+from orchestrator.mcp.params import FacadeState
+from orchestrator.mcp.support import ToolSet
+from orchestrator.mcp.tools_pools import register_pool_tools
+from orchestrator.mcp.tools_tasks import register_task_tools
 from shared.client import PoolManager
 from shared.config import Settings, load_settings
 

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.cli_render import (
+from orchestrator.cli.render import (
     demo_table,
     emit_json,
     monitor_view,

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from orchestrator import cli_render as render
-from orchestrator.cli_common import (
+from orchestrator.cli import render
+from orchestrator.cli.common import (
     AffinityOpt,
     ArgOpt,
     ArgvArg,

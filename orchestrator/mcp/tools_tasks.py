@@ -12,8 +12,8 @@ from typing import Annotated, Any
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
-from orchestrator.mcp_models import ExecuteResult, TaskCancelResult, TaskSubmitted
-from orchestrator.mcp_params import (
+from orchestrator.mcp.models import ExecuteResult, TaskCancelResult, TaskSubmitted
+from orchestrator.mcp.params import (
     AffinityKey,
     Call,
     CallArgs,
@@ -34,7 +34,7 @@ from orchestrator.mcp_params import (
     Wait,
     state_of,
 )
-from orchestrator.mcp_support import (
+from orchestrator.mcp.support import (
     ToolSet,
     parse_labels,
     parse_selector,

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from orchestrator import cli_render as render
+from orchestrator.cli import render
 from shared.config import ENV_PREFIX, Settings, load_settings
 from shared.errors import InvalidRequest, MahavishnuError, ResultTimeout
 from shared.models import MAX_PROMPT_CHARS

@@ -27,7 +27,7 @@ from pydantic import ConfigDict, ValidationError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from orchestrator.mcp_params import PROMPT_LIMIT
+from orchestrator.mcp.params import PROMPT_LIMIT
 from shared.codec import describe_validation_error
 from shared.config import Settings
 from shared.connection import unresponsive
