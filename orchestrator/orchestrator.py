@@ -13,7 +13,7 @@ import asyncio
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,17 +49,31 @@ from shared.connection import (
     text,
 )
 from shared.errors import MalformedMessage
+from shared.finals import announce_stored
 from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
 from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, PoolType, TaskStatus, new_id
-from shared.scripts import Scripts, add_counted, flat_fields
+from shared.scripts import Scripts, add_counted
 from shared.state import pool_hash_fields
+from shared.task_state import task_state_fields
 from worker.worker import drain_deadline
 
 log = logging.getLogger("mahavishnu.orchestrator")
 
 MAX_WAITING = 10_000
+DEFAULT_MAX_QUEUE: int = PoolSpec.model_fields["max_queue"].default
 BACKLOG_MAX_AGE = 0.1  # seconds a pool's backlog is trusted without an XLEN
 LOOP_STOP_WAIT = 5.0  # seconds the loops get to notice a stop before they are cancelled
+
+
+@dataclass
+class _Claims:
+    """What CLAIM_ROUTE said of a batch: entries to move (with their pool), entries whose
+    task was cancelled (with its home), final ones whose result was or was not announced."""
+
+    to: list[tuple[_Waiting, str, int]] = field(default_factory=list)  # (item, pool, max_queue)
+    cancelled: list[tuple[_Waiting, str]] = field(default_factory=list)
+    unannounced: list[_Waiting] = field(default_factory=list)
+    settled: list[_Waiting] = field(default_factory=list)
 
 
 @dataclass
@@ -68,6 +82,7 @@ class _Waiting:
     message: TaskDelegate
     since: float
     fields: dict[bytes, bytes]  # the entry as read: forwarded unchanged, never re-encoded
+    force: bool = False  # the pool it was claimed for refused it: it may go elsewhere
 
 
 class Orchestrator:
@@ -226,25 +241,13 @@ class Orchestrator:
     async def route(self, entries: list[Entry], *, reclaimed: bool = False) -> None:
         """Route a batch of ingress entries plus the tasks still waiting for a pool.
 
-        `reclaimed` entries were read by an orchestrator that died: one it had already routed
-        (its task hash names the entry) goes to the same pool again, never to a different one.
+        Each entry is claimed for a pool once (CLAIM_ROUTE): entries `reclaimed` from an
+        orchestrator that died go to the pool it had chosen, never to a second one.
         """
         async with self._route_lock:
-            await self._route(entries, reclaimed)
+            await self._route(entries)
 
-    async def _earlier_choices(self, items: list[_Waiting]) -> dict[bytes, str]:
-        """Pools that a dead orchestrator had already chosen for these ingress entries."""
-        pipe = self.redis.pipeline(transaction=False)
-        for item in items:
-            pipe.hmget(self.keys.task(item.message.task.id), ["routed_from", "pool"])
-        replies = await pipe.execute()
-        return {
-            item.entry_id: text(pool)
-            for item, (source, pool) in zip(items, replies, strict=True)
-            if source is not None and source == item.entry_id and pool
-        }
-
-    async def _route(self, entries: list[Entry], reclaimed: bool = False) -> None:
+    async def _route(self, entries: list[Entry]) -> None:
         now = time.time()
         items: list[_Waiting] = []
         bad: list[BadEntry] = []
@@ -258,38 +261,38 @@ class Orchestrator:
                 bad.append((entry_id, f"a {msg.type} message does not belong on ingress", fields))
                 continue
             items.append(_Waiting(entry_id, msg, now, fields))
-        earlier = await self._earlier_choices(items) if reclaimed and items else {}
         items.extend(self._waiting)
         if not items and not bad:
             return
         candidates = await self._candidates()
-        by_id = {c.pool_id: c for c in candidates}
         serving = [c for c in candidates if c.live_workers and c.status in ROUTABLE_STATUSES]
         routed: list[tuple[_Waiting, Candidate]] = []
         waiting: list[_Waiting] = []
         expired: list[tuple[_Waiting, str]] = []
         for item in items:
             task = item.message.task
-            chosen = by_id.get(earlier.get(item.entry_id, ""))
-            if chosen is None:
-                chosen = self.router.choose(task, eligible(serving, task))
+            chosen = self.router.choose(task, eligible(serving, task))
             if chosen is not None:
                 routed.append((item, chosen))
             elif now - item.since >= task.queue_timeout:
                 expired.append((item, explain(candidates, task)))
             else:
                 waiting.append(item)
-        accepted = await self._forward(routed) if routed else []
+        claims = await self._claim(routed, candidates) if routed else _Claims()
+        accepted = await self._forward(claims.to) if claims.to else []
         taken = {item.entry_id for item in accepted}
-        self._waiting = waiting + [item for item, _ in routed if item.entry_id not in taken]
+        refused = [item for item, _, _ in claims.to if item.entry_id not in taken]
+        for item in refused:
+            item.force = True
+        self._waiting = waiting + refused
         pipe = self.redis.pipeline(transaction=False)
-        if self.settings.redis_cluster:  # (a batch script acknowledged them already)
-            ingress = self.keys.ingress
-            ack_and_delete(pipe, ingress, ORCHESTRATOR_GROUP, [i.entry_id for i in accepted])
+        done = [i.entry_id for i in accepted] + [i.entry_id for i in claims.settled]
+        ack_and_delete(pipe, self.keys.ingress, ORCHESTRATOR_GROUP, done)
         self.records.queue_malformed(pipe, self.keys.ingress, bad)
         if len(pipe):
             await pipe.execute()
         self.routed += len(accepted)
+        await self._settle(claims)
         if expired:
             await self.records.fail(
                 [
@@ -299,69 +302,91 @@ class Orchestrator:
                 ack=(self.keys.ingress, ORCHESTRATOR_GROUP, [i.entry_id for i, _ in expired]),
             )
 
-    async def _forward(self, routed: list[tuple[_Waiting, Candidate]]) -> list[_Waiting]:
-        """Write routed entries into their pools' streams; return the ones the pools took.
-
-        The choice is recorded in the task hash before the entry is forwarded (see `route`),
-        and the pool's script checks its status and backlog bound in the same step, so a pool
-        that started closing or filled up since the last tick refuses (the task waits on).
-        """
-        if not self.settings.redis_cluster:
-            return await self._forward_batches(routed)
-        scripts = self._scripts
+    async def _claim(
+        self, routed: list[tuple[_Waiting, Candidate]], candidates: list[Candidate]
+    ) -> _Claims:
+        """Claim each entry for its chosen pool (or learn the pool it was claimed for)."""
         pipe = self.redis.pipeline(transaction=False)
         for item, pool in routed:
-            scripts.set_task(
+            self._scripts.queue(
                 pipe,
-                self.keys.task(item.message.task.id),
-                status=str(TaskStatus.QUEUED),
-                pool=pool.pool_id,
-                routed_from=text(item.entry_id),
+                self._scripts.claim_route,
+                [self.keys.task(item.message.task.id)],
+                [item.entry_id, pool.pool_id, "1" if item.force else "0", self.settings.result_ttl],
             )
-            scripts.queue(
-                pipe,
-                scripts.submit_to_pool,
-                [self.keys.pool(pool.pool_id), self.keys.pool_tasks(pool.pool_id)],
-                [pool.max_queue, *flat_fields(item.fields)],
-            )
-        replies = await scripts.execute(pipe, raise_on_error=False)
-        accepted: list[_Waiting] = []
-        for (item, pool), reply in zip(routed, replies[1::2], strict=True):
-            if not isinstance(reply, Exception):
-                accepted.append(item)
-                self._backlogs[pool.pool_id] = self._backlogs.get(pool.pool_id, 0) + 1
-        return accepted
+        claims = _Claims()
+        limits = {c.pool_id: c.max_queue for c in candidates}
+        replies = await self._scripts.execute(pipe)
+        for (item, _pool), (verdict, value) in zip(routed, replies, strict=True):
+            verdict, value = text(verdict), text(value)
+            if verdict == "to":  # the pool chosen now, or the one chosen for it before
+                claims.to.append((item, value, limits.get(value, DEFAULT_MAX_QUEUE)))
+            elif verdict == "cancelled":
+                claims.cancelled.append((item, value))
+            elif value != "1":  # final while it had no pool, never announced
+                claims.unannounced.append(item)
+            else:
+                claims.settled.append(item)
+        return claims
 
-    async def _forward_batches(self, routed: list[tuple[_Waiting, Candidate]]) -> list[_Waiting]:
-        """`_forward` with one script per pool, which also acknowledges what it forwarded."""
+    async def _settle(self, claims: _Claims) -> None:
+        """Record a cancel the client asked for but did not finish, announce results whose
+        writer died, and acknowledge those entries."""
+        ingress = self.keys.ingress
+        if claims.cancelled:
+            await self.records.fail(
+                [(i.message, "cancelled before it started") for i, _ in claims.cancelled],
+                status=TaskStatus.CANCELLED,
+                homes=[home for _, home in claims.cancelled],
+                ack=(ingress, ORCHESTRATOR_GROUP, [i.entry_id for i, _ in claims.cancelled]),
+            )
+        if claims.unannounced:
+            await announce_stored(
+                self.redis,
+                self._scripts,
+                self.settings,
+                [("", i.message.task.id) for i in claims.unannounced],
+                ack=(ingress, ORCHESTRATOR_GROUP, [i.entry_id for i in claims.unannounced]),
+            )
+
+    async def _forward(self, routed: list[tuple[_Waiting, str, int]]) -> list[_Waiting]:
+        """Move claimed entries into their pools (one FORWARD per pool); return the ones the
+        pools took (or had taken before: a repeated move is a no-op).
+
+        The pool's script checks its status and backlog bound in the same step, so a pool that
+        started closing or filled up since the last tick refuses (the task waits on).
+        """
         by_pool: dict[str, list[_Waiting]] = {}
         limits: dict[str, int] = {}
-        for item, pool in routed:
-            by_pool.setdefault(pool.pool_id, []).append(item)
-            limits[pool.pool_id] = pool.max_queue
+        for item, pool_id, max_queue in routed:
+            by_pool.setdefault(pool_id, []).append(item)
+            limits[pool_id] = max_queue
         keys = self.keys
         pipe = self.redis.pipeline(transaction=False)
         for pool_id, items in by_pool.items():
-            args: list[Any] = [limits[pool_id], ORCHESTRATOR_GROUP, pool_id]
+            args: list[Any] = [limits[pool_id], self.settings.result_ttl, len(items)]
             for item in items:
                 args.append(item.entry_id)
+                state = task_state_fields(item.message.task, pool_id=pool_id)
+                state["attempts"] = str(item.message.attempt - 1)
+                add_counted(args, state)
                 add_counted(args, item.fields)
             self._scripts.queue(
                 pipe,
-                self._scripts.route_batch,
-                [keys.pool(pool_id), keys.pool_tasks(pool_id), keys.ingress]
-                + [keys.task(item.message.task.id) for item in items],
+                self._scripts.forward,
+                [keys.pool(pool_id), keys.pool_tasks(pool_id)]
+                + [keys.pool_task(pool_id, item.message.task.id) for item in items],
                 args,
             )
         replies = await self._scripts.execute(pipe, raise_on_error=False)
         accepted: list[_Waiting] = []
         for (pool_id, items), reply in zip(by_pool.items(), replies, strict=True):
             if isinstance(reply, Exception):
-                log.warning("forwarding to a pool failed: %s", reply)
+                log.warning("forwarding to pool %s failed: %s", pool_id, reply)
                 continue
-            taken, backlog = (int(x) for x in reply)
-            accepted += items[:taken]
-            self._backlogs[pool_id] = backlog
+            verdicts, backlog = reply
+            accepted += [item for item, v in zip(items, verdicts, strict=True) if int(v)]
+            self._backlogs[pool_id] = int(backlog)
         return accepted
 
     async def _candidates(self) -> list[Candidate]:

@@ -18,10 +18,10 @@ from orchestrator.records import BadEntry, Records
 from shared.codec import TaskDelegate, decode, encode
 from shared.connection import Entry, ack_and_delete, text
 from shared.errors import MalformedMessage
-from shared.finals import dead_letter_record, queue_dead_letter
+from shared.finals import announce_stored, dead_letter_record, queue_dead_letter
 from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
 from shared.models import ACCEPTING_STATUSES, TaskStatus
-from shared.retries import dead_letter_reason, queue_retry, read_retry_member
+from shared.retries import dead_letter_reason, queue_retry, read_retry
 
 log = logging.getLogger("mahavishnu.orchestrator")
 
@@ -120,6 +120,7 @@ class Reclaimer:
         dead: list[tuple[TaskDelegate, str]] = []
         bad: list[BadEntry] = []
         done: list[bytes] = []
+        readable: list[tuple[bytes, TaskDelegate]] = []
         for entry_id, fields in claimed:
             if not fields:
                 done.append(entry_id)
@@ -131,18 +132,37 @@ class Reclaimer:
             except MalformedMessage as exc:
                 bad.append((entry_id, str(exc), fields))
                 continue
+            readable.append((entry_id, msg))
+        finished = await self.records.finished(pool_id, [m for _, m in readable])
+        unannounced: list[tuple[str, str]] = []
+        for entry_id, msg in readable:
+            announced = finished.get(msg.task.id)
+            if announced is not None:  # its result is recorded: nothing runs again
+                if not announced:
+                    unannounced.append((pool_id, msg.task.id))
+                done.append(entry_id)
+                continue
             reason = reasons.get(entry_id, "lost")
             if msg.attempt >= msg.task.max_attempts:
                 dead.append((msg, dead_letter_reason(msg.attempt, reason)))
             else:  # the same policy as a failed attempt's (backoff, then back to this pool)
                 line = f"attempt {msg.attempt}: {reason}"
                 queue_retry(
-                    pipe, self.settings, self.scripts, msg, pool_id=pool_id, line=line, error=reason
+                    pipe,
+                    self.settings,
+                    self.scripts,
+                    msg,
+                    pool_id=pool_id,
+                    home=pool_id,
+                    line=line,
+                    error=reason,
                 )
             done.append(entry_id)
         self.records.queue_malformed(pipe, stream, bad, group=WORKER_GROUP, pool_id=pool_id)
         if dead:
             await self.records.fail(dead, status=TaskStatus.DEAD_LETTERED, pool_id=pool_id)
+        if unannounced:  # its writer died between recording and announcing it
+            await announce_stored(self.redis, self.scripts, self.settings, unannounced)
         ack_and_delete(pipe, stream, WORKER_GROUP, done)
         await self.scripts.execute(pipe)
         if claimed:
@@ -165,10 +185,10 @@ class Reclaimer:
         if not due:
             return
         pipe = self.redis.pipeline(transaction=False)
-        gone: list[tuple[TaskDelegate, str]] = []
+        gone: list[tuple[TaskDelegate, str, str]] = []
         for member in due:
             try:
-                pool_id, msg = read_retry_member(member)
+                pool_id, home, msg = read_retry(member)
             except MalformedMessage:
                 queue_dead_letter(
                     pipe,
@@ -183,16 +203,17 @@ class Reclaimer:
                 continue
             if not isinstance(msg, TaskDelegate):
                 continue
+            state = self.keys.task_state(msg.task.id, home)
             if not pool_id:
                 pipe.xadd(self.keys.ingress, encode(msg))
-                self.scripts.set_task(pipe, self.keys.task(msg.task.id), status=TaskStatus.PENDING)
+                self.scripts.set_task(pipe, state, status=TaskStatus.PENDING)
             elif pool_status.get(pool_id) in ACCEPTING_STATUSES:
                 pipe.xadd(self.keys.pool_tasks(pool_id), encode(msg))
-                self.scripts.set_task(pipe, self.keys.task(msg.task.id), status=TaskStatus.QUEUED)
+                self.scripts.set_task(pipe, state, status=TaskStatus.QUEUED)
             else:
-                gone.append((msg, f"pool {pool_id} is gone; the retry cannot run"))
+                gone.append((msg, f"pool {pool_id} is gone; the retry cannot run", home))
         if gone:  # before the members leave the set, so a failure here loses none
-            await self.records.fail(gone)
+            await self.records.fail([(m, why) for m, why, _ in gone], homes=[h for *_, h in gone])
         # only the scheduler-lease holder moves retries; a stall longer than the lease could
         # move one twice (the result guard then records it once)
         pipe.zrem(self.keys.delayed, *due)

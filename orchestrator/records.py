@@ -18,10 +18,12 @@ from shared.finals import (
     queue_dead_letter,
 )
 from shared.keys import ORCHESTRATOR_GROUP
-from shared.models import PoolStatus, TaskResult, TaskStatus
+from shared.models import FINAL_STATUSES, PoolStatus, TaskResult, TaskStatus
 from shared.scripts import Scripts, flat_fields
 
 log = logging.getLogger("mahavishnu.orchestrator")
+
+FINAL_STATUS_VALUES = frozenset(str(s) for s in FINAL_STATUSES)
 
 BadEntry = tuple[bytes, str, dict[bytes, bytes]]
 """An entry that could not be used: its id, why, and its raw fields."""
@@ -66,9 +68,21 @@ class Records:
         status: TaskStatus = TaskStatus.FAILED,
         pool_id: str | None = None,
         ack: tuple[str, str, list[bytes]] | None = None,
+        homes: list[str] | None = None,
     ) -> None:
-        """Give tasks a final failed (or dead-lettered) result and acknowledge their entries."""
+        """Give tasks a final failed (or dead-lettered) result and acknowledge their entries.
+
+        `homes` names the pool whose slot holds each task's state; by default `pool_id`'s, or
+        (with no `pool_id`: tasks that were never routed, or wait to be routed again) the one
+        each task's `task` hash names.
+        """
         now = time.time()
+        if homes is None:
+            homes = (
+                [pool_id] * len(failures)
+                if pool_id
+                else await self.homes([msg.task.id for msg, _ in failures])
+            )
         finals = [
             FinalResult(
                 TaskResult(
@@ -85,10 +99,32 @@ class Records:
                 token=f"{self.owner_id}/{msg.task.id}/{msg.attempt}",
                 history=[*msg.history, reason],
                 spec=msg.task,
+                home=home,
+                submitted_at=msg.task.submitted_at,
             )
-            for msg, reason in failures
+            for (msg, reason), home in zip(failures, homes, strict=True)
         ]
         await finalize_results(self.redis, self.scripts, self.settings, finals, ack=ack)
+
+    async def homes(self, task_ids: list[str]) -> list[str]:
+        """The pool whose slot holds each task's state ('' for none), from its `task` hash."""
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id in task_ids:
+            pipe.hget(self.keys.task(task_id), "home")
+        return [text(home) for home in await pipe.execute()] if task_ids else []
+
+    async def finished(self, pool_id: str, messages: list[TaskDelegate]) -> dict[str, bool]:
+        """Of tasks queued on a pool, the ones whose state is final: task id -> announced."""
+        if not messages:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for msg in messages:
+            pipe.hmget(self.keys.pool_task(pool_id, msg.task.id), ["status", "announced"])
+        found: dict[str, bool] = {}
+        for msg, (status, announced) in zip(messages, await pipe.execute(), strict=True):
+            if text(status) in FINAL_STATUS_VALUES:
+                found[msg.task.id] = text(announced) == "1"
+        return found
 
     async def set_pool_status(
         self,

@@ -28,6 +28,7 @@ from orchestrator.records import Records
 from shared.codec import PoolClosed, StatusUpdate, TaskDelegate, decode, encode
 from shared.connection import decode_hash, text
 from shared.errors import MalformedMessage
+from shared.finals import announce_stored
 from shared.keys import WORKER_GROUP
 from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, PoolType, TaskStatus
 from shared.state import worker_draining, worker_stuck
@@ -313,6 +314,7 @@ class PoolSupervisor:
             pipe = self.redis.pipeline(transaction=False)
             failures: list[tuple[TaskDelegate, str]] = []
             routed: list[TaskDelegate] = []
+            readable: list[TaskDelegate] = []
             for entry_id, fields in entries:
                 try:
                     msg = decode(fields)
@@ -324,6 +326,12 @@ class PoolSupervisor:
                         pipe, stream, bad, group=WORKER_GROUP, pool_id=pool_id
                     )
                     continue
+                readable.append(msg)
+            finished = await self.records.finished(pool_id, readable)
+            unannounced = [(pool_id, t) for t, announced in finished.items() if not announced]
+            for msg in readable:
+                if msg.task.id in finished:  # its result is recorded (its ack was lost)
+                    continue
                 if msg.task.pool_id and not msg.task.reroute_on_close:
                     failures.append((msg, f"pool {pool_id} closed before the task ran"))
                 elif msg.task.pool_id:  # allowed to run elsewhere: routed like any other
@@ -333,10 +341,12 @@ class PoolSupervisor:
                     routed.append(msg)
             if failures:
                 await self.records.fail(failures, pool_id=pool_id)
+            if unannounced:
+                await announce_stored(self.redis, self.records.scripts, self.settings, unannounced)
             for msg in routed:
                 pipe.xadd(self.keys.ingress, encode(msg))
                 self.records.scripts.set_task(
-                    pipe, self.keys.task(msg.task.id), status=TaskStatus.PENDING
+                    pipe, self.keys.pool_task(pool_id, msg.task.id), status=TaskStatus.PENDING
                 )
             pipe.xdel(stream, *[entry_id for entry_id, _ in entries])  # handled: never twice
             await self.records.scripts.execute(pipe)

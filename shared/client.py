@@ -51,7 +51,7 @@ from shared.errors import (
     inbox_error,
     state_lost,
 )
-from shared.finals import FinalResult, announce
+from shared.finals import announce_stored
 from shared.idempotency import claim_keys
 from shared.memory import SearchOutcome, search_memory
 from shared.models import (
@@ -67,6 +67,7 @@ from shared.models import (
 from shared.readers import CompletionWatcher, ReplyReader
 from shared.scripts import Scripts, add_counted, flat_fields
 from shared.state import live_pool_ids, parse_task_result, read_pools
+from shared.task_state import lookup_fields, read_state, task_state_fields
 from shared.waits import WaitGuard, live_workers
 
 TaskInput = TaskSpec | Mapping[str, Any]
@@ -195,10 +196,7 @@ class PoolManager:
         specs = [make_task(t, settings=self.settings, **overrides) for t in tasks]
         known = await claim_keys(self.redis, self.keys, specs, self.settings.result_ttl)
         fresh = [s for s in specs if known.get(s.idempotency_key or "", s.id) == s.id]
-        if self.settings.redis_cluster:
-            failures = await self._submit_per_slot(fresh)
-        else:
-            failures = await self._submit_batches(fresh)
+        failures = await self._submit_batches(fresh)
         if failures:
             await self._undo_submits([spec for spec, _ in failures])
             spec, error = failures[0]
@@ -235,12 +233,14 @@ class PoolManager:
     async def _submit_calls(
         self, calls: list[tuple[str | None, list[TaskSpec], int]]
     ) -> list[tuple[TaskSpec, Exception]]:
-        """One `SUBMIT_BATCH` per (target pool or None for ingress, tasks, room needed), in one
-        round trip; the tasks of the calls that failed."""
+        """One `SUBMIT_BATCH` per (target pool or None for ingress, tasks, room needed), and
+        each task's `task` hash (`shared/task_state.py`), in one round trip; the tasks of the
+        calls that failed (their `task` hashes are removed by `_undo_submits`)."""
         if not calls:
             return []
-        keys = self.keys
+        keys, ttl = self.keys, self.settings.result_ttl
         pipe = self.redis.pipeline(transaction=False)
+        positions: list[int] = []
         for pool_id, chunk, need in calls:
             if pool_id:
                 head = [keys.pool(pool_id), keys.pool_tasks(pool_id)]
@@ -248,53 +248,27 @@ class PoolManager:
             else:
                 head = [keys.ingress, keys.ingress]
                 args = ["ingress", self.settings.ingress_max_len]
-            args += [self.settings.result_ttl, need]
+            args += [ttl, need, len(chunk)]
             for spec in chunk:
-                add_counted(args, _task_state(spec))
+                add_counted(args, task_state_fields(spec, pool_id=pool_id) if pool_id else {})
                 add_counted(args, encode(TaskDelegate(task=spec)))
-            task_keys = [keys.task(spec.id) for spec in chunk]
-            self._scripts.queue(pipe, self._scripts.submit_batch, head + task_keys, args)
+            state_keys = [keys.pool_task(pool_id, spec.id) for spec in chunk] if pool_id else []
+            positions.append(len(pipe))
+            self._scripts.queue(pipe, self._scripts.submit_batch, head + state_keys, args)
+            for spec in chunk:
+                self._scripts.queue(
+                    pipe,
+                    self._scripts.init_task,
+                    [keys.task(spec.id)],
+                    [ttl, *flat_fields(lookup_fields(spec))],
+                )
         replies = await self._scripts.execute(pipe, raise_on_error=False)
         return [
-            (spec, reply)
-            for (_, chunk, _), reply in zip(calls, replies, strict=True)
-            if isinstance(reply, Exception)
+            (spec, replies[position])
+            for (_, chunk, _), position in zip(calls, positions, strict=True)
+            if isinstance(replies[position], Exception)
             for spec in chunk
         ]
-
-    async def _submit_per_slot(self, specs: list[TaskSpec]) -> list[tuple[TaskSpec, Exception]]:
-        """Queue tasks with one script per task (Redis Cluster); return the tasks not queued."""
-        if not specs:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        for spec in specs:
-            self._queue_submit(pipe, spec)
-        replies = await self._scripts.execute(pipe, raise_on_error=False)
-        return [
-            (spec, reply)
-            for spec, reply in zip(specs, replies[1::3], strict=True)
-            if isinstance(reply, Exception)
-        ]
-
-    def _queue_submit(self, pipe: Any, spec: TaskSpec) -> None:
-        keys = self.keys
-        pipe.hset(keys.task(spec.id), mapping=_task_state(spec))
-        fields = flat_fields(dict(encode(TaskDelegate(task=spec))))
-        if spec.pool_id:
-            self._scripts.queue(
-                pipe,
-                self._scripts.submit_to_pool,
-                [keys.pool(spec.pool_id), keys.pool_tasks(spec.pool_id)],
-                [DEFAULT_MAX_QUEUE, *fields],
-            )
-        else:
-            self._scripts.queue(
-                pipe,
-                self._scripts.xadd_bounded,
-                [keys.ingress],
-                [self.settings.ingress_max_len, *fields],
-            )
-        pipe.expire(keys.task(spec.id), self.settings.result_ttl)
 
     async def _undo_submits(self, specs: Sequence[TaskSpec]) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -398,10 +372,10 @@ class PoolManager:
 
     async def status(self, task_id: str) -> TaskResult:
         """The task's current state (its final result once it has one); TaskNotFound if unknown."""
-        raw = await self.redis.hgetall(self.keys.task(task_id))
-        if not raw:
+        found = await read_state(self.redis, self.keys, task_id)
+        if found is None:
             raise TaskNotFound(f"no task with id {task_id!r} (never submitted, or expired)")
-        return parse_task_result(raw, task_id)
+        return parse_task_result(found[1], task_id)
 
     async def execute_on_pool(
         self, pool_id: str, task: TaskInput, timeout: float | None = None
@@ -439,33 +413,32 @@ class PoolManager:
 
         Returns the status the task had when asked (a final status means nothing changed).
         """
+        home = await self._scripts.mark_cancel(keys=[self.keys.task(task_id)])
+        if home is None:
+            raise TaskNotFound(f"no task with id {task_id!r} (never submitted, or expired)")
+        state_key = self.keys.task_state(task_id, text(home))
         before = text(
             await self._scripts.cancel_task(
-                keys=[self.keys.task(task_id)], args=[repr(time.time())]
+                keys=[state_key], args=[repr(time.time()), self.settings.result_ttl]
             )
         )
-        if not before:
-            raise TaskNotFound(f"no task with id {task_id!r} (never submitted, or expired)")
+        if before == "moving":  # being moved into its pool, which finds the cancel there
+            return TaskStatus.PENDING
         status = TaskStatus(before)
         if status in (TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RETRYING):
-            raw = decode_hash(await self.redis.hgetall(self.keys.task(task_id)))
+            raw = await self.redis.hgetall(state_key)
+            fields = decode_hash(raw)
             result = TaskResult(
                 task_id=task_id,
-                pool_id=raw.get("pool") or None,
+                pool_id=fields.get("pool") or None,
                 status=TaskStatus.CANCELLED,
                 error="cancelled before it started",
-                attempts=int(raw.get("attempts", "0") or 0),
+                attempts=int(fields.get("attempts", "0") or 0),
                 finished_at=time.time(),
             )
-            # the guarded write is a no-op on the now-final hash; announce it ourselves
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.hset(
-                self.keys.task(task_id), mapping={"result": pack(result.model_dump(mode="json"))}
-            )
-            announce(
-                pipe, self.settings, [FinalResult(result, reply_to=raw.get("reply_to") or None)]
-            )
-            await pipe.execute()
+            # the task is final now; store the result, then announce it like any writer
+            await self.redis.hset(state_key, "result", pack(result.model_dump(mode="json")))
+            await announce_stored(self.redis, self._scripts, self.settings, [(text(home), task_id)])
         return status
 
     # ---------------------------------------------------------------- pools
@@ -600,7 +573,7 @@ class PoolManager:
         fields = flat_fields(dict(encode(ResultShare(result=result, from_pool=from_pool))))
         try:
             entry = await self._scripts.send_to_inbox(
-                keys=[self.keys.pool(pool_id), self.keys.pool_inbox(pool_id)], args=fields
+                keys=[self.keys.pool(pool_id), self.keys.pool_inbox(pool_id)], args=["", *fields]
             )
         except ResponseError as exc:
             raise inbox_error(pool_id, exc) from None
@@ -731,20 +704,6 @@ class PoolManager:
         raise PoolUnavailable(
             f"pool {pool_id!r} did not finish '{action}' within {limit:g}s; it is {state}{detail}"
         )
-
-
-def _task_state(spec: TaskSpec) -> dict[str, str]:
-    """The task hash of a task being queued."""
-    state = {
-        "status": str(TaskStatus.QUEUED if spec.pool_id else TaskStatus.PENDING),
-        "submitted_at": repr(spec.submitted_at),
-        "attempts": "0",
-    }
-    if spec.pool_id:
-        state["pool"] = spec.pool_id
-    if spec.reply_to:
-        state["reply_to"] = spec.reply_to
-    return state
 
 
 def _is(status: PoolStatus) -> Callable[[PoolInfo], bool]:

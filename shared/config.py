@@ -12,9 +12,10 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -35,6 +36,7 @@ SETTINGS_DIR_ENV = "MAHAVISHNU_SETTINGS_DIR"
 NOT_SETTINGS_ENV: dict[str, str] = {
     SETTINGS_DIR_ENV: "the folder of the YAML files",
     "MAHAVISHNU_TEST_REDIS_URL": "the Redis the test suite uses (tests/conftest.py)",
+    "MAHAVISHNU_TEST_BROKERS": "where the integration suites run: standalone,cluster",
     "MAHAVISHNU_WRITE_RELIABILITY": "1 makes the chaos suite rewrite docs/reliability.md",
 }
 """`MAHAVISHNU_*` variables that are not settings: the only ones the unknown-name check lets by."""
@@ -66,9 +68,6 @@ class Settings(BaseSettings):
     # seconds one non-blocking Redis command may take (socket timeout; a timeout is not retried),
     # so a Redis that stops answering fails a CLI call in about this time instead of hanging
     redis_command_timeout: float = Field(default=5.0, ge=0.1, le=300)
-    # a Redis Cluster takes scripts that touch one slot each: one script per task instead of
-    # one per batch (slower; see docs/benchmarks.md)
-    redis_cluster: bool = False
 
     # the original's pool keys
     pools_enabled: bool = True
@@ -123,9 +122,15 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url_scheme(cls, value: str) -> str:
+        if value.partition("://")[0].lower() in CLUSTER_SCHEMES:
+            parse_cluster_url(value)
+            return value
         parts = urlsplit(value)
         if parts.scheme not in {"redis", "rediss", "unix", "valkey", "valkeys"}:
-            raise ValueError("must start with redis://, rediss:// or unix://")
+            raise ValueError(
+                "must start with redis://, rediss://, unix://, redis+cluster:// or "
+                "rediss+cluster://"
+            )
         try:
             parts.port  # noqa: B018 -- parsing the port is the check
         except ValueError:
@@ -198,14 +203,112 @@ class Settings(BaseSettings):
 
 
 def redact_url(url: str) -> str:
-    """Replace the password (and a lone user token) of a URL with `***`."""
-    parts = urlsplit(url)
-    if parts.password is None and not parts.username:
+    """Replace the password (and a lone user token) of a URL with `***`.
+
+    Split by hand rather than with urlsplit, which raises on some malformed URLs (an unclosed
+    `[`) that must still be shown, redacted, in the error that rejects them.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]  # as written: `.port` raises on a malformed port
-    auth = f"{user}:***" if parts.password is not None else "***"
-    return urlunsplit((parts.scheme, f"{auth}@{host}", parts.path, parts.query, parts.fragment))
+    ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
+    end = min(ends, default=len(rest))
+    userinfo, at, hosts = rest[:end].rpartition("@")
+    if not at or not userinfo:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    auth = f"{user}:***" if colon else "***"
+    return f"{scheme}://{auth}@{hosts}{rest[end:]}"
+
+
+@dataclass(frozen=True)
+class ClusterUrl:
+    """A `redis+cluster://` or `rediss+cluster://` URL, parsed."""
+
+    nodes: tuple[tuple[str, int], ...]  # the seed nodes, (host, port)
+    tls: bool
+    username: str | None
+    password: str | None
+    options: dict[str, str]  # TLS options from the query string (CLUSTER_URL_OPTIONS)
+
+
+CLUSTER_SCHEMES = frozenset({"redis+cluster", "rediss+cluster"})
+CLUSTER_URL_OPTIONS = frozenset(
+    {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname"}
+)
+_CLUSTER_URL_EXAMPLE = "e.g. redis+cluster://127.0.0.1:7000,127.0.0.1:7001"
+
+
+def parse_cluster_url(url: str) -> ClusterUrl:
+    """The seed nodes, credentials and TLS options of a Redis Cluster URL:
+    `redis+cluster://[user:password@]host[:port][,host[:port]...][/0][?ssl_...=...]`.
+
+    Credentials apply to every node; the port defaults to 6379; IPv6 hosts go in brackets.
+    Raises ValueError naming what is wrong (never the password).
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ValueError(f"is malformed ({exc}); use {_CLUSTER_URL_EXAMPLE}") from None
+    if parts.scheme not in CLUSTER_SCHEMES:
+        raise ValueError(
+            f"must start with redis+cluster:// or rediss+cluster://; {_CLUSTER_URL_EXAMPLE}"
+        )
+    if parts.path.strip("/") not in {"", "0"}:
+        raise ValueError(
+            f"names database {parts.path.strip('/')!r}, but a Redis Cluster has database 0 only: "
+            "drop the /N path"
+        )
+    if parts.fragment:
+        raise ValueError("has a #fragment; a Redis Cluster URL takes none")
+    options: dict[str, str] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in CLUSTER_URL_OPTIONS:
+            raise ValueError(
+                f"has the unknown option {name!r}; a cluster URL takes only "
+                + ", ".join(sorted(CLUSTER_URL_OPTIONS))
+            )
+        options[name] = value
+    if options and parts.scheme != "rediss+cluster":
+        raise ValueError("has TLS options, which need rediss+cluster://")
+    hosts = parts.netloc.rpartition("@")[2]
+    if not hosts:
+        raise ValueError(f"names no seed node; {_CLUSTER_URL_EXAMPLE}")
+    nodes = tuple(_seed_node(entry) for entry in hosts.split(","))
+    return ClusterUrl(
+        nodes=nodes,
+        tls=parts.scheme == "rediss+cluster",
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        options=options,
+    )
+
+
+def _seed_node(entry: str) -> tuple[str, int]:
+    """`host`, `host:port` or `[ipv6]:port` as (host, port); ValueError naming the entry."""
+    if not entry:
+        raise ValueError(
+            f"has an empty seed node (two commas, or one at an end); {_CLUSTER_URL_EXAMPLE}"
+        )
+    if entry.startswith("["):
+        host, bracket, after = entry[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise ValueError(f"has a malformed IPv6 seed node {entry!r}; write e.g. [::1]:7000")
+        port_text = after[1:] if after else None
+    else:
+        if entry.count(":") > 1:
+            raise ValueError(
+                f"has the seed node {entry!r}: put an IPv6 address in brackets, e.g. [::1]:7000"
+            )
+        host, colon, port_text_or_empty = entry.partition(":")
+        port_text = port_text_or_empty if colon else None
+    if not host:
+        raise ValueError(f"has a seed node without a host: {entry!r}")
+    if port_text is None:
+        return host, 6379
+    if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"has a bad port in seed node {entry!r}: ports are 1 to 65535")
+    return host, int(port_text)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -259,7 +362,16 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return " ".join(str(exc).split())
 
 
+REMOVED_SETTINGS: dict[str, str] = {
+    "redis_cluster": "a Redis Cluster is named by its URL now: redis+cluster://host:port,host:port",
+}
+"""Settings that no longer exist, with what replaces them (named in the unknown-name error)."""
+
+
 def _did_you_mean(name: str, candidates: list[str], quote: bool) -> str:
+    removed = REMOVED_SETTINGS.get(name.lower().removeprefix(ENV_PREFIX.lower()))
+    if removed:
+        return f" (removed: {removed})"
     close = difflib.get_close_matches(name, candidates, n=1)
     if not close:
         return " (see shared/config.py for every setting)"

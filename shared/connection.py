@@ -4,6 +4,9 @@ Two kinds of connection: a normal one, whose socket timeout is `redis_command_ti
 blocking-read one whose socket timeout is that much above the longest `BLOCK`, so an XREAD that
 blocks is not cut short but a Redis that stops answering is still noticed. Only connection
 errors (refused, reset) are retried: a retried timeout would multiply the wait.
+
+A `redis+cluster://` or `rediss+cluster://` URL gives a `RedisCluster` client over the same
+settings, seeded with the URL's nodes (see `shared.config.parse_cluster_url`).
 """
 
 from __future__ import annotations
@@ -13,28 +16,33 @@ from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import (
     BlockingConnectionPool,
     Connection,
     SSLConnection,
     UnixDomainSocketConnection,
+    to_bool,
 )
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import (
     BusyLoadingError,
     ClusterDownError,
+    ClusterError,
     DataError,
     MasterDownError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.config import Settings
+from shared.config import CLUSTER_SCHEMES, Settings, parse_cluster_url
 from shared.errors import BrokerError, BrokerUnresponsive
 
 # redis-py annotates replies as unions that change with the protocol version, and command
@@ -46,6 +54,9 @@ Entry = tuple[bytes, dict[bytes, bytes]]
 MAX_CONNECTIONS = 64  # per client; more concurrent commands wait for a free connection
 CONNECTION_WAIT = 30.0  # seconds a command waits for a free connection
 LONGEST_CLIENT_BLOCK_MS = 5000  # the longest BLOCK of the client's readers (shared/readers.py)
+# RedisCluster's per-node pools do not wait for a free connection: past the limit a command
+# fails with MaxConnectionsError, so the limit is a leak guard well above any real concurrency
+CLUSTER_NODE_MAX_CONNECTIONS = 1000
 
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     RedisConnectionError,
@@ -55,10 +66,15 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     MasterDownError,
     ReadOnlyError,  # a failover in progress
     ClusterDownError,
+    ClusterError,  # RedisCluster gave up following MOVED/ASK redirections ("TTL exhausted")
+    SlotNotCoveredError,  # RedisCluster's slot map has a hole until it reloads it
     ConnectionError,
     OSError,
 )
-"""Errors after which the same call can succeed later: loops back off and try again."""
+"""Errors after which the same call can succeed later: loops back off and try again.
+
+RedisCluster follows MOVED and ASK redirections itself (and re-sends redirected pipeline
+commands one by one), so those never reach callers."""
 
 
 def connect(settings: Settings, *, blocking: bool = False, retries: int = 5) -> Redis:
@@ -74,6 +90,15 @@ def connect(settings: Settings, *, blocking: bool = False, retries: int = 5) -> 
         supported_errors=(RedisConnectionError,),
     )
     timeout = blocking_socket_timeout(settings) if blocking else settings.redis_command_timeout
+    connect_timeout = min(5.0, settings.redis_command_timeout)
+    if is_cluster_url(settings.redis_url):
+        return _cluster_client(
+            settings.redis_url,
+            socket_timeout=timeout,
+            connect_timeout=connect_timeout,
+            retry=retry,
+            health_check_interval=30,
+        )
     # a blocking pool makes the 101st concurrent command wait for a connection instead of
     # failing with "Too many connections" (redis-py's default pool holds 100)
     pool = BlockingConnectionPool.from_url(
@@ -82,7 +107,7 @@ def connect(settings: Settings, *, blocking: bool = False, retries: int = 5) -> 
         timeout=CONNECTION_WAIT,
         decode_responses=False,
         socket_timeout=timeout,
-        socket_connect_timeout=min(5.0, settings.redis_command_timeout),
+        socket_connect_timeout=connect_timeout,
         health_check_interval=30,
         retry=retry,
         retry_on_error=[RedisConnectionError],
@@ -90,6 +115,75 @@ def connect(settings: Settings, *, blocking: bool = False, retries: int = 5) -> 
     )
     pool.connection_class = _HIREDIS_PACKED.get(pool.connection_class, pool.connection_class)
     return aioredis.Redis.from_pool(pool)
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether `url` names a Redis Cluster (`redis+cluster://` or `rediss+cluster://`)."""
+    return url.partition("://")[0].lower() in CLUSTER_SCHEMES
+
+
+class _Cluster(RedisCluster):
+    """RedisCluster with the retry rules of the standalone client: connection errors are
+    retried (`retry`'s count), timeouts are not. The one gap: ClusterPipeline reads
+    `RedisCluster.ERRORS_ALLOW_RETRY` by name, so a pipeline with `retries` > 0 does re-send
+    after a timeout."""
+
+    ERRORS_ALLOW_RETRY = (  # type: ignore[assignment]  # a 3-tuple for redis-py's 4-tuple
+        RedisConnectionError,
+        ClusterDownError,
+        SlotNotCoveredError,
+    )
+
+    async def initialize(
+        self,
+        additional_startup_nodes_info: list[tuple[str, int]] | None = None,
+        last_failed_node_name: str | None = None,
+    ) -> RedisCluster:
+        # RedisCluster reports "no seed node answers" as a RedisClusterException, which is no
+        # RedisError; raised as the ConnectionError it wraps, it is handled like a standalone
+        # server that is down.
+        try:
+            return await super().initialize(additional_startup_nodes_info, last_failed_node_name)
+        except RedisClusterException as exc:
+            if isinstance(exc.__cause__, RedisConnectionError | RedisTimeoutError | OSError):
+                raise RedisConnectionError(str(exc)) from exc
+            raise
+
+
+def _cluster_client(
+    url: str,
+    *,
+    socket_timeout: float,
+    connect_timeout: float,
+    retry: Retry,
+    health_check_interval: float = 0,
+) -> RedisCluster:
+    target = parse_cluster_url(url)
+    tls: dict[str, Any] = dict(target.options)
+    if "ssl_check_hostname" in tls:
+        tls["ssl_check_hostname"] = to_bool(tls["ssl_check_hostname"])
+    client = _Cluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+        username=target.username,
+        password=target.password,
+        ssl=target.tls,
+        **tls,
+        max_connections=CLUSTER_NODE_MAX_CONNECTIONS,
+        decode_responses=False,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+        health_check_interval=health_check_interval,
+        retry=retry,
+        protocol=2,
+    )
+    # RedisCluster takes no connection_class: it fixes one in `connection_kwargs`, a dict its
+    # NodesManager shares and builds every discovered node from; the seed nodes exist already.
+    plain = client.connection_kwargs["connection_class"]
+    packed = _HIREDIS_PACKED.get(plain, plain)
+    client.connection_kwargs["connection_class"] = packed
+    for node in client.nodes_manager.startup_nodes.values():
+        node.connection_class = packed
+    return client
 
 
 def blocking_socket_timeout(settings: Settings) -> float:
@@ -139,21 +233,33 @@ _HIREDIS_PACKED: dict[type[Any], type[Any]] = {
 
 
 async def ping(settings: Settings) -> bool:
-    """Whether the configured broker answers PING."""
-    client = aioredis.Redis.from_url(
-        settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, protocol=2
-    )
+    """Whether the configured broker answers PING (for a cluster: every primary)."""
+    client: Any
+    if is_cluster_url(settings.redis_url):
+        client = _cluster_client(
+            settings.redis_url,
+            socket_timeout=2.0,
+            connect_timeout=2.0,
+            retry=Retry(NoBackoff(), retries=0),
+        )
+    else:
+        client = aioredis.Redis.from_url(
+            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, protocol=2
+        )
     try:
         return bool(await client.ping())
-    except (RedisError, OSError):
+    except (RedisError, RedisClusterException, OSError):
         return False
     finally:
         await client.aclose()
 
 
 async def server_version(redis: Redis) -> tuple[int, ...]:
-    """The server's version as a tuple, e.g. (7, 0, 15)."""
-    info = await redis.info("server")
+    """The server's version as a tuple, e.g. (7, 0, 15); for a cluster, one node's."""
+    if isinstance(redis, RedisCluster):
+        info = await redis.info("server", target_nodes=RedisCluster.DEFAULT_NODE)
+    else:
+        info = await redis.info("server")
     raw = str(info.get("redis_version", info.get("valkey_version", "0")))
     return tuple(int(p) for p in raw.split(".") if p.isdigit())
 

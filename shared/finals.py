@@ -1,14 +1,23 @@
 """Recording final results: once per task id, announced the same way by every writer.
 
-Writers of a final result (a worker, an orchestrator that dead-letters or gives up routing) go
-through `finalize_results`: task hash, the caller's reply stream, a TASK_COMPLETED event, a
-memory record, the pool's counters, a dead letter for a dead-lettered task and the shares with
-other pools' inboxes. A client cancelling a queued task makes it final in one script
-(`CANCEL_TASK`) and then announces it with `announce`.
+Writers of a final result (a worker, an orchestrator that dead-letters or gives up routing, a
+client cancelling a queued task) go through `finalize_results`, in three steps:
+
+1. record: one COMPLETE_BATCH per state slot (a pool's, for the tasks queued on it: with the
+   memory record and the pool's counters) writes each result unless the task is final;
+2. announce, in the other slots: the caller's reply stream, a TASK_COMPLETED event, a dead
+   letter for a dead-lettered task, the shares with other pools' inboxes;
+3. mark the results announced and acknowledge the entries (ACK_ANNOUNCED).
+
+A writer that dies after step 1 leaves its entry pending and the result `announced` 0. Whoever
+next handles the entry (a worker reading it again: START_ANNOUNCE; reclaim; an orchestrator
+taking over an ingress entry) announces the stored result, so no result is final but never
+announced.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -16,17 +25,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.codec import (
-    ResultShare,
-    encode,
-    encode_result,
-    pack,
-)
+from shared.codec import encode_result, pack
 from shared.config import Settings
-from shared.connection import Redis, ack_and_delete, text
+from shared.connection import Redis, text
 from shared.errors import inbox_error
+from shared.keys import hash_tag
 from shared.models import TaskResult, TaskSpec, TaskStatus
-from shared.scripts import Scripts, add_counted, flat_fields
+from shared.scripts import FINAL_DONE, FINAL_NEW, FINAL_STORED, Scripts, add_counted, flat_fields
+from shared.state import parse_task_result
+from shared.task_state import RawHash, share_targets
 
 log = logging.getLogger("mahavishnu.finals")
 
@@ -43,6 +50,13 @@ class FinalResult:
     history: list[str] = field(default_factory=list)  # one line per failed attempt
     spec: TaskSpec | None = None  # kept in a dead letter, so it can be requeued
     share_with: list[str] = field(default_factory=list)  # pools whose inboxes get the result
+    # the pool whose slot holds the task's state (`Keys.task_state`); None: the result's pool
+    home: str | None = None
+    submitted_at: float | None = None
+
+    @property
+    def state_home(self) -> str:
+        return self.home if self.home is not None else (self.result.pool_id or "")
 
 
 Ack = tuple[str, str, Sequence[bytes]]
@@ -57,43 +71,66 @@ async def finalize_results(
     *,
     ack: Ack | None = None,
     extra: Callable[[Any], None] | None = None,
+    stored: Sequence[tuple[str, str]] = (),
 ) -> list[bool]:
     """Record final results once per task id, announce the ones that were new, acknowledge.
 
-    The task hash, the caller's reply, a TASK_COMPLETED event, a memory record, the pool's
-    counters, a dead letter (for a dead-lettered result) and the shares with other pools' inboxes
-    are written for each result recorded now; a result whose task is already final is left out.
-    On a standalone server that is one script for the whole batch, atomic with the
-    acknowledgement of `ack`'s entries. On Redis Cluster (`redis_cluster`) it is one script per
-    task (a guarded write), then the announcements and the acknowledgement, then the shares.
+    The task's state, a memory record and the pool's counters are written for each result
+    recorded now; its reply, TASK_COMPLETED event, dead letter and shares follow, then the
+    acknowledgement of `ack`'s entries. A result whose task is already final is left out (and
+    the stored result announced, if its writer never did). `stored` names (home, task id) of
+    tasks known to be final but not announced: their stored results are announced too.
     `extra(pipe)`, if given, queues more commands that run before the acknowledgement.
     Returns, per result, whether it was recorded now (False: the task was already final).
     """
-    if settings.redis_cluster:
-        return await _finalize_per_slot(redis, scripts, settings, finals, ack=ack, extra=extra)
-    if not finals and not (ack and ack[2]) and extra is None:
-        return []
-    pipe = redis.pipeline(transaction=False)
-    if extra is not None:
-        extra(pipe)
+    verdicts = await _record(redis, scripts, settings, finals) if finals else []
+    fresh = [f for f, v in zip(finals, verdicts, strict=True) if v == FINAL_NEW]
+    pairs = list(zip(finals, verdicts, strict=True))
+    again = [(f.state_home, f.result.task_id) for f, v in pairs if v == FINAL_STORED]
+    recovered = await read_stored(redis, settings, [*again, *stored])
+    done = fresh + recovered
+    if done or extra is not None:
+        pipe = redis.pipeline(transaction=False)
+        if extra is not None:
+            extra(pipe)
+        sent = announce(pipe, scripts, settings, done)
+        replies = await scripts.execute(pipe, raise_on_error=False)
+        await _report_share_failures(redis, settings, sent.shares, replies)
+        markers = sent.markers
+    else:
+        markers = []
+    announced = [(f.state_home, f.result.task_id) for f in done]
+    await acknowledge(redis, scripts, settings, announced, ack, markers)
+    return [v == FINAL_NEW for v in verdicts]
+
+
+async def _record(
+    redis: Redis, scripts: Scripts, settings: Settings, finals: Sequence[FinalResult]
+) -> list[int]:
+    """Step 1: COMPLETE_BATCH per state slot (per task for tasks with no pool); the verdicts."""
     now = time.time()
-    batches = [_CompleteBatch(settings, now)]
-    for final in finals:
-        if batches[-1].count and batches[-1].size >= BATCH_SCRIPT_BYTES:
-            batches.append(_CompleteBatch(settings, now))
-        batches[-1].add(final)
-    for position, batch in enumerate(batches, 1):
-        # the acknowledgement goes with the last call: after a lost reply, the retry finds the
-        # earlier calls' tasks final and announces nothing twice
-        keys, args = batch.call(ack if position == len(batches) else None)
+    calls: list[tuple[_CompleteBatch, list[int]]] = []
+    by_home: dict[str, _CompleteBatch] = {}
+    for position, final in enumerate(finals):
+        home = final.state_home
+        batch = by_home.get(home) if home else None
+        if batch is None or (batch.count and batch.size >= BATCH_SCRIPT_BYTES):
+            batch = _CompleteBatch(settings, home, now)
+            calls.append((batch, []))
+            if home:
+                by_home[home] = batch
+        batch.add(final)
+        next(c for b, c in calls if b is batch).append(position)
+    pipe = redis.pipeline(transaction=False)
+    for batch, _ in calls:
+        keys, args = batch.call()
         scripts.queue(pipe, scripts.complete_batch, keys, args)
     replies = await scripts.execute(pipe)
-    written: list[bool] = []
-    for flags, problems in replies[-len(batches) :]:
-        written += [bool(int(flag)) for flag in flags]
-        for problem in problems:
-            log.warning("%s", text(problem))
-    return written
+    verdicts = [FINAL_DONE] * len(finals)
+    for (_, positions), reply in zip(calls, replies, strict=True):
+        for position, verdict in zip(positions, reply, strict=True):
+            verdicts[position] = int(verdict)
+    return verdicts
 
 
 BATCH_SCRIPT_BYTES = 8 * 1024 * 1024
@@ -102,73 +139,60 @@ into several calls in the same round trip (Redis holds a whole command in memory
 
 
 class _CompleteBatch:
-    """KEYS and ARGV of one `COMPLETE_BATCH` call (the layout is documented with the script)."""
+    """KEYS and ARGV of one `COMPLETE_BATCH` call in one slot (layout: `shared/scripts.py`)."""
 
-    def __init__(self, settings: Settings, now: float) -> None:
+    def __init__(self, settings: Settings, home: str, now: float) -> None:
         self._settings = settings
-        keys = settings.keys
-        self._keys = [keys.events, keys.dlq]
-        self._index: dict[str, int] = {keys.events: 1, keys.dlq: 2}
-        self._head: list[Any] = [
-            settings.result_ttl,
-            settings.reply_ttl,
-            settings.events_max_len,
-            settings.memory_max_len,
-            settings.dlq_max_len,
-            repr(now),
-        ]
+        self._home = home
+        self._keys: list[str] = []
         self._body: list[Any] = []
+        self._now = now
         self.count = 0
         self.size = 0  # bytes of the results' own payloads, roughly
 
-    def _ref(self, key: str) -> int:
-        found = self._index.get(key)
-        if found is None:
-            self._keys.append(key)
-            found = self._index[key] = len(self._keys)
-        return found
-
     def add(self, final: FinalResult) -> None:
         """Add one result."""
-        settings, keys, args, ref = self._settings, self._settings.keys, self._body, self._ref
+        settings, keys, args = self._settings, self._settings.keys, self._body
         res = final.result
-        pool_id = res.pool_id or ""
+        self._keys.append(keys.task_state(res.task_id, self._home))
         dump = res.model_dump(mode="json", exclude_defaults=True)
         hash_fields = result_hash_fields(res, dump)
-        shared, event = encode_result(res, dump, from_pool=res.pool_id)
-        args += [ref(keys.task(res.task_id)), final.token, res.task_id, pool_id]
+        # what announcing it needs, kept with it: whoever finds it unannounced can do that
+        if final.reply_to:
+            hash_fields["reply_to"] = final.reply_to
+        if final.share_with:
+            hash_fields["share_with"] = json.dumps(final.share_with)
+        if res.status is TaskStatus.DEAD_LETTERED:
+            hash_fields.update(_dead_letter_fields(final))
+        args += [len(self._keys), final.token]
         add_counted(args, hash_fields)
-        reply = ref(keys.replies(final.reply_to)) if final.reply_to else 0
-        args.append(reply)
-        add_counted(args, shared if reply or final.share_with else {})
-        add_counted(args, event)
-        if pool_id:
-            record = memory_record(settings, final, pool_id=pool_id)
-            args.append(ref(keys.pool_memory(pool_id)))
+        if self._home and res.pool_id == self._home:
+            record = memory_record(settings, final, pool_id=self._home)
             add_counted(args, record)
-            done, ms, failed = _counts(res)
-            args += [ref(keys.pool_load(pool_id)), done, repr(ms), failed]
+            args += [*(repr(x) if isinstance(x, float) else x for x in _counts(res))]
             self.size += len(record["output"])
         else:
-            args += [0, 0, 0, 0, "0", 0]
-        if res.status is TaskStatus.DEAD_LETTERED:
-            add_counted(args, _final_dead_letter(final))
-        else:
-            args.append(0)
-        args.append(len(final.share_with))
-        for target in final.share_with:
-            args += [ref(keys.pool(target)), ref(keys.pool_inbox(target)), target]
+            args += [0, 0, 0, 0]
         self.count += 1
-        body = shared["body"]
-        self.size += len(hash_fields["result"]) + (len(body) if isinstance(body, bytes) else 0)
+        self.size += len(hash_fields["result"])
 
-    def call(self, ack: Ack | None) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of the call, acknowledging `ack`'s entries after the results."""
-        tail: list[Any] = [0, "", 0]
-        if ack is not None and ack[2]:
-            stream, group, ids = ack
-            tail = [self._ref(stream), group, len(ids), *ids]
-        return self._keys, [*self._head, self.count, *self._body, *tail]
+    def call(self) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of the call."""
+        keys = list(self._keys)
+        memory = load = 0
+        if self._home:
+            keys += [self._settings.keys.pool_memory(self._home)]
+            memory = len(keys)
+            keys += [self._settings.keys.pool_load(self._home)]
+            load = len(keys)
+        head = [
+            self._settings.result_ttl,
+            self._settings.memory_max_len,
+            memory,
+            load,
+            self.count,
+        ]
+        return keys, [*head, *self._body]
 
 
 def _counts(res: TaskResult) -> tuple[int, float, int]:
@@ -183,7 +207,7 @@ def _counts(res: TaskResult) -> tuple[int, float, int]:
 def result_hash_fields(
     res: TaskResult, dump: dict[str, Any] | None = None
 ) -> dict[str, str | bytes]:
-    """The fields a final result sets on its task hash (`dump`: its dump without defaults)."""
+    """The fields a final result sets on its task's state (`dump`: its dump without defaults)."""
     if dump is None:
         dump = res.model_dump(mode="json", exclude_defaults=True)
     fields: dict[str, str | bytes] = {
@@ -201,6 +225,14 @@ def result_hash_fields(
     return fields
 
 
+def _dead_letter_fields(final: FinalResult) -> dict[str, str | bytes]:
+    """What a dead-lettered result keeps in its state, so its dead letter can be rebuilt."""
+    fields: dict[str, str | bytes] = {"history": json.dumps(final.history)}
+    if final.spec is not None:
+        fields["spec"] = final.spec.model_dump_json()
+    return fields
+
+
 def _final_dead_letter(final: FinalResult) -> dict[str, str | bytes]:
     res = final.result
     return dead_letter_record(
@@ -213,108 +245,224 @@ def _final_dead_letter(final: FinalResult) -> dict[str, str | bytes]:
     )
 
 
-async def _finalize_per_slot(
-    redis: Redis,
-    scripts: Scripts,
-    settings: Settings,
-    finals: Sequence[FinalResult],
-    *,
-    ack: Ack | None,
-    extra: Callable[[Any], None] | None,
-) -> list[bool]:
-    """`finalize_results` with scripts of one slot each (Redis Cluster): three round trips."""
+async def read_stored(
+    redis: Redis, settings: Settings, tasks: Sequence[tuple[str, str]]
+) -> list[FinalResult]:
+    """The stored final results of (home, task id) pairs, to be announced by someone other than
+    their writer; tasks whose state is gone or not final are left out."""
+    if not tasks:
+        return []
     keys = settings.keys
     pipe = redis.pipeline(transaction=False)
+    for home, task_id in tasks:
+        pipe.hgetall(keys.task_state(task_id, home))
+    found: list[FinalResult] = []
+    for (home, task_id), raw in zip(tasks, await pipe.execute(), strict=True):
+        if raw:
+            final = stored_final(raw, task_id, home)
+            if final is not None:
+                found.append(final)
+    return found
+
+
+def stored_final(raw: RawHash, task_id: str, home: str) -> FinalResult | None:
+    """A FinalResult rebuilt from a final task's state hash (None if it is not final)."""
+    res = parse_task_result(raw, task_id)
+    if not res.status.is_final:
+        return None
+    spec: TaskSpec | None = None
+    history: list[str] = []
+    if b"spec" in raw:
+        try:
+            spec = TaskSpec.model_validate_json(raw[b"spec"])
+        except ValueError:
+            spec = None
+    if b"history" in raw:
+        try:
+            history = [str(line) for line in json.loads(raw[b"history"])]
+        except (ValueError, TypeError):
+            history = []
+    return FinalResult(
+        res,
+        reply_to=text(raw.get(b"reply_to")) or None,
+        history=history,
+        spec=spec,
+        share_with=share_targets(raw),
+        home=home,
+    )
+
+
+SENT_MARKER_TTL = 600
+"""Seconds a sent marker (`Keys.sent_marker`) outlives a writer that died before step 3, which
+deletes it: a retry within this time adds no entry twice."""
+
+
+@dataclass
+class Announcement:
+    """What `announce` queued: the shares (to read their replies) and the sent markers."""
+
+    shares: list[Share] = field(default_factory=list)
+    markers: list[str] = field(default_factory=list)
+
+
+def _batch_token(finals: Sequence[FinalResult]) -> str:
+    """The same for the same results however often a writer retries: names a sent marker."""
+    digest = hashlib.sha1()
     for final in finals:
-        scripts.queue(
-            pipe,
-            scripts.finalize_task,
-            [keys.task(final.result.task_id)],
-            [settings.result_ttl, final.token, *flat_fields(result_hash_fields(final.result))],
-        )
-    written = [bool(x) for x in await scripts.execute(pipe)] if finals else []
-    pipe = redis.pipeline(transaction=False)
-    fresh = [final for final, new in zip(finals, written, strict=True) if new]
-    announce(pipe, settings, fresh)
-    for final in fresh:
-        if final.result.status is TaskStatus.DEAD_LETTERED:
-            queue_dead_letter(pipe, settings, _final_dead_letter(final))
-        pipe.hset(keys.task(final.result.task_id), "announced", "1")
-    if extra is not None:
-        extra(pipe)
-    if ack is not None and ack[2]:
-        ack_and_delete(pipe, *ack)
-    if len(pipe):
-        await scripts.execute(pipe)
-    shares = [(final, target) for final in fresh for target in final.share_with]
-    if shares:
-        await _share_per_slot(redis, scripts, settings, shares)
-    return written
+        digest.update((final.token or f"stored:{final.result.task_id}").encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:20]
 
 
-async def _share_per_slot(
-    redis: Redis, scripts: Scripts, settings: Settings, shares: list[tuple[FinalResult, str]]
-) -> None:
-    """Send results to the inboxes their tasks named; a full inbox is dead-lettered, loudly."""
+def announce(
+    pipe: Any, scripts: Scripts, settings: Settings, finals: Sequence[FinalResult]
+) -> Announcement:
+    """Step 2: queue the replies (one XADD_MANY per reply stream), the TASK_COMPLETED events
+    (one XADD_MANY), dead letters and inbox shares of recorded results, each once per sent
+    marker."""
+    done = Announcement()
+    if not finals:
+        return done
     keys = settings.keys
-    pipe = redis.pipeline(transaction=False)
-    for final, target in shares:
-        message = ResultShare(result=final.result, from_pool=final.result.pool_id)
-        scripts.queue(
-            pipe,
-            scripts.send_to_inbox,
-            [keys.pool(target), keys.pool_inbox(target)],
-            flat_fields(dict(encode(message))),
-        )
-    replies = await scripts.execute(pipe, raise_on_error=False)
-    pipe = redis.pipeline(transaction=False)
-    for (final, target), reply in zip(shares, replies, strict=True):
-        if isinstance(reply, Exception):
-            reason = f"result not shared with pool {target}: {inbox_error(target, reply)}"
-            log.warning("%s: %s", final.result.task_id, reason)
-            queue_dead_letter(
-                pipe,
-                settings,
-                dead_letter_record(
-                    task_id=final.result.task_id, pool_id=final.result.pool_id, reason=reason
-                ),
-            )
-    if len(pipe):
-        await pipe.execute()
-
-
-def announce(pipe: Any, settings: Settings, finals: Sequence[FinalResult]) -> None:
-    """Queue the replies, TASK_COMPLETED events, memory records and pool counters of results.
-
-    Per result: its reply, its event and its memory record. Per batch: one EXPIRE per reply
-    stream and one counter update per pool.
-    """
-    keys = settings.keys
-    reply_streams: set[str] = set()
-    counts: dict[str, list[float]] = {}  # pool -> [completed, total_ms, failed]
+    replies: dict[str, list[tuple[FinalResult, Mapping[Any, Any]]]] = {}
+    events: list[tuple[FinalResult, Mapping[Any, Any]]] = []
+    dead: list[tuple[FinalResult, Mapping[Any, Any]]] = []
+    now = time.time()
     for final in finals:
         res = final.result
         dump = res.model_dump(mode="json", exclude_defaults=True)
         shared, event = encode_result(res, dump, from_pool=res.pool_id)
         if final.reply_to:
-            reply_key = keys.replies(final.reply_to)
-            reply_streams.add(reply_key)
-            pipe.xadd(reply_key, shared)
-        pipe.xadd(keys.events, event, maxlen=settings.events_max_len, approximate=True)
-        if res.pool_id:
-            queue_memory_record(pipe, settings, final, pool_id=res.pool_id)
-            count = counts.setdefault(res.pool_id, [0, 0.0, 0])
-            for position, amount in enumerate(_counts(res)):
-                count[position] += amount
-    for reply_key in reply_streams:
-        pipe.expire(reply_key, settings.reply_ttl)
-    for pool_id, (completed, total_ms, failed) in counts.items():
-        load_key = keys.pool_load(pool_id)
-        if completed:
-            pipe.hincrby(load_key, "completed", int(completed))
-            pipe.hincrbyfloat(load_key, "total_ms", total_ms)
-        if failed:
-            pipe.hincrby(load_key, "failed", int(failed))
+            replies.setdefault(keys.replies(final.reply_to), []).append((final, shared))
+        events.append((final, event))
+        if res.status is TaskStatus.DEAD_LETTERED:
+            dead.append((final, _final_dead_letter(final)))
+        for target in final.share_with:
+            inbox = keys.pool_inbox(target)
+            marker = keys.sent_marker(inbox, _batch_token([final]))
+            done.shares.append((len(pipe), final, target))
+            done.markers.append(marker)
+            scripts.queue(
+                pipe,
+                scripts.send_to_inbox,
+                [keys.pool(target), inbox, marker],
+                [SENT_MARKER_TTL, *flat_fields(shared)],
+            )
+        if final.submitted_at is None or now - final.submitted_at > settings.result_ttl / 2:
+            # the `task` hash got its TTL at submission: keep it as long as the result
+            pipe.expire(keys.task(res.task_id), settings.result_ttl)
+    for stream, entries in replies.items():
+        done.markers.append(
+            _queue_entries(pipe, scripts, settings, stream, entries, ttl=settings.reply_ttl)
+        )
+    done.markers.append(
+        _queue_entries(pipe, scripts, settings, keys.events, events, maxlen=settings.events_max_len)
+    )
+    if dead:
+        done.markers.append(
+            _queue_entries(pipe, scripts, settings, keys.dlq, dead, maxlen=settings.dlq_max_len)
+        )
+    return done
+
+
+def _queue_entries(
+    pipe: Any,
+    scripts: Scripts,
+    settings: Settings,
+    stream: str,
+    entries: Sequence[tuple[FinalResult, Mapping[Any, Any]]],
+    *,
+    maxlen: int | None = None,
+    ttl: int | None = None,
+) -> str:
+    """Queue one XADD_MANY of `entries` on `stream`; return its sent marker."""
+    marker = settings.keys.sent_marker(stream, _batch_token([f for f, _ in entries]))
+    args: list[Any] = [
+        "" if maxlen is None else maxlen,
+        "" if ttl is None else ttl,
+        SENT_MARKER_TTL,
+        len(entries),
+    ]
+    for _, entry in entries:
+        add_counted(args, entry)
+    scripts.queue(pipe, scripts.xadd_many, [stream, marker], args)
+    return marker
+
+
+Share = tuple[int, FinalResult, str]
+"""A share queued by `announce`: its position in the pipeline, the result, the target pool."""
+
+
+async def _report_share_failures(
+    redis: Redis, settings: Settings, shares: Sequence[Share], replies: Sequence[Any]
+) -> None:
+    """Dead-letter (loudly) the shares an inbox refused; raise any other error of step 2."""
+    share_at = {position: (final, target) for position, final, target in shares}
+    pipe = redis.pipeline(transaction=False)
+    for position, reply in enumerate(replies):
+        if not isinstance(reply, Exception):
+            continue
+        if position not in share_at:
+            raise reply
+        final, target = share_at[position]
+        reason = f"result not shared with pool {target}: {inbox_error(target, reply)}"
+        log.warning("%s: %s", final.result.task_id, reason)
+        queue_dead_letter(
+            pipe,
+            settings,
+            dead_letter_record(
+                task_id=final.result.task_id, pool_id=final.result.pool_id, reason=reason
+            ),
+        )
+    if len(pipe):
+        await pipe.execute()
+
+
+async def acknowledge(
+    redis: Redis,
+    scripts: Scripts,
+    settings: Settings,
+    announced: Sequence[tuple[str, str]],
+    ack: Ack | None,
+    markers: Sequence[str] = (),
+) -> None:
+    """Step 3: mark (home, task id) results announced and acknowledge `ack`'s entries, with one
+    ACK_ANNOUNCED per slot; then the sent markers of step 2 can go."""
+    keys = settings.keys
+    by_slot: dict[str, list[str]] = {}
+    for home, task_id in announced:
+        key = keys.task_state(task_id, home)
+        by_slot.setdefault(hash_tag(key), []).append(key)
+    stream_slot = hash_tag(ack[0]) if ack and ack[2] else None
+    pipe = redis.pipeline(transaction=False)
+    for slot, state_keys in by_slot.items():
+        if slot == stream_slot and ack is not None:
+            stream, group, ids = ack
+            args: list[Any] = ["1", group, len(ids), *ids]
+            scripts.queue(pipe, scripts.ack_announced, [stream, *state_keys], args)
+            stream_slot = None
+        else:
+            scripts.queue(pipe, scripts.ack_announced, state_keys, ["0", "", 0])
+    if stream_slot is not None and ack is not None:
+        stream, group, ids = ack
+        scripts.queue(pipe, scripts.ack_announced, [stream], ["1", group, len(ids), *ids])
+    for marker in markers:
+        pipe.delete(marker)
+    if len(pipe):
+        await scripts.execute(pipe)
+
+
+async def announce_stored(
+    redis: Redis,
+    scripts: Scripts,
+    settings: Settings,
+    tasks: Sequence[tuple[str, str]],
+    *,
+    ack: Ack | None = None,
+) -> None:
+    """Announce the stored results of final tasks whose writer never did (home, task id), then
+    acknowledge `ack`'s entries."""
+    await finalize_results(redis, scripts, settings, [], ack=ack, stored=tasks)
 
 
 def dead_letter_record(
@@ -381,7 +529,8 @@ def memory_record(settings: Settings, final: FinalResult, *, pool_id: str) -> di
 
 
 def queue_memory_record(pipe: Any, settings: Settings, final: FinalResult, *, pool_id: str) -> None:
-    """Queue the memory record of a result on a pool's memory stream."""
+    """Queue the memory record of a result on a pool's memory stream (a shared result filed
+    by the pool's worker; a pool's own results get theirs in COMPLETE_BATCH)."""
     pipe.xadd(
         settings.keys.pool_memory(pool_id),
         memory_record(settings, final, pool_id=pool_id),

@@ -1,7 +1,10 @@
 """Every Redis key name the system uses, in one place (the key table: docs/architecture.md).
 
 Keys that belong to one pool carry the pool id as a Redis Cluster hash tag (`{P}`), so all of a
-pool's keys live on one shard.
+pool's keys live on one shard: its stream, its hash and the state of every task queued on it
+(`pool_task`). The orchestrators' two input streams share the tag `{ingress}`, so one blocking
+read covers both. Every other key hashes on its own. Each script touches the keys of one slot
+(`shared/scripts.py` checks it), so the same calls work on one server and on Redis Cluster.
 """
 
 from __future__ import annotations
@@ -12,6 +15,17 @@ DEFAULT_PREFIX = "mhv:"
 
 ORCHESTRATOR_GROUP = "orchestrators"
 WORKER_GROUP = "workers"
+INGRESS_TAG = "{ingress}"
+
+
+def hash_tag(key: str) -> str:
+    """The part of `key` Redis Cluster hashes: the first non-empty `{...}`, else the whole key."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
 
 
 @dataclass(frozen=True)
@@ -23,12 +37,12 @@ class Keys:
     @property
     def ingress(self) -> str:
         """Stream of tasks waiting to be routed (group `orchestrators`)."""
-        return f"{self.prefix}tasks"
+        return f"{self.prefix}{INGRESS_TAG}:tasks"
 
     @property
     def control(self) -> str:
         """Stream of control commands: spawn, scale, close (group `orchestrators`)."""
-        return f"{self.prefix}control"
+        return f"{self.prefix}{INGRESS_TAG}:control"
 
     @property
     def pools(self) -> str:
@@ -38,7 +52,7 @@ class Keys:
     @property
     def events(self) -> str:
         """Trimmed broadcast stream: pool lifecycle, status updates, completions, heartbeats."""
-        return f"{self.prefix}events"
+        return f"{self.prefix}{{events}}"
 
     @property
     def delayed(self) -> str:
@@ -48,7 +62,7 @@ class Keys:
     @property
     def dlq(self) -> str:
         """Stream of dead letters, each with its reason."""
-        return f"{self.prefix}dlq"
+        return f"{self.prefix}{{dlq}}"
 
     @property
     def scheduler_lease(self) -> str:
@@ -98,12 +112,30 @@ class Keys:
         return f"{self.prefix}orchestrator:{orchestrator_id}"
 
     def task(self, task_id: str) -> str:
-        """Hash with TTL: a task's state and result."""
+        """Hash with TTL: where a task's state lives (`home`: the pool whose `pool_task` holds
+        it), the flags that must outlive a move between pools (`cancel_requested`,
+        `routed_from`), and the whole state while the task has no pool yet."""
         return f"{self.prefix}task:{task_id}"
+
+    def pool_task(self, pool_id: str, task_id: str) -> str:
+        """Hash with TTL: the state and result of a task queued on the pool, in its slot."""
+        return f"{self.prefix}pool:{{{pool_id}}}:task:{task_id}"
+
+    def task_state(self, task_id: str, home: str | None) -> str:
+        """The hash holding a task's state: its `pool_task` in `home`, or its `task` hash while
+        it has no pool (`home` empty)."""
+        return self.pool_task(home, task_id) if home else self.task(task_id)
 
     def replies(self, client_id: str) -> str:
         """Stream with TTL: results for one client."""
-        return f"{self.prefix}replies:{client_id}"
+        return f"{self.prefix}replies:{{{client_id}}}"
+
+    def sent_marker(self, stream: str, token: str) -> str:
+        """String with TTL, in `stream`'s slot: the entries of the batch `token` were added to
+        `stream`, so a writer retrying after a lost reply does not add them twice."""
+        if "{" not in stream:
+            raise ValueError(f"{stream!r} carries no hash tag: a marker could not share its slot")
+        return f"{stream}:sent:{token}"
 
     def idempotency(self, key: str) -> str:
         """String with TTL: the task id first submitted under an idempotency key."""
@@ -116,6 +148,15 @@ class Keys:
         rest = key[len(self.prefix) :]
         if rest.startswith("pool:{"):
             tail = rest.split("}", 1)[1] if "}" in rest else ""
+            if tail.startswith(":task:"):
+                return "pool_task"
             return f"pool{tail.replace(':', '_')}" if tail else "pool"
+        if rest.startswith(INGRESS_TAG + ":"):
+            return rest[len(INGRESS_TAG) + 1 :]  # "tasks" (the ingress) or "control"
+        if rest.startswith("{"):  # {events}, {dlq}, and their sent markers
+            name, _, tail = rest[1:].partition("}")
+            return f"{name}_sent" if tail.startswith(":sent:") else name
+        if ":sent:" in rest:
+            return rest.split(":", 1)[0] + "_sent"
         head = rest.split(":", 1)[0]
         return head

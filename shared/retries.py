@@ -39,21 +39,29 @@ def dead_letter_reason(attempts: int, last_error: str | None) -> str:
     return f"dead-lettered after {attempts} attempt(s); last error: {last_error}"
 
 
-def retry_member(pool_id: str, again: TaskDelegate) -> bytes:
-    """The delayed-set member of a next attempt: the pool to return to ('' for the ingress)
-    and the entry fields."""
-    return pack({"pool": pool_id, "fields": dict(encode(again))})
+def retry_member(pool_id: str, again: TaskDelegate, *, home: str = "") -> bytes:
+    """The delayed-set member of a next attempt: the pool to return to ('' for the ingress),
+    the pool whose slot holds the task's state (`home`) and the entry fields."""
+    return pack({"pool": pool_id, "home": home or pool_id, "fields": dict(encode(again))})
 
 
 def read_retry_member(member: bytes) -> tuple[str, Any]:
     """(pool id or '', decoded message) of a delayed-set member; MalformedMessage if unusable."""
+    pool_id, _home, msg = read_retry(member)
+    return pool_id, msg
+
+
+def read_retry(member: bytes) -> tuple[str, str, Any]:
+    """(pool id or '', home, decoded message) of a delayed-set member (`retry_member`);
+    MalformedMessage if unusable."""
     try:
         data = unpack(member)
         fields = {
             str(k).encode(): v if isinstance(v, bytes) else str(v).encode()
             for k, v in data["fields"].items()
         }
-        return str(data.get("pool") or ""), decode(fields)
+        pool_id = str(data.get("pool") or "")
+        return pool_id, str(data.get("home") or pool_id), decode(fields)
     except (KeyError, TypeError, AttributeError) as exc:
         raise MalformedMessage(f"unreadable retry member: {exc!r}") from None
 
@@ -65,16 +73,22 @@ def queue_retry(
     msg: TaskDelegate,
     *,
     pool_id: str,
+    home: str,
     line: str,
     error: str,
 ) -> None:
     """Queue the next attempt of `msg` in the delayed set after its backoff, and mark the task
-    `retrying` with the error of the attempt that ended."""
+    `retrying` with the error of the attempt that ended. `pool_id` is where the attempt goes
+    ('' for the ingress), `home` the pool whose slot holds the task's state."""
     again = TaskDelegate(
         task=msg.task, attempt=msg.attempt + 1, history=with_line(msg.history, line)
     )
     delay = retry_delay(msg.attempt, settings.retry_backoff_base, settings.retry_backoff_max)
-    pipe.zadd(settings.keys.delayed, {retry_member(pool_id, again): time.time() + delay})
+    member = retry_member(pool_id, again, home=home)
+    pipe.zadd(settings.keys.delayed, {member: time.time() + delay})
     scripts.set_task(
-        pipe, settings.keys.task(msg.task.id), status=TaskStatus.RETRYING, error=error[:2000]
+        pipe,
+        settings.keys.task_state(msg.task.id, home),
+        status=TaskStatus.RETRYING,
+        error=error[:2000],
     )

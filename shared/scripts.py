@@ -1,41 +1,58 @@
-"""Lua scripts for the steps that must be atomic.
+"""The Lua scripts for the steps that must be atomic: one library, one code path.
 
-Two families. The per-task scripts touch the keys of one slot only, so they run on Redis
-Cluster. The batch scripts (`*_BATCH`) do the same work for a whole batch in one call: on a
-standalone server (the default, `redis_cluster: false`) a batch of tasks costs one command
-instead of several per task. Their ARGV is read with a cursor: counts precede variable-length
-parts, and keys are named by their index in KEYS.
+Every script touches the keys of one Redis Cluster slot, on a standalone server as on a
+cluster (`Scripts.queue` and `Scripts.run` refuse a call whose keys have two hash tags). A
+task's state lives in the slot of the pool it is queued on (`Keys.pool_task`), so what a worker
+does to a batch (start it, record its results, acknowledge its entries) is one call in its
+pool's slot; effects on other slots (replies, events, dead letters, another pool's inbox) are
+follow-up steps in `shared/finals.py`, guarded so that a crash between steps is repaired.
 
-The scripts take stream fields as flat ARGV lists, so the entry they write is byte-for-byte what
-`shared.codec.encode` produced.
+Batch scripts read their ARGV with a cursor: counts precede variable-length parts, keys are
+named by their index in KEYS. Stream fields are passed as flat ARGV lists, so an entry is
+byte-for-byte what `shared.codec.encode` produced.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from redis.commands.core import AsyncScript
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from shared.connection import Redis
+from shared.keys import hash_tag
 from shared.models import ACCEPTING_STATUSES, FINAL_STATUSES, PoolStatus, TaskStatus
-
-# ARGV[1] = max length; ARGV[2..] = field/value pairs. Returns the entry id, or an error.
-XADD_BOUNDED = """
-local n = redis.call('XLEN', KEYS[1])
-if n >= tonumber(ARGV[1]) then
-  return redis.error_reply('QUEUEFULL ' .. KEYS[1] .. ' holds ' .. n .. ' of ' .. ARGV[1])
-end
-return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
-"""
 
 # the pool statuses in which a pool takes no work, as a Lua condition on `status`
 _POOL_DOWN = " or ".join(
     f"status == '{status}'" for status in sorted(set(PoolStatus) - ACCEPTING_STATUSES)
 )
+# the final task statuses, as a Lua condition on `status`
+_FINAL = " or ".join(f"status == '{status}'" for status in sorted(FINAL_STATUSES))
+_RUNNING, _QUEUED = TaskStatus.RUNNING.value, TaskStatus.QUEUED.value
+_CANCELLED = TaskStatus.CANCELLED.value
 
-# Errors unless the pool at KEYS[1] exists and takes work (the start of the submit scripts).
+# The cursor every batch script reads its ARGV with: `take()` the next value, `span()` a counted
+# list of pairs (its first and last ARGV index, for `unpack(ARGV, a, b)`).
+_CURSOR = """
+local i = 1
+local function take()
+  local v = ARGV[i]
+  i = i + 1
+  return v
+end
+local function span()
+  local n = tonumber(ARGV[i]) * 2
+  local a = i + 1
+  i = a + n
+  return a, a + n - 1
+end
+"""
+
+# Errors unless the pool at KEYS[1] exists and takes work.
 _POOL_TAKES_WORK = f"""
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
@@ -46,23 +63,256 @@ if {_POOL_DOWN} then
 end
 """
 
-# KEYS[1] = pool hash, KEYS[2] = pool task stream. ARGV[1] = default max_queue; ARGV[2..] = fields.
-# Writes only while the pool accepts work and its backlog is under max_queue.
-SUBMIT_TO_POOL = (
-    _POOL_TAKES_WORK
+# KEYS[1] = a task's `task` hash. ARGV[1] = ttl, ARGV[2..] = field/value pairs.
+INIT_TASK = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 1
+"""
+
+# KEYS[1] = target stream's owner (pool hash; the ingress stream itself for ingress),
+# KEYS[2] = target stream, KEYS[3..] = the tasks' `pool_task` hashes (pool mode only).
+# ARGV: 'pool' or 'ingress', default limit, task ttl, room needed (this call's tasks, or all of
+# a submission split into several calls: the first call checks for all), count, then per task:
+# hash fields (counted; none for ingress), entry fields (counted). All or nothing: if the pool
+# takes no work or the tasks do not fit under the limit, nothing is written and the error names
+# why. Returns the entry ids.
+SUBMIT_BATCH = (
+    _CURSOR
     + """
-local limit = tonumber(redis.call('HGET', KEYS[1], 'max_queue') or ARGV[1])
-local n = redis.call('XLEN', KEYS[2])
-if n >= limit then
-  return redis.error_reply('QUEUEFULL ' .. KEYS[2] .. ' holds ' .. n .. ' of ' .. limit)
+local mode, limit, ttl, need = take(), tonumber(take()), tonumber(take()), tonumber(take())
+local count = tonumber(take())
+if mode == 'pool' then
+"""
+    + _POOL_TAKES_WORK
+    + """
+  limit = tonumber(redis.call('HGET', KEYS[1], 'max_queue') or limit)
 end
-return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+local n = redis.call('XLEN', KEYS[2])
+if n + need > limit then
+  return redis.error_reply('QUEUEFULL ' .. KEYS[2] .. ' holds ' .. n .. ' of ' .. limit
+    .. '; a batch of ' .. need .. ' does not fit')
+end
+local ids = {}
+for k = 1, count do
+  local ha, hb = span()
+  if hb >= ha then
+    redis.call('HSET', KEYS[k + 2], unpack(ARGV, ha, hb))
+    redis.call('EXPIRE', KEYS[k + 2], ttl)
+  end
+  local ea, eb = span()
+  ids[k] = redis.call('XADD', KEYS[2], '*', unpack(ARGV, ea, eb))
+end
+return ids
 """
 )
 
-# KEYS[1] = pool hash, KEYS[2] = pool inbox. ARGV[1..] = fields. Writes only while the pool
-# exists and its inbox is under the pool's inbox_max.
+# KEYS[1] = the task's `task` hash. ARGV: ingress entry id, chosen pool, force ('1': the pool
+# the entry was claimed for refused it, so it may go elsewhere), ttl.
+# Decides where an ingress entry goes, once per entry: the first call records the pool (`home`,
+# `routed_from`); a repeated call for the same entry (an orchestrator died after choosing)
+# returns the pool chosen then. Returns {'to', pool}, {'cancelled', home} when a cancel was
+# asked, or {'final', announced} for a task that became final while it had no pool.
+CLAIM_ROUTE = f"""
+local state = redis.call('HMGET', KEYS[1], 'status', 'home', 'routed_from', 'cancel_requested',
+  'announced')
+local status, home, from = state[1], state[2] or '', state[3]
+if state[4] == '1' then
+  return {{'cancelled', home}}
+end
+if home == '' and status and ({_FINAL}) then
+  return {{'final', state[5] or ''}}
+end
+if from == ARGV[1] and home ~= '' and ARGV[3] ~= '1' then
+  return {{'to', home}}
+end
+redis.call('HSET', KEYS[1], 'home', ARGV[2], 'routed_from', ARGV[1])
+if not status then
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+end
+return {{'to', ARGV[2]}}
+"""
+
+# KEYS[1] = pool hash, KEYS[2] = pool task stream, KEYS[3..] = the tasks' `pool_task` hashes.
+# ARGV: default limit, ttl, count, then per task: its ingress entry id, hash fields (counted),
+# entry fields (counted). Moves routed tasks into the pool while it takes work and has room:
+# writes each task's state in the pool's slot and its entry on the pool's stream, once per
+# ingress entry (a task whose state names this entry is already here). Keeps a
+# `cancel_requested` the client left on a state written before the move finished. Returns
+# {per task 1 taken, 2 already here, 0 refused; the pool's backlog after}.
+FORWARD = (
+    _CURSOR
+    + f"""
+local default_limit, ttl, count = take(), tonumber(take()), tonumber(take())
+local status = redis.call('HGET', KEYS[1], 'status')
+local down = (not status) or {_POOL_DOWN}
+local limit = tonumber(redis.call('HGET', KEYS[1], 'max_queue') or default_limit)
+local n = redis.call('XLEN', KEYS[2])
+local out = {{}}
+for k = 1, count do
+  local entry = take()
+  local ha, hb = span()
+  local ea, eb = span()
+  local copy = KEYS[k + 2]
+  local state = redis.call('HMGET', copy, 'routed_from', 'cancel_requested')
+  if state[1] == entry then
+    out[k] = 2
+  elseif down or n >= limit then
+    out[k] = 0
+  else
+    redis.call('DEL', copy)
+    redis.call('HSET', copy, 'routed_from', entry, unpack(ARGV, ha, hb))
+    if state[2] then
+      redis.call('HSET', copy, 'cancel_requested', state[2])
+    end
+    redis.call('EXPIRE', copy, ttl)
+    redis.call('XADD', KEYS[2], '*', unpack(ARGV, ea, eb))
+    n = n + 1
+    out[k] = 1
+  end
+end
+return {{out, n}}
+"""
+)
+
+START_RUN, START_SKIP, START_CANCELLED, START_ANNOUNCE = 1, 0, 2, 3
+"""What START_BATCH answers per task: run it; skip it (final, announced); record it cancelled
+(a cancel was asked); announce its stored result (final, but its writer died before announcing
+it), then acknowledge the entry."""
+
+# KEYS = the tasks' `pool_task` hashes. ARGV: worker, started_at, then each task's attempt.
+# Marks tasks running unless final or a cancel was asked; see START_RUN and the rest for what
+# it answers per task.
+START_BATCH = f"""
+local out = {{}}
+for k = 1, #KEYS do
+  local state = redis.call('HMGET', KEYS[k], 'status', 'cancel_requested', 'announced')
+  local status = state[1]
+  if {_FINAL} then
+    out[k] = state[3] == '1' and {START_SKIP} or {START_ANNOUNCE}
+  elseif state[2] == '1' then
+    out[k] = {START_CANCELLED}
+  else
+    redis.call('HSET', KEYS[k], 'status', '{_RUNNING}', 'worker', ARGV[1], 'started_at', ARGV[2],
+      'attempts', ARGV[k + 2])
+    out[k] = {START_RUN}
+  end
+end
+return out
+"""
+
+FINAL_NEW, FINAL_DONE, FINAL_STORED = 1, 0, 2
+"""What COMPLETE_BATCH answers per result: recorded now (announce it); already final and
+announced (nothing to do); already final with another writer's result that was never announced
+(announce the stored result)."""
+
+# Records final results in one slot: the tasks' state hashes, and for results of the pool that
+# owns the slot its memory record and counters. KEYS = the state hashes, then the memory stream
+# and load hash (when the slot is a pool's). ARGV: result ttl, memory max length, memory index
+# (0: none), load index (0: none), count; per result: state index, token, hash fields (counted),
+# memory record (counted; 0 pairs: none), completed (0/1), duration ms, failed (0/1).
+# A state written now gets `announced` 0; `finals` sets it to 1 once the result is announced.
+# A writer retrying after a lost reply (same token) gets FINAL_NEW again, unless it was
+# announced. Returns per result FINAL_NEW, FINAL_DONE or FINAL_STORED.
+COMPLETE_BATCH = (
+    _CURSOR
+    + f"""
+local ttl, memory_max = tonumber(take()), take()
+local memory, load, count = tonumber(take()), tonumber(take()), tonumber(take())
+local out = {{}}
+local done_n, total_ms, failed_n = 0, 0, 0
+for r = 1, count do
+  local task, token = KEYS[tonumber(take())], take()
+  local fa, fb = span()
+  local ma, mb = span()
+  local done, ms, failed = tonumber(take()), tonumber(take()), tonumber(take())
+  local state = redis.call('HMGET', task, 'status', 'announced', 'final_token')
+  local status = state[1]
+  if {_FINAL} then
+    if state[2] == '1' then
+      out[r] = {FINAL_DONE}
+    elseif token ~= '' and state[3] == token then
+      out[r] = {FINAL_NEW}
+    else
+      out[r] = {FINAL_STORED}
+    end
+  else
+    redis.call('HSET', task, 'final_token', token, 'announced', '0', unpack(ARGV, fa, fb))
+    redis.call('EXPIRE', task, ttl)
+    if memory > 0 and mb >= ma then
+      redis.call('XADD', KEYS[memory], 'MAXLEN', '~', memory_max, '*', unpack(ARGV, ma, mb))
+    end
+    done_n, total_ms, failed_n = done_n + done, total_ms + ms, failed_n + failed
+    out[r] = {FINAL_NEW}
+  end
+end
+if load > 0 and done_n > 0 then
+  redis.call('HINCRBY', KEYS[load], 'completed', done_n)
+  redis.call('HINCRBYFLOAT', KEYS[load], 'total_ms', total_ms)
+end
+if load > 0 and failed_n > 0 then
+  redis.call('HINCRBY', KEYS[load], 'failed', failed_n)
+end
+return out
+"""
+)
+
+# KEYS = the stream whose entries are acknowledged (when ARGV[1] is '1'), then state hashes of
+# the same slot. ARGV: '1' or '0', group, count of entry ids, the ids. Marks the results
+# announced (the last step of `finals`) and acknowledges and deletes the entries.
+ACK_ANNOUNCED = """
+local first = 1
+if ARGV[1] == '1' then
+  first = 2
+end
+for k = first, #KEYS do
+  if redis.call('EXISTS', KEYS[k]) == 1 then
+    redis.call('HSET', KEYS[k], 'announced', '1')
+  end
+end
+local n = tonumber(ARGV[3])
+if first == 2 and n > 0 then
+  redis.call('XACK', KEYS[1], ARGV[2], unpack(ARGV, 4, n + 3))
+  redis.call('XDEL', KEYS[1], unpack(ARGV, 4, n + 3))
+end
+return n
+"""
+
+# KEYS[1] = stream, KEYS[2] = its sent marker for this batch (`Keys.sent_marker`). ARGV: max
+# length ('' for none), the stream's ttl in seconds ('' for none), the marker's ttl, count, then
+# per entry its fields (counted). Adds the entries in order, once per marker: a writer retrying
+# after a lost reply adds nothing the second time. Returns how many it added.
+XADD_MANY = (
+    _CURSOR
+    + """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+local maxlen, ttl, marker_ttl, count = take(), take(), take(), tonumber(take())
+for k = 1, count do
+  local a, b = span()
+  if maxlen ~= '' then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(ARGV, a, b))
+  else
+    redis.call('XADD', KEYS[1], '*', unpack(ARGV, a, b))
+  end
+end
+if ttl ~= '' then
+  redis.call('EXPIRE', KEYS[1], tonumber(ttl))
+end
+redis.call('SET', KEYS[2], '1', 'EX', tonumber(marker_ttl))
+return count
+"""
+)
+
+# KEYS[1] = pool hash, KEYS[2] = pool inbox, KEYS[3] (optional) = a sent marker. ARGV[1] = the
+# marker's ttl ('' without one), ARGV[2..] = fields. Writes only while the pool exists and its
+# inbox is under the pool's inbox_max, and once per marker. Returns the entry id ('' when the
+# marker says it was sent before).
 SEND_TO_INBOX = """
+if KEYS[3] and redis.call('EXISTS', KEYS[3]) == 1 then
+  return ''
+end
 local limit = redis.call('HGET', KEYS[1], 'inbox_max')
 if not limit then
   return redis.error_reply('NOPOOL no pool ' .. KEYS[1])
@@ -71,47 +321,14 @@ local n = redis.call('XLEN', KEYS[2])
 if n >= tonumber(limit) then
   return redis.error_reply('INBOXFULL ' .. KEYS[2] .. ' holds ' .. n .. ' of ' .. limit)
 end
-return redis.call('XADD', KEYS[2], '*', unpack(ARGV))
+local id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))
+if KEYS[3] then
+  redis.call('SET', KEYS[3], '1', 'EX', tonumber(ARGV[1]))
+end
+return id
 """
 
-# KEYS[1] = task hash. ARGV[1] = ttl, ARGV[2] = writer token; ARGV[3..] = field/value pairs.
-# Sets the fields unless the task is already final. Returns 1 when written, 0 when final. A
-# writer retrying after a lost reply (same token) gets 1 again, so it still announces the result,
-# unless its announcement went through (the `announced` mark, set last by `finalize_results`).
-_FINAL = " or ".join(f"status == '{status}'" for status in sorted(FINAL_STATUSES))
-_RUNNING, _QUEUED = TaskStatus.RUNNING.value, TaskStatus.QUEUED.value
-_CANCELLED = TaskStatus.CANCELLED.value
-
-FINALIZE_TASK = f"""
-local status = redis.call('HGET', KEYS[1], 'status')
-if {_FINAL} then
-  if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'final_token') == ARGV[2]
-      and redis.call('HGET', KEYS[1], 'announced') ~= '1' then
-    return 1
-  end
-  return 0
-end
-redis.call('HSET', KEYS[1], 'final_token', ARGV[2], unpack(ARGV, 3))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-return 1
-"""
-
-# KEYS[1] = task hash. ARGV: worker, started_at, attempt.
-# Marks a task running unless it is final or a cancel was asked. Returns 1 to run, 0 to skip.
-START_TASK = f"""
-local status = redis.call('HGET', KEYS[1], 'status')
-if {_FINAL} then
-  return 0
-end
-if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
-  return 2
-end
-redis.call('HSET', KEYS[1], 'status', '{_RUNNING}', 'worker', ARGV[1], 'started_at', ARGV[2],
-  'attempts', ARGV[3])
-return 1
-"""
-
-# KEYS[1] = task hash. ARGV = field/value pairs. Sets them unless the task is already final (a
+# KEYS[1] = a state hash. ARGV = field/value pairs. Sets them unless the task is already final (a
 # re-queued copy of a finished task must not make it look unfinished). Returns 1 if set.
 SET_TASK_FIELDS = f"""
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -122,12 +339,27 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 
-# KEYS[1] = task hash. ARGV[1] = now. Returns the task's status before the call; a task that was
-# not yet running becomes 'cancelled' here, a running one is flagged for its worker to stop.
+# KEYS[1] = the task's `task` hash. Flags it `cancel_requested` (so a routing of the task that
+# is under way drops it) and returns where its state lives ('' in this hash), or false for an
+# unknown task.
+MARK_CANCEL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return false
+end
+redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+return redis.call('HGET', KEYS[1], 'home') or ''
+"""
+
+# KEYS[1] = the task's state hash. ARGV[1] = now, ARGV[2] = ttl. Returns the task's status
+# before the call; a task that was not yet running becomes 'cancelled' here, a running one is
+# flagged for its worker to stop. A state not written yet (the task is being moved into its
+# pool) is created with the flag, which the move keeps: 'moving' is returned.
 CANCEL_TASK = f"""
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
-  return ''
+  redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+  return 'moving'
 end
 if {_FINAL} then
   return status
@@ -195,280 +427,139 @@ return 0
 """
 
 
-# The cursor every batch script reads its ARGV with: `take()` the next value, `span()` a counted
-# list of pairs (its first and last ARGV index, for `unpack(ARGV, a, b)`).
-_CURSOR = """
-local i = 1
-local function take()
-  local v = ARGV[i]
-  i = i + 1
-  return v
-end
-local function span()
-  local n = tonumber(ARGV[i]) * 2
-  local a = i + 1
-  i = a + n
-  return a, a + n - 1
-end
-"""
+class CrossSlotCall(ValueError):
+    """A script was called with keys of two Redis Cluster slots: a bug in the caller, refused
+    before anything is sent (Redis Cluster would refuse it with CROSSSLOT)."""
 
-# KEYS[1] = target stream's owner (pool hash; the ingress stream itself for ingress),
-# KEYS[2] = target stream, KEYS[3..] = the tasks' hashes.
-# ARGV: 'pool' or 'ingress', default limit, task ttl, room needed (this call's tasks, or all of
-# a submission split into several calls: the first call checks for all), then per task: hash
-# fields (counted), entry fields (counted). All or nothing: if the pool takes no work or the
-# tasks do not fit under the limit, nothing is written and the error names why. Returns the
-# entry ids.
-SUBMIT_BATCH = (
-    _CURSOR
-    + """
-local mode, limit, ttl, need = take(), tonumber(take()), tonumber(take()), tonumber(take())
-if mode == 'pool' then
-"""
-    + _POOL_TAKES_WORK
-    + """
-  limit = tonumber(redis.call('HGET', KEYS[1], 'max_queue') or limit)
-end
-local n = redis.call('XLEN', KEYS[2])
-if n + need > limit then
-  return redis.error_reply('QUEUEFULL ' .. KEYS[2] .. ' holds ' .. n .. ' of ' .. limit
-    .. '; a batch of ' .. need .. ' does not fit')
-end
-local ids = {}
-for k = 3, #KEYS do
-  local ha, hb = span()
-  redis.call('HSET', KEYS[k], unpack(ARGV, ha, hb))
-  redis.call('EXPIRE', KEYS[k], ttl)
-  local ea, eb = span()
-  ids[#ids + 1] = redis.call('XADD', KEYS[2], '*', unpack(ARGV, ea, eb))
-end
-return ids
-"""
-)
 
-# KEYS[1] = pool hash, KEYS[2] = pool task stream, KEYS[3] = ingress, KEYS[4..] = the tasks'
-# hashes. ARGV: default limit, ingress group, pool id, then per task: its ingress entry id and
-# entry fields (counted). Forwards tasks in order while the pool takes work and has room (a task
-# that became final meanwhile is not forwarded), records the choice in each task hash, and
-# acknowledges and deletes the ingress entries it took. Returns {how many it took, the pool's
-# backlog after}.
-ROUTE_BATCH = (
-    _CURSOR
-    + f"""
-local default_limit, group, pool = take(), take(), take()
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or {_POOL_DOWN} then
-  return {{0, redis.call('XLEN', KEYS[2])}}
-end
-local limit = tonumber(redis.call('HGET', KEYS[1], 'max_queue') or default_limit)
-local room = limit - redis.call('XLEN', KEYS[2])
-local taken = {{}}
-for k = 4, #KEYS do
-  if #taken >= room then
-    break
-  end
-  local entry = take()
-  local fa, fb = span()
-  status = redis.call('HGET', KEYS[k], 'status')
-  if not ({_FINAL}) then
-    redis.call('HSET', KEYS[k], 'status', '{_QUEUED}', 'pool', pool, 'routed_from', entry)
-    redis.call('XADD', KEYS[2], '*', unpack(ARGV, fa, fb))
-  end
-  taken[#taken + 1] = entry
-end
-if #taken > 0 then
-  redis.call('XACK', KEYS[3], group, unpack(taken))
-  redis.call('XDEL', KEYS[3], unpack(taken))
-end
-return {{#taken, redis.call('XLEN', KEYS[2])}}
-"""
-)
+def check_one_slot(name: str, keys: Sequence[str]) -> None:
+    """Raise CrossSlotCall unless every key hashes on the same tag."""
+    if len(keys) < 2:
+        return
+    tag = hash_tag(keys[0])
+    for key in keys[1:]:
+        if hash_tag(key) != tag:
+            raise CrossSlotCall(
+                f"script {name} called with keys of two slots: {keys[0]!r}, {key!r}"
+            )
 
-# KEYS = the tasks' hashes. ARGV: worker, started_at, then each task's attempt.
-# START_TASK for a batch: returns per task 1 to run, 0 to skip (final), 2 (a cancel was asked).
-START_BATCH = f"""
-local out = {{}}
-for k = 1, #KEYS do
-  local state = redis.call('HMGET', KEYS[k], 'status', 'cancel_requested')
-  local status = state[1]
-  if {_FINAL} then
-    out[k] = 0
-  elseif state[2] == '1' then
-    out[k] = 2
-  else
-    redis.call('HSET', KEYS[k], 'status', '{_RUNNING}', 'worker', ARGV[1], 'started_at', ARGV[2],
-      'attempts', ARGV[k + 2])
-    out[k] = 1
-  end
-end
-return out
-"""
 
-# Records a batch of final results and announces the new ones, atomically: FINALIZE_TASK plus
-# everything `shared.state.announce` queues, plus inbox shares and the acknowledgement of the
-# batch's entries. KEYS[1] = events, KEYS[2] = dead letters, KEYS[3..] = the keys named below.
-# ARGV: result ttl, reply ttl, events/memory/dead-letter max lengths, now, count; per result:
-#   task hash index, token, task id, pool id, hash fields (counted),
-#   reply stream index (0: none), RESULT_SHARE entry fields (counted), event fields (counted),
-#   memory stream index (0: none), memory record (counted),
-#   load hash index (0: none), completed (0/1), duration ms, failed (0/1),
-#   dead-letter record (counted; 0 pairs: none), shares (counted triples: pool hash index,
-#   inbox index, pool id);
-# then the acknowledgement: stream index (0: none), group, ids (counted, single values).
-# Returns {written per result (1 new, 0 already final), dead-letter reasons of failed shares}.
-COMPLETE_BATCH = (
-    _CURSOR
-    + f"""
-local ttl, reply_ttl = tonumber(take()), tonumber(take())
-local events_max, memory_max, dlq_max = take(), take(), take()
-local now, count = take(), tonumber(take())
-local written, problems, replies, loads = {{}}, {{}}, {{}}, {{}}
-for r = 1, count do
-  local task, token, task_id, pool_id = KEYS[tonumber(take())], take(), take(), take()
-  local fa, fb = span()
-  local reply = tonumber(take())
-  local ra, rb = span()
-  local ea, eb = span()
-  local memory = tonumber(take())
-  local ma, mb = span()
-  local load, done, ms, failed = tonumber(take()), take(), take(), take()
-  local da, db = span()
-  local shares = tonumber(take())
-  local status = redis.call('HGET', task, 'status')
-  if {_FINAL} then
-    written[r] = 0
-    i = i + 3 * shares
-  else
-    written[r] = 1
-    redis.call('HSET', task, 'final_token', token, 'announced', '1', unpack(ARGV, fa, fb))
-    redis.call('EXPIRE', task, ttl)
-    if reply > 0 then
-      redis.call('XADD', KEYS[reply], '*', unpack(ARGV, ra, rb))
-      replies[reply] = true
-    end
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', events_max, '*', unpack(ARGV, ea, eb))
-    if memory > 0 then
-      redis.call('XADD', KEYS[memory], 'MAXLEN', '~', memory_max, '*', unpack(ARGV, ma, mb))
-    end
-    if load > 0 then
-      local l = loads[load] or {{0, 0, 0}}
-      l[1] = l[1] + tonumber(done)
-      l[2] = l[2] + tonumber(ms)
-      l[3] = l[3] + tonumber(failed)
-      loads[load] = l
-    end
-    if db >= da then
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', dlq_max, '*', unpack(ARGV, da, db))
-    end
-    for s = 1, shares do
-      local owner, inbox, target = KEYS[tonumber(take())], KEYS[tonumber(take())], take()
-      local limit = redis.call('HGET', owner, 'inbox_max')
-      local why = nil
-      if not limit then
-        why = "no pool with id '" .. target .. "'"
-      elseif redis.call('XLEN', inbox) >= tonumber(limit) then
-        why = "inbox of pool '" .. target .. "' is full; the result was not sent"
-      else
-        redis.call('XADD', inbox, '*', unpack(ARGV, ra, rb))
-      end
-      if why then
-        why = 'result not shared with pool ' .. target .. ': ' .. why
-        problems[#problems + 1] = task_id .. ': ' .. why
-        redis.call('XADD', KEYS[2], 'MAXLEN', '~', dlq_max, '*', 'task', task_id,
-          'pool', pool_id, 'reason', why, 'attempts', '0', 'at', now)
-      end
-    end
-  end
-end
-for k, _ in pairs(replies) do
-  redis.call('EXPIRE', KEYS[k], reply_ttl)
-end
-for k, l in pairs(loads) do
-  if l[1] > 0 then
-    redis.call('HINCRBY', KEYS[k], 'completed', l[1])
-    redis.call('HINCRBYFLOAT', KEYS[k], 'total_ms', l[2])
-  end
-  if l[3] > 0 then
-    redis.call('HINCRBY', KEYS[k], 'failed', l[3])
-  end
-end
-local stream, group = tonumber(take()), take()
-local acks = tonumber(take())
-if stream > 0 and acks > 0 then
-  redis.call('XACK', KEYS[stream], group, unpack(ARGV, i, i + acks - 1))
-  redis.call('XDEL', KEYS[stream], unpack(ARGV, i, i + acks - 1))
-end
-return {{written, problems}}
-"""
-)
+@dataclass(frozen=True)
+class Script:
+    """One script of the library: its name (for errors), source and SHA1."""
+
+    name: str
+    source: str
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode()).hexdigest()
+
+
+LIBRARY: dict[str, str] = {
+    "init_task": INIT_TASK,
+    "submit_batch": SUBMIT_BATCH,
+    "claim_route": CLAIM_ROUTE,
+    "forward": FORWARD,
+    "start_batch": START_BATCH,
+    "complete_batch": COMPLETE_BATCH,
+    "ack_announced": ACK_ANNOUNCED,
+    "xadd_many": XADD_MANY,
+    "send_to_inbox": SEND_TO_INBOX,
+    "set_task_fields": SET_TASK_FIELDS,
+    "mark_cancel": MARK_CANCEL,
+    "cancel_task": CANCEL_TASK,
+    "set_pool_status": SET_POOL_STATUS,
+    "acquire_lease": ACQUIRE_LEASE,
+    "release_lease": RELEASE_LEASE,
+}
+
+
+class _Bound:
+    """A script bound to a client: `await scripts.cancel_task(keys=[...], args=[...])`."""
+
+    def __init__(self, owner: Scripts, script: Script) -> None:
+        self._owner = owner
+        self.script = script
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
+        return await self._owner.run(self.script, keys, args)
 
 
 class Scripts:
-    """The scripts of one client. Direct calls (`await scripts.cancel_task(keys=..., args=...)`)
-    load a script on first use; in a pipeline, `queue` adds a plain EVALSHA and `execute` runs
-    the pipeline, loading the scripts first (redis-py's own pipeline support would send a
-    SCRIPT EXISTS round trip before every pipeline)."""
+    """The script library for one client. `queue` adds an EVALSHA to a pipeline that `execute`
+    runs; `run` (or calling a script attribute) runs one at once. Both load the library on
+    first use, on every primary of a cluster, and again after a server lost its script cache.
+    """
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._loaded = False
-        self.xadd_bounded: AsyncScript = redis.register_script(XADD_BOUNDED)
-        self.submit_to_pool: AsyncScript = redis.register_script(SUBMIT_TO_POOL)
-        self.finalize_task: AsyncScript = redis.register_script(FINALIZE_TASK)
-        self.start_task: AsyncScript = redis.register_script(START_TASK)
-        self.set_task_fields: AsyncScript = redis.register_script(SET_TASK_FIELDS)
-        self.cancel_task: AsyncScript = redis.register_script(CANCEL_TASK)
-        self.send_to_inbox: AsyncScript = redis.register_script(SEND_TO_INBOX)
-        self.set_pool_status: AsyncScript = redis.register_script(SET_POOL_STATUS)
-        self.acquire_lease: AsyncScript = redis.register_script(ACQUIRE_LEASE)
-        self.release_lease: AsyncScript = redis.register_script(RELEASE_LEASE)
-        self.submit_batch: AsyncScript = redis.register_script(SUBMIT_BATCH)
-        self.start_batch: AsyncScript = redis.register_script(START_BATCH)
-        self.route_batch: AsyncScript = redis.register_script(ROUTE_BATCH)
-        self.complete_batch: AsyncScript = redis.register_script(COMPLETE_BATCH)
-        self._all = [
-            self.xadd_bounded,
-            self.submit_to_pool,
-            self.finalize_task,
-            self.start_task,
-            self.set_task_fields,
-            self.cancel_task,
-            self.send_to_inbox,
-            self.set_pool_status,
-            self.acquire_lease,
-            self.release_lease,
-            self.submit_batch,
-            self.start_batch,
-            self.route_batch,
-            self.complete_batch,
-        ]
+        self.library = {name: Script(name, source) for name, source in LIBRARY.items()}
+        lib = self.library
+        self.init_task = _Bound(self, lib["init_task"])
+        self.submit_batch = _Bound(self, lib["submit_batch"])
+        self.claim_route = _Bound(self, lib["claim_route"])
+        self.forward = _Bound(self, lib["forward"])
+        self.start_batch = _Bound(self, lib["start_batch"])
+        self.complete_batch = _Bound(self, lib["complete_batch"])
+        self.ack_announced = _Bound(self, lib["ack_announced"])
+        self.xadd_many = _Bound(self, lib["xadd_many"])
+        self.send_to_inbox = _Bound(self, lib["send_to_inbox"])
+        self.set_task_fields = _Bound(self, lib["set_task_fields"])
+        self.mark_cancel = _Bound(self, lib["mark_cancel"])
+        self.cancel_task = _Bound(self, lib["cancel_task"])
+        self.set_pool_status = _Bound(self, lib["set_pool_status"])
+        self.acquire_lease = _Bound(self, lib["acquire_lease"])
+        self.release_lease = _Bound(self, lib["release_lease"])
 
-    def queue(self, pipe: Any, script: AsyncScript, keys: list[str], args: list[Any]) -> None:
+    def queue(
+        self, pipe: Any, script: _Bound | Script, keys: Sequence[str], args: Sequence[Any]
+    ) -> None:
         """Queue an EVALSHA of `script` on a pipeline that `execute` will run."""
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        found = script.script if isinstance(script, _Bound) else script
+        check_one_slot(found.name, keys)
+        # execute_command, not pipe.evalsha: a cluster pipeline refuses the latter
+        pipe.execute_command("EVALSHA", found.sha, len(keys), *keys, *args)
 
-    def set_task(self, pipe: Any, task_key: str, **fields: str) -> None:
-        """Queue a write of task-hash fields that leaves a final task untouched."""
-        self.queue(pipe, self.set_task_fields, [task_key], flat_fields(fields))
+    def set_task(self, pipe: Any, state_key: str, **fields: str) -> None:
+        """Queue a write of task-state fields that leaves a final task untouched."""
+        self.queue(pipe, self.set_task_fields, [state_key], flat_fields(fields))
 
     async def load(self) -> None:
-        """Load every script into the server's cache (once per client, again after a restart)."""
-        if not self._loaded:
+        """Load the library into the server's script cache (every primary's, on a cluster)."""
+        if self._loaded:
+            return
+        if isinstance(self._redis, RedisCluster):
+            for script in self.library.values():
+                await self._redis.script_load(script.source)
+        else:
             pipe = self._redis.pipeline(transaction=False)
-            for script in self._all:
-                pipe.script_load(script.script)
+            for script in self.library.values():
+                pipe.script_load(script.source)
             await pipe.execute()
-            self._loaded = True
+        self._loaded = True
+
+    async def run(self, script: Script, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
+        """Run one script now."""
+        check_one_slot(script.name, keys)
+        await self.load()
+        try:
+            return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self._loaded = False
+            await self.load()
+            return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
 
     async def execute(self, pipe: Any, *, raise_on_error: bool = True) -> list[Any]:
         """Run a pipeline holding queued scripts.
 
-        If the server lost its script cache (a restart, SCRIPT FLUSH), no script ran: the
-        scripts are loaded again and the pipeline re-sent (its other commands must be safe to
-        repeat, which ours are).
+        If the server lost its script cache (a restart, SCRIPT FLUSH, a failover), no script
+        ran there: the library is loaded again and the pipeline re-sent (its other commands
+        must be safe to repeat, which ours are).
         """
         await self.load()
-        stack = list(pipe.command_stack)
+        stack = _queued(pipe)
         try:
             replies: list[Any] = await pipe.execute(raise_on_error=raise_on_error)
         except NoScriptError:
@@ -479,6 +570,23 @@ class Scripts:
             return replies
         self._loaded = False
         await self.load()
-        pipe.command_stack = stack
+        _requeue(pipe, stack)
         result: list[Any] = await pipe.execute(raise_on_error=raise_on_error)
         return result
+
+
+def _queued(pipe: Any) -> list[Any]:
+    """The commands queued on a pipeline (a standalone or a cluster one)."""
+    strategy = getattr(pipe, "_execution_strategy", None)
+    if strategy is not None:
+        return [(cmd.args, cmd.kwargs) for cmd in strategy._command_queue]
+    return list(pipe.command_stack)
+
+
+def _requeue(pipe: Any, stack: list[Any]) -> None:
+    """Queue `_queued`'s commands again on the (reset) pipeline."""
+    if getattr(pipe, "_execution_strategy", None) is not None:
+        for args, kwargs in stack:
+            pipe.execute_command(*args, **kwargs)
+    else:
+        pipe.command_stack = stack

@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import time
 
-import redis
+from tests.sync_client import sync_client
 
 
 def block_first(token: str, seconds: float) -> str:
     """Block for `seconds` the first time `token` runs; return at once afterwards."""
-    client = redis.Redis.from_url(os.environ["MAHAVISHNU_REDIS_URL"])
+    client = sync_client(os.environ["MAHAVISHNU_REDIS_URL"])
     prefix = os.environ.get("MAHAVISHNU_KEY_PREFIX", "mhv:")
     try:
         runs = client.hincrby(f"{prefix}test:block_first", token, 1)

@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,13 @@ from shared.config import Settings, load_settings
 from shared.models import new_id
 
 REDIS_URL = os.environ.get("MAHAVISHNU_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+BROKERS = [
+    name
+    for name in os.environ.get("MAHAVISHNU_TEST_BROKERS", "standalone,cluster").split(",")
+    if name
+]
+"""Where the integration suites run: the standalone Redis at REDIS_URL and a local 3-primary
+Redis Cluster the fixtures start (`MAHAVISHNU_TEST_BROKERS=standalone` for one only)."""
 
 
 def make_settings(prefix: str, tmp_path: Path, **overrides: Any) -> Settings:
@@ -40,15 +47,40 @@ def make_settings(prefix: str, tmp_path: Path, **overrides: Any) -> Settings:
     return load_settings(**values)
 
 
+def client_for(url: str) -> Any:
+    """A plain async client for a test URL (a cluster client for `redis+cluster://`)."""
+    from shared.connection import connect
+
+    return connect(load_settings(redis_url=url, key_prefix="unused:"))
+
+
 async def delete_prefix(url: str, prefix: str) -> None:
-    """Delete every key under `prefix`."""
-    client = aioredis.Redis.from_url(url)
+    """Delete every key under `prefix` (on every primary of a cluster)."""
+    client = client_for(url)
     try:
         batch = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
-        for i in range(0, len(batch), 500):
-            await client.delete(*batch[i : i + 500])
+        for key in batch:
+            await client.delete(key)
     finally:
         await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real local Redis Cluster of three primaries for the whole session."""
+    from tests.cluster_servers import start_cluster
+
+    cluster = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=BROKERS)
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """The Redis URL a test runs against: once on the standalone server, once on the cluster."""
+    if request.param == "cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
+    return REDIS_URL
 
 
 @pytest.fixture
@@ -59,7 +91,7 @@ def prefix() -> str:
 
 @pytest.fixture
 async def settings(
-    prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker_url: str
 ) -> AsyncIterator[Settings]:
     """Settings on the real Redis under a unique prefix; the keys are deleted afterwards.
 
@@ -68,7 +100,7 @@ async def settings(
     from shared.config import settings_env
 
     monkeypatch.setenv("MAHAVISHNU_SETTINGS_DIR", str(tmp_path / "no-settings"))
-    value = make_settings(prefix, tmp_path)
+    value = make_settings(prefix, tmp_path, redis_url=broker_url)
     for name, env_value in settings_env(value).items():
         monkeypatch.setenv(name, env_value)
     yield value
@@ -77,8 +109,8 @@ async def settings(
 
 @pytest.fixture
 async def redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    """A plain client on the test Redis."""
-    client = aioredis.Redis.from_url(settings.redis_url)
+    """A plain client on the test Redis (a cluster client on the cluster)."""
+    client = client_for(settings.redis_url)
     yield client
     await client.aclose()
 

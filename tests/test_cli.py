@@ -447,8 +447,12 @@ async def test_inspect_and_cancel_a_queued_task(
         "status": "cancelled",
         "cancelled": True,
     }
-    task = await mhv_json(env, "inspect", f"task:{task_id}")
-    assert task["type"] == "hash" and task["ttl_s"] > 0
+    lookup = await mhv_json(env, "inspect", f"task:{task_id}")
+    assert lookup["type"] == "hash" and lookup["ttl_s"] > 0
+    assert lookup["fields"]["home"] == pool_id
+    task = lookup["state"]  # the state, in the pool's slot, shown with the look-up
+    assert task["key"] == settings.keys.pool_task(pool_id, task_id)
+    assert task["kind"] == "pool_task" and task["ttl_s"] > 0
     assert task["fields"]["status"] == "cancelled"
     assert task["fields"]["result"]["status"] == "cancelled"
 

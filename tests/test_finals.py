@@ -1,10 +1,9 @@
-"""Recording final results: once per task, announced once, on both code paths (one script per
-batch on a standalone server, one per task with `redis_cluster`)."""
+"""Recording final results: once per task, announced once (on the standalone server and on the
+cluster: the `settings` fixture runs on both)."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -17,15 +16,14 @@ from shared.finals import FinalResult, finalize_results
 from shared.models import PoolSpec, PoolStatus, TaskResult, TaskSpec, TaskStatus, new_id
 from shared.scripts import Scripts
 from shared.state import pool_hash_fields
-from tests.conftest import make_settings
 
 POOL = "p-finals"
 
 
-@pytest.fixture(params=[False, True], ids=["batch", "per-slot"])
-def mode_settings(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> Settings:
-    """The suite's settings (same prefix), on each code path."""
-    return make_settings(settings.key_prefix, tmp_path, redis_cluster=request.param)
+@pytest.fixture
+def mode_settings(settings: Settings) -> Settings:
+    """The suite's settings."""
+    return settings
 
 
 def final(
@@ -91,9 +89,10 @@ async def test_a_batch_is_recorded_and_announced_once_even_when_written_twice(
     assert await redis.xlen(keys.pool_memory(POOL)) == 4
     load = decode_hash(await redis.hgetall(keys.pool_load(POOL)))
     assert (load["completed"], load["failed"], float(load["total_ms"])) == ("3", "1", 750.0)
-    task = decode_hash(await redis.hgetall(keys.task(finals[3].result.task_id)))
+    task = decode_hash(await redis.hgetall(keys.pool_task(POOL, finals[3].result.task_id)))
     assert (task["status"], task["error"], task["worker"]) == ("failed", "boom", "w-1")
-    assert await redis.ttl(keys.task(finals[0].result.task_id)) > 0
+    assert task["announced"] == "1"
+    assert await redis.ttl(keys.pool_task(POOL, finals[0].result.task_id)) > 0
     assert await redis.ttl(keys.replies("c-1")) > 0
     assert await redis.xlen(keys.pool_tasks(POOL)) == 0
     assert (await redis.xpending(keys.pool_tasks(POOL), "workers"))["pending"] == 0

@@ -19,12 +19,12 @@ from shared.state import pool_hash_fields
 from tests.conftest import delete_prefix, make_settings
 
 
-@pytest.fixture(params=[False, True], ids=["batch", "per-slot"])
+@pytest.fixture
 async def settings(
-    request: pytest.FixtureRequest, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    broker_url: str, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Settings]:
     monkeypatch.setenv("MAHAVISHNU_SETTINGS_DIR", str(tmp_path / "no-settings"))
-    value = make_settings(prefix, tmp_path, redis_cluster=request.param)
+    value = make_settings(prefix, tmp_path, redis_url=broker_url)
     yield value
     await delete_prefix(value.redis_url, prefix)
 

@@ -47,12 +47,19 @@ async def test_a_queued_retry_waits_its_backoff_and_marks_the_task(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
     msg = TaskDelegate(task=TaskSpec(call="noop"), attempt=1)
-    key = settings.keys.task(msg.task.id)
+    key = settings.keys.pool_task("p1", msg.task.id)
     await redis.hset(key, mapping={"status": "running"})
     before = time.time()
     pipe = redis.pipeline(transaction=False)
     queue_retry(
-        pipe, settings, Scripts(redis), msg, pool_id="p1", line="attempt 1: lost", error="lost"
+        pipe,
+        settings,
+        Scripts(redis),
+        msg,
+        pool_id="p1",
+        home="p1",
+        line="attempt 1: lost",
+        error="lost",
     )
     await Scripts(redis).execute(pipe)
     [(member, due)] = await redis.zrange(settings.keys.delayed, 0, -1, withscores=True)

@@ -1,55 +1,127 @@
-"""The Lua side agrees with the state machines of shared/models.py, checked on the real Redis:
-every task status is tried against the scripts that guard final tasks, every pool status
-against the scripts that decide whether a pool takes work."""
+"""The Lua side agrees with the state machines of shared/models.py, checked on the real Redis
+(standalone and cluster): every task status is tried against the scripts that guard final tasks,
+every pool status against the scripts that decide whether a pool takes work."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-import redis.asyncio as aioredis
 
 from shared.config import Settings
 from shared.models import ACCEPTING_STATUSES, FINAL_STATUSES, PoolStatus, TaskStatus
-from shared.scripts import Scripts, add_counted
-
-START_SKIP, START_RUN = 0, 1
+from shared.scripts import (
+    FINAL_DONE,
+    FINAL_NEW,
+    FINAL_STORED,
+    START_ANNOUNCE,
+    START_RUN,
+    START_SKIP,
+    Scripts,
+    add_counted,
+)
 
 
 @pytest.mark.parametrize("status", list(TaskStatus))
 async def test_start_and_set_skip_exactly_the_final_statuses(
-    status: TaskStatus, settings: Settings, redis: aioredis.Redis
+    status: TaskStatus, settings: Settings, redis: Any
 ) -> None:
     scripts = Scripts(redis)
-    key = settings.keys.task(f"t-{status}")
-    for start in (
-        lambda: scripts.start_task(keys=[key], args=["w1", "1.0", 1]),
-        lambda: scripts.start_batch(keys=[key], args=["w1", "1.0", 1]),
-    ):
-        await redis.hset(key, mapping={"status": str(status)})
-        verdict = await start()
-        verdict = verdict[0] if isinstance(verdict, list) else verdict
-        assert verdict == (START_SKIP if status in FINAL_STATUSES else START_RUN), status
-        after = (await redis.hget(key, "status")) or b""
-        assert after.decode() == (str(status) if status in FINAL_STATUSES else "running")
+    key = settings.keys.pool_task("p1", f"t-{status}")
+    await redis.hset(key, mapping={"status": str(status), "announced": "1"})
+    verdict = (await scripts.start_batch(keys=[key], args=["w1", "1.0", 1]))[0]
+    assert verdict == (START_SKIP if status in FINAL_STATUSES else START_RUN), status
+    after = (await redis.hget(key, "status")) or b""
+    assert after.decode() == (str(status) if status in FINAL_STATUSES else "running")
+    await redis.hset(key, mapping={"status": str(status), "announced": "0"})
+    verdict = (await scripts.start_batch(keys=[key], args=["w1", "1.0", 1]))[0]
+    assert verdict == (START_ANNOUNCE if status in FINAL_STATUSES else START_RUN), status
     await redis.hset(key, mapping={"status": str(status)})
     written = await scripts.set_task_fields(keys=[key], args=["status", "queued"])
     assert written == (0 if status in FINAL_STATUSES else 1)
 
 
-@pytest.mark.parametrize("status", list(PoolStatus))
-async def test_submits_go_only_to_pools_that_take_work(
-    status: PoolStatus, settings: Settings, redis: aioredis.Redis
+@pytest.mark.parametrize("status", list(TaskStatus))
+async def test_complete_records_only_tasks_that_are_not_final(
+    status: TaskStatus, settings: Settings, redis: Any
 ) -> None:
     scripts = Scripts(redis)
-    pool_key, stream = settings.keys.pool("p1"), settings.keys.pool_tasks("p1")
+    key = settings.keys.pool_task("p1", f"t-{status}")
+
+    def call(token: str) -> tuple[list[str], list[Any]]:
+        args: list[Any] = [60, 100, 0, 0, 1, 1, token]
+        add_counted(args, {"status": "completed", "result": "r"})
+        args += [0, 0, 0, 0]
+        return [key], args
+
+    await redis.hset(key, mapping={"status": str(status), "final_token": "old"})
+    keys, args = call("new")
+    (verdict,) = await scripts.complete_batch(keys=keys, args=args)
+    assert verdict == (FINAL_STORED if status in FINAL_STATUSES else FINAL_NEW), status
+    keys, args = call("old" if status in FINAL_STATUSES else "new")
+    (again,) = await scripts.complete_batch(keys=keys, args=args)
+    assert again == FINAL_NEW  # the same writer retrying: its result is announced (again)
+    await redis.hset(key, "announced", "1")
+    (done,) = await scripts.complete_batch(keys=keys, args=args)
+    assert done == FINAL_DONE
+
+
+@pytest.mark.parametrize("status", list(TaskStatus))
+async def test_a_claim_drops_only_final_or_cancelled_tasks(
+    status: TaskStatus, settings: Settings, redis: Any
+) -> None:
+    scripts = Scripts(redis)
+    key = settings.keys.task(f"t-{status}")
+    await redis.hset(key, mapping={"status": str(status)})
+    verdict, value = await scripts.claim_route(keys=[key], args=["1-0", "p1", "0", 60])
+    if status in FINAL_STATUSES:
+        assert (verdict, value) == (b"final", b"")
+    else:
+        assert (verdict, value) == (b"to", b"p1")
+        # the same entry again (its orchestrator died): the pool chosen then
+        assert await scripts.claim_route(keys=[key], args=["1-0", "p2", "0", 60]) == [b"to", b"p1"]
+        # it refused the entry: it may go elsewhere
+        assert await scripts.claim_route(keys=[key], args=["1-0", "p2", "1", 60]) == [b"to", b"p2"]
+        await redis.hset(key, "cancel_requested", "1")
+        assert await scripts.claim_route(keys=[key], args=["1-0", "p2", "0", 60]) == [
+            b"cancelled",
+            b"p2",
+        ]
+
+
+def _submit_args(count: int = 1) -> list[Any]:
+    args: list[Any] = ["pool", 100, 60, count, count]
+    for _ in range(count):
+        add_counted(args, {"status": "queued"})
+        add_counted(args, {"type": "TASK_DELEGATE"})
+    return args
+
+
+@pytest.mark.parametrize("status", list(PoolStatus))
+async def test_submits_and_moves_go_only_to_pools_that_take_work(
+    status: PoolStatus, settings: Settings, redis: Any
+) -> None:
+    scripts = Scripts(redis)
+    keys = settings.keys
+    pool_key, stream = keys.pool("p1"), keys.pool_tasks("p1")
     await redis.hset(pool_key, mapping={"status": str(status)})
-    args: list[object] = ["pool", 100, 60, 1]
-    add_counted(args, {"status": "queued"})
-    add_counted(args, {"type": "TASK_DELEGATE"})
     takes = status in ACCEPTING_STATUSES
+    submit_keys = [pool_key, stream, keys.pool_task("p1", "t1")]
     if takes:
-        await scripts.submit_batch(keys=[pool_key, stream, settings.keys.task("t1")], args=args)
+        await scripts.submit_batch(keys=submit_keys, args=_submit_args())
         assert await redis.xlen(stream) == 1
     else:
-        with pytest.raises(aioredis.ResponseError, match=f"POOLDOWN pool is {status}"):
-            await scripts.submit_batch(keys=[pool_key, stream, settings.keys.task("t1")], args=args)
+        with pytest.raises(Exception, match=f"POOLDOWN pool is {status}"):
+            await scripts.submit_batch(keys=submit_keys, args=_submit_args())
         assert await redis.xlen(stream) == 0
+    args: list[Any] = [100, 60, 1, "5-0"]
+    add_counted(args, {"status": "queued", "pool": "p1"})
+    add_counted(args, {"type": "TASK_DELEGATE"})
+    forward_keys = [pool_key, stream, keys.pool_task("p1", "t2")]
+    verdicts, backlog = await scripts.forward(keys=forward_keys, args=args)
+    assert verdicts == [1 if takes else 0], status
+    assert backlog == (2 if takes else 0)
+    # a repeated move of the same ingress entry is a no-op
+    verdicts, backlog = await scripts.forward(keys=forward_keys, args=args)
+    assert verdicts == [2 if takes else 0]
+    assert backlog == (2 if takes else 0)

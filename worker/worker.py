@@ -65,14 +65,13 @@ from shared.finals import (
 from shared.keys import WORKER_GROUP
 from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, TaskResult, TaskStatus, new_id
 from shared.retries import dead_letter_reason, queue_retry, with_line
-from shared.scripts import Scripts
+from shared.scripts import START_ANNOUNCE, START_CANCELLED, START_SKIP, Scripts
 from worker.executors import Executor, Outcome, build_executor
 
 log = logging.getLogger("mahavishnu.worker")
 
 HEARTBEAT_EVENT_EVERY = 10.0
 DEADLINE_TICK = 0.05  # timeouts are enforced to within this many seconds
-START_SKIP, START_RUN, START_CANCELLED = 0, 1, 2  # what shared.scripts.START_TASK answers
 DRAIN_EXIT_MARGIN = 10.0  # seconds past drain_grace for handing back and writing results
 EXIT_DRAIN_OVERDUE = 3  # exit code of a worker whose drain did not end in time
 LOOP_STOP_WAIT = 5.0  # seconds a background loop gets to notice its stop event
@@ -142,6 +141,7 @@ class Worker:
         self._done: list[_Done] = []
         self._dead: list[_DeadLetter] = []
         self._skipped: list[bytes] = []
+        self._unannounced: list[tuple[bytes, str]] = []  # (entry, task) final, not announced
         self._flush_wanted = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -366,6 +366,9 @@ class Worker:
             if verdict == START_SKIP:  # already final (e.g. cancelled while queued)
                 self._skipped.append(entry_id)
                 continue
+            if verdict == START_ANNOUNCE:  # final, but its writer died before announcing it
+                self._unannounced.append((entry_id, msg.task.id))
+                continue
             running = _Running(entry_id, msg, now, loop.time() + msg.task.timeout)
             self._running[entry_id] = running
             if verdict == START_CANCELLED:  # a cancel reached it between runs: record that
@@ -373,35 +376,21 @@ class Worker:
                 self._done.append(_Done(running, stopped, now, cancelled=True))
                 continue
             running.task = asyncio.create_task(self._execute(running), name=msg.task.id)
-        if self._skipped or self._dead or self._done:
+        if self._skipped or self._dead or self._done or self._unannounced:
             self._flush_wanted.set()
 
     async def _mark_started(
         self, candidates: list[tuple[bytes, TaskDelegate]], now: float
     ) -> list[int]:
-        """Mark tasks running in one round trip (START_RUN, START_SKIP or START_CANCELLED each);
-        retried, since the entries are already ours."""
+        """Mark tasks running in one round trip (START_RUN, START_SKIP, START_CANCELLED or
+        START_ANNOUNCE each); retried, since the entries are already ours."""
         backoff = 0.1
         while True:
-            pipe = self.redis.pipeline(transaction=False)
-            if self.settings.redis_cluster:  # one slot per script
-                for _entry_id, msg in candidates:
-                    self._scripts.queue(
-                        pipe,
-                        self._scripts.start_task,
-                        [self.keys.task(msg.task.id)],
-                        [self.worker_id, repr(now), msg.attempt],
-                    )
-            else:
-                self._scripts.queue(
-                    pipe,
-                    self._scripts.start_batch,
-                    [self.keys.task(msg.task.id) for _entry_id, msg in candidates],
-                    [self.worker_id, repr(now), *(msg.attempt for _entry_id, msg in candidates)],
-                )
             try:
-                replies = await self._scripts.execute(pipe)
-                verdicts = replies if self.settings.redis_cluster else replies[0]
+                verdicts = await self._scripts.start_batch(
+                    keys=[self.keys.pool_task(self.pool_id, m.task.id) for _, m in candidates],
+                    args=[self.worker_id, repr(now), *(m.attempt for _, m in candidates)],
+                )
                 return [int(v) for v in verdicts]
             except TRANSIENT_ERRORS as exc:
                 log.warning("marking tasks started failed (%s); retrying", exc)
@@ -470,14 +459,16 @@ class Worker:
         done, self._done = self._done, []
         dead, self._dead = self._dead, []
         skipped, self._skipped = self._skipped, []
-        if not done and not dead and not skipped:
+        unannounced, self._unannounced = self._unannounced, []
+        if not done and not dead and not skipped and not unannounced:
             return
         try:
-            await self._write(done, dead, skipped)
+            await self._write(done, dead, skipped, unannounced)
         except BaseException:
             self._done[:0] = done
             self._dead[:0] = dead
             self._skipped[:0] = skipped
+            self._unannounced[:0] = unannounced
             raise
         for item in done:
             self._running.pop(item.running.entry_id, None)
@@ -485,7 +476,11 @@ class Worker:
         self._slot_freed.set()
 
     async def _write(
-        self, done: list[_Done], dead: list[_DeadLetter], skipped: list[bytes]
+        self,
+        done: list[_Done],
+        dead: list[_DeadLetter],
+        skipped: list[bytes],
+        unannounced: list[tuple[bytes, str]],
     ) -> None:
         finals: list[FinalResult] = []
         retries: list[_Done] = []
@@ -506,6 +501,7 @@ class Worker:
                 status = TaskStatus.DEAD_LETTERED
             finals.append(self._final(item, status))
         ack_ids = [item.running.entry_id for item in done] + [d.entry_id for d in dead] + skipped
+        ack_ids += [entry_id for entry_id, _ in unannounced]
 
         def extra(pipe: Any) -> None:
             self._queue_retries(pipe, retries)
@@ -518,6 +514,7 @@ class Worker:
             finals,
             ack=(self.stream, WORKER_GROUP, ack_ids),
             extra=extra if retries or dead else None,
+            stored=[(self.pool_id, task_id) for _, task_id in unannounced],
         )
 
     def _final(self, item: _Done, status: TaskStatus) -> FinalResult:
@@ -548,6 +545,7 @@ class Worker:
             self._history(item),
             msg.task,
             list(msg.task.share_with),
+            submitted_at=msg.task.submitted_at,
         )
 
     def _history(self, item: _Done) -> list[str]:
@@ -567,6 +565,7 @@ class Worker:
                 self._scripts,
                 msg,
                 pool_id=msg.task.pool_id or "",
+                home=self.pool_id,
                 line=self._attempt_line(item),
                 error=str(item.outcome.error),
             )
@@ -640,7 +639,9 @@ class Worker:
             pipe.hget(self.keys.pool(self.pool_id), "status")
             pipe.exists(self.keys.orchestrator(self.managed_by or "-"))
             for item in running:
-                pipe.hget(self.keys.task(item.message.task.id), "cancel_requested")
+                pipe.hget(
+                    self.keys.pool_task(self.pool_id, item.message.task.id), "cancel_requested"
+                )
             now = time.time()
             if now - last_event >= HEARTBEAT_EVENT_EVERY:
                 beat = Heartbeat(
@@ -741,7 +742,9 @@ class Worker:
             for r in leftovers:
                 pipe.xadd(self.stream, encode(r.message))
                 self._scripts.set_task(
-                    pipe, self.keys.task(r.message.task.id), status=TaskStatus.QUEUED
+                    pipe,
+                    self.keys.pool_task(self.pool_id, r.message.task.id),
+                    status=TaskStatus.QUEUED,
                 )
             ack_and_delete(pipe, self.stream, WORKER_GROUP, [r.entry_id for r in leftovers])
             try:

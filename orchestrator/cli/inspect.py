@@ -9,6 +9,7 @@ never executes anything: msgpack and JSON only.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from typing import Any
@@ -139,6 +140,11 @@ async def inspect_key(
     if reader is None:
         raise InvalidRequest(f"key {name!r} is a Redis {kind}, which inspect does not decode")
     doc.update(await reader(redis, name, count, last))
+    home = doc.get("fields", {}).get("home") if doc["kind"] == "task" else None
+    if home and isinstance(home, str):  # the look-up hash: show the state it points to too
+        state = settings.keys.pool_task(home, name[len(settings.keys.task("")) :])
+        with contextlib.suppress(NotFound):
+            doc["state"] = await inspect_key(redis, settings, state, count=count, last=last)
     return doc
 
 

@@ -307,9 +307,16 @@ def assert_nothing_lost(fig: Figures, *, dead_lettered: int = 0) -> None:
 
 
 @pytest.fixture
-def chaos_settings(prefix: str, tmp_path: Path) -> Settings:
-    """Fast heartbeats and reclaim, and an events stream long enough to count every result."""
-    return make_settings(prefix, tmp_path, events_max_len=100_000, task_deadline_grace=1.0)
+def chaos_settings(prefix: str, tmp_path: Path, broker_url: str) -> Settings:
+    """Fast heartbeats and reclaim, and an events stream long enough to count every result;
+    on the standalone server and on the cluster."""
+    return make_settings(
+        prefix,
+        tmp_path,
+        redis_url=broker_url,
+        events_max_len=100_000,
+        task_deadline_grace=1.0,
+    )
 
 
 @pytest.fixture

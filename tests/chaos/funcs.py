@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import redis
 
-_client: redis.Redis | None = None
+from tests.sync_client import sync_client
+
+_client: Any = None
 
 
-def _redis() -> redis.Redis:
+def _redis() -> Any:
     global _client
     if _client is None:
-        _client = redis.Redis.from_url(os.environ["MAHAVISHNU_REDIS_URL"])
+        _client = sync_client(os.environ["MAHAVISHNU_REDIS_URL"])
     return _client
 
 

@@ -1,0 +1,112 @@
+"""Where a task's state lives, and reading it by task id.
+
+A task's state (status, attempts, worker, result) lives in the slot of the pool it is queued
+on, `Keys.pool_task(P, T)`, so a worker's scripts touch one slot. Its `Keys.task(T)` hash is
+the look-up by id: `home` names that pool; `cancel_requested` and `routed_from` are kept there
+because they must outlive a move between pools; and while a routed task waits in the ingress
+(no pool yet, `home` empty) that hash holds the whole state.
+
+    direct submit    task:T {home: P}            pool:{P}:task:T {status: queued, ...}
+    routed submit    task:T {status: pending, ...}
+    routed to P      task:T {home: P, routed_from: E, ...}   pool:{P}:task:T {status: queued}
+    routed retry     the state stays in P until the next route moves it (a new ingress entry)
+
+`read_state` follows `home`, falling back to the `task` hash while a move is under way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from shared.connection import Redis, text
+from shared.keys import Keys
+from shared.models import TaskSpec, TaskStatus
+
+RawHash = dict[bytes, bytes]
+
+
+def task_state_fields(spec: TaskSpec, *, pool_id: str | None) -> dict[str, str]:
+    """The state of a task being queued on `pool_id` (None: waiting in the ingress)."""
+    state = {
+        "status": str(TaskStatus.QUEUED if pool_id else TaskStatus.PENDING),
+        "submitted_at": repr(spec.submitted_at),
+        "attempts": "0",
+    }
+    if pool_id:
+        state["pool"] = pool_id
+    if spec.reply_to:
+        state["reply_to"] = spec.reply_to
+    if spec.share_with:
+        state["share_with"] = json.dumps(list(spec.share_with))
+    return state
+
+
+def lookup_fields(spec: TaskSpec) -> dict[str, str]:
+    """The `task` hash written at submission: `home` for a direct task, the whole state for a
+    routed one."""
+    if spec.pool_id:
+        return {"home": spec.pool_id}
+    return task_state_fields(spec, pool_id=None)
+
+
+def home_of(lookup: Mapping[bytes, bytes]) -> str:
+    """The pool holding the task's state, from its `task` hash ('' while it has none)."""
+    return text(lookup.get(b"home"))
+
+
+async def read_state(redis: Redis, keys: Keys, task_id: str) -> tuple[str, RawHash] | None:
+    """(home, state hash) of a task, or None if its `task` hash is gone."""
+    lookup: RawHash = await redis.hgetall(keys.task(task_id))
+    if not lookup:
+        return None
+    home = home_of(lookup)
+    if not home:
+        return "", lookup
+    state: RawHash = await redis.hgetall(keys.pool_task(home, task_id))
+    # empty while the move into the pool is under way: the `task` hash still says `pending`
+    return home, state or lookup
+
+
+async def read_state_fields(
+    redis: Redis, keys: Keys, task_ids: Sequence[str], fields: Sequence[str]
+) -> list[list[str] | None]:
+    """`fields` of each task's state (None for a task whose `task` hash is gone), in two round
+    trips however many tasks."""
+    if not task_ids:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    for task_id in task_ids:
+        pipe.hmget(keys.task(task_id), ["home", *fields])
+    lookups = await pipe.execute()
+    out: list[list[str] | None] = []
+    homed: list[tuple[int, str]] = []
+    for position, (task_id, values) in enumerate(zip(task_ids, lookups, strict=True)):
+        if values is None or all(v is None for v in values):
+            out.append(None)
+            continue
+        home = text(values[0])
+        out.append([text(v) for v in values[1:]])
+        if home:
+            homed.append((position, task_id))
+    if homed:
+        pipe = redis.pipeline(transaction=False)
+        for position, task_id in homed:
+            pipe.hmget(keys.pool_task(text(lookups[position][0]), task_id), list(fields))
+        for (position, _), values in zip(homed, await pipe.execute(), strict=True):
+            if values and any(v is not None for v in values):
+                out[position] = [text(v) for v in values]
+    return out
+
+
+def share_targets(state: Mapping[bytes, bytes]) -> list[str]:
+    """The pools a task's result is shared with, from its state hash."""
+    raw = state.get(b"share_with")
+    if not raw:
+        return []
+    try:
+        value: Any = json.loads(raw)
+    except ValueError:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
