@@ -29,10 +29,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	@touch $@
 
 redis: venv
-	$(BIN)/python -m shared.broker ensure
+	$(BIN)/python -m orchestrator.broker ensure
 
 redis-stop:
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m shared.broker stop; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m orchestrator.broker stop; fi
 
 lint: venv
 	$(BIN)/ruff check .

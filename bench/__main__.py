@@ -70,6 +70,11 @@ def parse(argv: list[str]) -> RunConfig:
     parser.add_argument("--fanout-pools", type=int, default=100, help="pools of the fan-out figure")
     parser.add_argument("--repeat", type=int, default=3, help="runs per throughput figure (median)")
     parser.add_argument("--redis-url", default=None, help="use this Redis instead of a private one")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="measure on a private local Redis Cluster of three primaries (system 'ours' only)",
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the JSON")
     parser.add_argument(
         "--markdown", type=Path, default=DEFAULT_MARKDOWN, help="where to write the page"
@@ -98,6 +103,8 @@ def parse(argv: list[str]) -> RunConfig:
         parser.error("--scale must be positive")
     if args.concurrency < 1 or args.batch < 1 or args.clients < 1 or args.repeat < 1:
         parser.error("--concurrency, --batch, --clients and --repeat must be at least 1")
+    if args.cluster and (args.redis_url or set(args.systems) - {"ours"}):
+        parser.error("--cluster measures system 'ours' on its own cluster: add --systems ours")
     if args.fanout_pools < 3:
         parser.error("--fanout-pools must be at least 3")
     return RunConfig(
@@ -111,6 +118,7 @@ def parse(argv: list[str]) -> RunConfig:
         fanout_pools=args.fanout_pools,
         repeat=1 if args.quick else args.repeat,
         redis_url=args.redis_url,
+        cluster=args.cluster,
         json_path=args.json,
         markdown_path=None if args.no_markdown else args.markdown,
         arq_venv=args.arq_venv.resolve(),

@@ -39,6 +39,7 @@ class RunConfig:
     clients: int = 200
     fanout_pools: int = 100
     redis_url: str | None = None
+    cluster: bool = False  # on a private local 3-primary Redis Cluster (our system only)
     json_path: Path | None = DEFAULT_JSON
     markdown_path: Path | None = DEFAULT_MARKDOWN
     arq_venv: Path = DEFAULT_ARQ_VENV

@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from rich.console import Console
 
 from bench import arq_bench, ours, raw
@@ -37,7 +38,7 @@ from bench.report import (
     write_markdown,
 )
 from bench.stats import Figure, client, unavailable
-from shared.broker import EmbeddedBroker, free_port, start_redis_server
+from orchestrator.broker import EmbeddedBroker, free_port, start_redis_server
 from shared.models import new_id
 
 BASELINES = {
@@ -112,9 +113,9 @@ def method_notes(cfg: RunConfig) -> list[str]:
     c = cfg.concurrency
     return [
         "Redis: a private `redis-server` (appendonly off, no RDB saves) on a free loopback port, "
-        "started by the harness (`shared.broker.start_redis_server`), unless `--redis-url` is "
-        "given. Every system runs against it, one figure at a time, each under its own key "
-        "prefix or queue name, deleted afterwards.",
+        "started by the harness (`orchestrator.broker.start_redis_server`), unless "
+        "`--redis-url` is given. Every system runs against it, one figure at a time, each under "
+        "its own key prefix or queue name, deleted afterwards.",
         f"Raw ceiling (`bench/raw.py`, `bench/raw_consumer.py`): the producer (this process, "
         f"redis-py asyncio + hiredis) XADDs pipelined batches of {cfg.batch}; each consumer "
         f"process reads `XREADGROUP COUNT {c}` and answers each batch with one pipeline of "
@@ -561,10 +562,17 @@ class Runner:
         machine = machine_info()
         self.work = Path(tempfile.mkdtemp(prefix="mahavishnu-bench-"))
         broker: EmbeddedBroker | None = None
+        cluster: Any = None
         try:
             if cfg.redis_url:
                 self.url = cfg.redis_url
                 where = "the Redis given with --redis-url (shared: figures may be disturbed)"
+            elif cfg.cluster:
+                from tests.cluster_servers import start_cluster
+
+                cluster = await asyncio.to_thread(start_cluster, self.work / "cluster")
+                self.url = cluster.url
+                where = "a private Redis Cluster of three primaries (appendonly off)"
             else:
                 broker = await start_redis_server(
                     free_port(), self.work / "redis", appendonly=False
@@ -574,7 +582,10 @@ class Runner:
             self.log(f"Redis: {where}")
             probe: Any = client(self.url)
             try:
-                info = await probe.info("server")
+                if isinstance(probe, RedisCluster):
+                    info = await probe.info("server", target_nodes=RedisCluster.DEFAULT_NODE)
+                else:
+                    info = await probe.info("server")
             finally:
                 await probe.aclose()
             self.versions.update(
@@ -598,6 +609,8 @@ class Runner:
         finally:
             if broker is not None:
                 await broker.stop()
+            if cluster is not None:
+                await asyncio.to_thread(cluster.stop)
         machine["load_end"] = round(os.getloadavg()[0], 2)
         figures = self.figures + memory_figures(self.figures)
         failed = [f for f in figures if f.status == "failed"]

@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from shared.config import load_settings
+from shared.connection import connect, is_cluster_url
 
 try:  # psutil is optional: /proc is read directly on Linux
     import psutil  # type: ignore[import-untyped,unused-ignore]
@@ -268,7 +272,11 @@ def pid_alive(pid: int) -> bool:
 
 
 def client(url: str, *, blocking: bool = False) -> Any:
-    """A plain redis-py asyncio client (bytes replies, RESP2, hiredis when installed)."""
+    """A plain redis-py asyncio client (bytes replies, RESP2, hiredis when installed); a
+    cluster client (the project's) for a `redis+cluster://` URL."""
+    if is_cluster_url(url):
+        settings = load_settings(redis_url=url, key_prefix="bench:", redis_command_timeout=30.0)
+        return connect(settings, blocking=blocking)
     return aioredis.Redis.from_url(
         url,
         protocol=2,
@@ -280,9 +288,18 @@ def client(url: str, *, blocking: bool = False) -> Any:
 
 
 async def redis_cpu_seconds(redis: Any) -> float:
-    """CPU seconds the Redis server has used so far (user + system)."""
-    info = await redis.info("cpu")
-    return float(info.get("used_cpu_user", 0.0)) + float(info.get("used_cpu_sys", 0.0))
+    """CPU seconds the Redis server (every primary of a cluster) has used so far."""
+    if isinstance(redis, RedisCluster):
+        infos = await redis.info("cpu", target_nodes=RedisCluster.PRIMARIES)
+        nodes = list(infos.values()) if isinstance(infos, dict) else [infos]
+        if nodes and not isinstance(nodes[0], dict):  # one node answered for all
+            nodes = [infos]
+    else:
+        nodes = [await redis.info("cpu")]
+    return sum(
+        float(info.get("used_cpu_user", 0.0)) + float(info.get("used_cpu_sys", 0.0))
+        for info in nodes
+    )
 
 
 async def redis_used_memory(redis: Any) -> int:

@@ -17,7 +17,10 @@
     │   └── OrchestratorNotRunning  a wait needs an orchestrator and none is alive
     ├── ResultTimeout          the caller stopped waiting; the task goes on and can be polled
     ├── ExecutorError          a pool's executor cannot run (missing CLI, command not allowed)
-    └── MalformedMessage       a stream entry could not be decoded (it is dead-lettered)
+    ├── MalformedMessage       a stream entry could not be decoded (it is dead-lettered)
+    └── RemoteError            a remote MCP server (orchestrator/mcp/client.py)
+        ├── RemoteUnavailable  could not be reached, refused the connection or the token
+        └── RemoteToolError    answered a tool call with an error (its message is kept)
 
 Callers catch `MahavishnuError` for anything the system reports deliberately; anything else is a
 bug.
@@ -140,3 +143,23 @@ def state_lost(task_id: str) -> TaskStateLost:
         "without persistence?)",
         task_id,
     )
+
+
+class RemoteError(MahavishnuError):
+    """A remote MCP server (another deployment, Session-Buddy, Akosha) failed a call."""
+
+    def __init__(self, message: str, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class RemoteUnavailable(RemoteError):
+    """The remote MCP server could not be reached, or refused the connection or the token."""
+
+
+class RemoteToolError(RemoteError):
+    """The remote MCP server answered a tool call with an error."""
+
+    def __init__(self, message: str, url: str, tool: str) -> None:
+        super().__init__(message, url)
+        self.tool = tool

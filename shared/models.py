@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any, Self
 
@@ -164,6 +165,23 @@ def _check_labels(labels: dict[str, str]) -> dict[str, str]:
     return labels
 
 
+PAYLOAD_FIELDS = ("prompt", "command", "call")
+
+
+def payload_problem(given: Sequence[str], names: Sequence[str] = PAYLOAD_FIELDS) -> str | None:
+    """The one check, and the one message, of a task's payload: exactly one of prompt, command
+    or call. `given` names what was given, `names` how the caller's surface spells the three
+    (the CLI's `--prompt`, ...). None when the payload is right."""
+    if len(given) == 1:
+        return None
+    got = " and ".join(given) if given else "none"
+    return (
+        f"a task needs exactly one of {names[0]}, {names[1]} or {names[2]} (a prompt for AI "
+        f"and python pools, a command for shell pools, a call of a python pool's function); "
+        f"got {got}"
+    )
+
+
 class TaskSpec(BaseModel):
     """One unit of work. Exactly one of `prompt`, `command` or `call` says what to do."""
 
@@ -231,12 +249,9 @@ class TaskSpec(BaseModel):
 
     @model_validator(mode="after")
     def _exactly_one_payload(self) -> Self:
-        given = [n for n in ("prompt", "command", "call") if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "a task needs exactly one of 'prompt', 'command' or 'call'"
-                + (f"; got {', '.join(given)}" if given else "; got none")
-            )
+        problem = payload_problem([n for n in PAYLOAD_FIELDS if getattr(self, n) is not None])
+        if problem:
+            raise ValueError(problem)
         if self.strategy is RoutingStrategy.AFFINITY and not self.affinity_key:
             raise ValueError("strategy 'affinity' needs an affinity_key")
         return self

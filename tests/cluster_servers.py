@@ -27,7 +27,7 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
-from shared.broker import find_redis_server, free_port
+from orchestrator.broker import find_redis_server, free_port
 
 SLOTS = 16384
 BUS_PORT_OFFSET = 10000  # a node's cluster bus listens on its port + 10000
@@ -95,7 +95,7 @@ def start_cluster(
     """Start `masters` cluster nodes keeping their files in `data_dir`, split the 16384 slots
     evenly between them, and return once every node serves the whole cluster.
 
-    `server` is the redis-server binary (default: `shared.broker.find_redis_server()`).
+    `server` is the redis-server binary (default: `orchestrator.broker.find_redis_server()`).
     Raises ClusterStartError with the failing node's log tail; no node is left running.
     """
     if masters < 1:
@@ -272,3 +272,26 @@ def _log_tail(data_dir: Path, port: int, lines: int = 15) -> str:
         except OSError:
             continue
     return "\n".join(text.splitlines()[-lines:])
+
+
+def main() -> None:
+    """`python -m tests.cluster_servers [DIR]`: start a local cluster, print its URL, and stop
+    it on Ctrl-C (or SIGTERM)."""
+    import signal
+    import sys
+    import tempfile
+
+    data_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="mhv-"))
+    cluster = start_cluster(data_dir)
+    print(cluster.url, flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        signal.pause()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()

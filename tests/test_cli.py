@@ -24,9 +24,9 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
+from orchestrator.broker import free_port
 from orchestrator.cli import app
 from orchestrator.orchestrator import Orchestrator
-from shared.broker import free_port
 from shared.client import PoolManager
 from shared.codec import TaskDelegate, encode, pack
 from shared.config import Settings, load_settings
@@ -190,7 +190,7 @@ def test_bad_pool_flags_are_one_line_errors(
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["pool", "exec", "p1"], "exactly one of --prompt, --call or --command"),
+        (["pool", "exec", "p1"], "exactly one of --prompt, --command or --call"),
         (["pool", "exec", "p1", "--prompt", "x", "--call", "echo"], "got --prompt and --call"),
         (["pool", "exec", "p1", "--prompt", "x", "--arg", "1"], "--arg and --kwarg go with"),
         (["pool", "exec", "p1", "ls", "/tmp"], "put --command before a program"),

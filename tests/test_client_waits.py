@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from orchestrator.broker import EmbeddedBroker, free_port, start_redis_server
 from orchestrator.orchestrator import Orchestrator
-from shared.broker import EmbeddedBroker, free_port, start_redis_server
 from shared.client import PoolManager
 from shared.config import Settings
 from shared.connection import Redis

@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.broker import find_redis_server, free_port
+from orchestrator.broker import find_redis_server, free_port
 from shared.config import Settings, load_settings, parse_cluster_url, redact_url
 from shared.connection import (
     _HiredisPacking,

@@ -22,10 +22,10 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult
 
+from orchestrator.broker import free_port
 from orchestrator.mcp.http import BearerAuth, check_token, is_loopback, transport_security
 from orchestrator.mcp.server import build_server, http_app, run_mcp
 from orchestrator.orchestrator import Orchestrator
-from shared.broker import free_port
 from shared.codec import TaskDelegate, decode, encode
 from shared.config import Settings
 from shared.connection import Redis, connect, text
@@ -306,7 +306,7 @@ async def test_full_queues_and_unavailable_pools(
 
 
 BAD_ARGUMENTS: list[tuple[str, dict[str, Any], list[str]]] = [
-    ("pool_execute", {"pool_id": "pa"}, ["prompt/command/call", "got none"]),
+    ("pool_execute", {"pool_id": "pa"}, ["exactly one of prompt, command or call", "got none"]),
     ("pool_execute", {"pool_id": "pa", "prompt": "x", "command": ["ls"]}, ["prompt and command"]),
     ("pool_execute", {"pool_id": "pa", "prompt": "x", "args": [1]}, ["args/kwargs"]),
     ("pool_execute", {"pool_id": "pa", "prompt": "x", "timeout": 0}, ["timeout"]),

@@ -32,10 +32,10 @@ def test_a_task_carries_exactly_one_payload() -> None:
     assert TaskSpec(command=["echo", "x"]).kind is TaskKind.COMMAND
     assert TaskSpec(call="add", args=[1, 2]).kind is TaskKind.CALL
     with pytest.raises(
-        ValidationError, match="exactly one of 'prompt', 'command' or 'call'; got none"
+        ValidationError, match=r"exactly one of prompt, command or call .*; got none"
     ):
         TaskSpec()
-    with pytest.raises(ValidationError, match="got prompt, call"):
+    with pytest.raises(ValidationError, match="got prompt and call"):
         TaskSpec(prompt="x", call="echo")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.broker import EmbeddedBroker, free_port, start_redis_server
+from orchestrator.broker import EmbeddedBroker, free_port, start_redis_server
 from shared.client import PoolManager
 from shared.config import Settings
 from shared.connection import as_broker_error, blocking_socket_timeout, connect, unresponsive

@@ -63,7 +63,11 @@ async def test_results_are_recorded_and_streams_are_left_empty(
         [{"call": "add", "args": [i, i]} for i in range(300)], timeout=60
     )
     assert [r.output for r in results] == [2 * i for i in range(300)]
-    assert await redis.xlen(settings.keys.pool_tasks(pool_id)) == 0
+
+    async def acknowledged() -> bool:  # a reply is sent before its entry is acknowledged
+        return await redis.xlen(settings.keys.pool_tasks(pool_id)) == 0
+
+    await wait_until(acknowledged, what="the workers to acknowledge the entries they ran")
     assert await redis.xlen(settings.keys.ingress) == 0
     status = await manager.status(results[0].task_id)
     assert status.status is TaskStatus.COMPLETED and status.output == 0

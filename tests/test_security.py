@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from orchestrator.broker import EmbeddedBroker, free_port, start_redis_server
 from orchestrator.orchestrator import Orchestrator
-from shared.broker import EmbeddedBroker, free_port, start_redis_server
 from shared.client import PoolManager
 from shared.config import Settings, settings_env
 from shared.errors import BrokerError

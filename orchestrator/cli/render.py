@@ -28,7 +28,7 @@ from shared.config import Settings
 from shared.errors import (
     InvalidRequest,
 )
-from shared.models import PoolInfo, TaskResult, TaskSpec
+from shared.models import PoolInfo, TaskResult, TaskSpec, payload_problem
 
 T = TypeVar("T")
 log = logging.getLogger("mahavishnu.cli")
@@ -394,10 +394,10 @@ def build_task(
     """A validated task from the payload options; InvalidRequest names the wrong option."""
     if argv and not command:
         raise InvalidRequest(f"unexpected arguments {argv!r}: put --command before a program")
-    given = [n for n, v in (("--prompt", prompt), ("--call", call), ("--command", command)) if v]
-    if len(given) != 1:
-        got = f"; got {' and '.join(given)}" if given else ""
-        raise InvalidRequest(f"a task needs exactly one of --prompt, --call or --command{got}")
+    given = [n for n, v in (("--prompt", prompt), ("--command", command), ("--call", call)) if v]
+    problem = payload_problem(given, ("--prompt", "--command", "--call"))
+    if problem:
+        raise InvalidRequest(problem)
     if (args or kwargs) and not call:
         raise InvalidRequest("--arg and --kwarg go with --call")
     if command and not argv:

@@ -297,8 +297,8 @@ async def run_up(
 
     Returns the exit code: 0, or 1 when a demo task did not complete, 130 when interrupted.
     """
+    from orchestrator.broker import ensure_broker
     from orchestrator.orchestrator import Orchestrator
-    from shared.broker import ensure_broker
 
     info = stderr_console() if json_out else stdout_console()
     stop = stop_event()

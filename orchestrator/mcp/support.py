@@ -43,7 +43,7 @@ from shared.errors import (
     ResultTimeout,
     TaskNotFound,
 )
-from shared.models import MAX_PROMPT_CHARS, RoutingStrategy
+from shared.models import MAX_PROMPT_CHARS, RoutingStrategy, payload_problem
 
 _Fn = TypeVar("_Fn", bound=Callable[..., Any])
 SHOWN_NAME_CHARS = 64
@@ -193,12 +193,9 @@ def task_payload(
     given = [
         n for n, v in (("prompt", prompt), ("command", command), ("call", call)) if v is not None
     ]
-    if len(given) != 1:
-        got = f"got {' and '.join(given)}" if given else "got none"
-        raise InvalidRequest(
-            f"prompt/command/call: give exactly one of them ({got}): prompt for AI CLI and "
-            "python pools, command for shell pools, call for a python pool's function"
-        )
+    problem = payload_problem(given)
+    if problem:
+        raise InvalidRequest(problem)
     if prompt is not None and len(prompt) > MAX_PROMPT_CHARS:
         raise InvalidRequest(f"prompt has {len(prompt):,} characters; {PROMPT_LIMIT}")
     if (args or kwargs) and call is None:

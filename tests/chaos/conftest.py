@@ -23,7 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from shared.broker import EmbeddedBroker, free_port, start_redis_server
+from orchestrator.broker import EmbeddedBroker, free_port, start_redis_server
 from shared.client import PoolManager
 from shared.config import Settings, settings_env
 from shared.connection import connect, decode_hash, text

