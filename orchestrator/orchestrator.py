@@ -60,6 +60,7 @@ from worker.worker import drain_deadline
 log = logging.getLogger("mahavishnu.orchestrator")
 
 MAX_WAITING = 10_000
+CLAIM_CHUNK = 1000  # tasks per CLAIM_ROUTE: one call must not hold Redis for long
 DEFAULT_MAX_QUEUE: int = PoolSpec.model_fields["max_queue"].default
 BACKLOG_MAX_AGE = 0.1  # seconds a pool's backlog is trusted without an XLEN
 LOOP_STOP_WAIT = 5.0  # seconds the loops get to notice a stop before they are cancelled
@@ -305,18 +306,23 @@ class Orchestrator:
     async def _claim(
         self, routed: list[tuple[_Waiting, Candidate]], candidates: list[Candidate]
     ) -> _Claims:
-        """Claim each entry for its chosen pool (or learn the pool it was claimed for)."""
+        """Claim each entry for its chosen pool (or learn the pool it was claimed for): one
+        CLAIM_ROUTE per CLAIM_CHUNK tasks, all in the ingress slot."""
         pipe = self.redis.pipeline(transaction=False)
-        for item, pool in routed:
+        for start in range(0, len(routed), CLAIM_CHUNK):
+            chunk = routed[start : start + CLAIM_CHUNK]
+            args: list[Any] = [self.settings.result_ttl]
+            for item, pool in chunk:
+                args += [item.entry_id, pool.pool_id, "1" if item.force else "0"]
             self._scripts.queue(
                 pipe,
                 self._scripts.claim_route,
-                [self.keys.task(item.message.task.id)],
-                [item.entry_id, pool.pool_id, "1" if item.force else "0", self.settings.result_ttl],
+                [self.keys.task(item.message.task.id) for item, _ in chunk],
+                args,
             )
         claims = _Claims()
         limits = {c.pool_id: c.max_queue for c in candidates}
-        replies = await self._scripts.execute(pipe)
+        replies = [v for reply in await self._scripts.execute(pipe) for v in reply]
         for (item, _pool), (verdict, value) in zip(routed, replies, strict=True):
             verdict, value = text(verdict), text(value)
             if verdict == "to":  # the pool chosen now, or the one chosen for it before

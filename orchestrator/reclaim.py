@@ -145,14 +145,15 @@ class Reclaimer:
             reason = reasons.get(entry_id, "lost")
             if msg.attempt >= msg.task.max_attempts:
                 dead.append((msg, dead_letter_reason(msg.attempt, reason)))
-            else:  # the same policy as a failed attempt's (backoff, then back to this pool)
+            else:  # the same policy as a failed attempt's: backoff, then a direct task goes
+                # back to its pool and a routed one through the ingress
                 line = f"attempt {msg.attempt}: {reason}"
                 queue_retry(
                     pipe,
                     self.settings,
                     self.scripts,
                     msg,
-                    pool_id=pool_id,
+                    pool_id=msg.task.pool_id or "",
                     home=pool_id,
                     line=line,
                     error=reason,
@@ -202,6 +203,16 @@ class Reclaimer:
                 )
                 continue
             if not isinstance(msg, TaskDelegate):
+                queue_dead_letter(
+                    pipe,
+                    self.settings,
+                    dead_letter_record(
+                        task_id="",
+                        pool_id=pool_id or None,
+                        reason=f"a {msg.type} message in {self.keys.delayed}, not a task",
+                        raw={"member": member},
+                    ),
+                )
                 continue
             state = self.keys.task_state(msg.task.id, home)
             if not pool_id:

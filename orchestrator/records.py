@@ -19,6 +19,7 @@ from shared.finals import (
 )
 from shared.keys import ORCHESTRATOR_GROUP
 from shared.models import FINAL_STATUSES, PoolStatus, TaskResult, TaskStatus
+from shared.retries import with_line
 from shared.scripts import Scripts, flat_fields
 
 log = logging.getLogger("mahavishnu.orchestrator")
@@ -97,7 +98,7 @@ class Records:
                 msg.task.describe(),
                 list(msg.task.tags),
                 token=f"{self.owner_id}/{msg.task.id}/{msg.attempt}",
-                history=[*msg.history, reason],
+                history=with_line(msg.history, reason),
                 spec=msg.task,
                 home=home,
                 submitted_at=msg.task.submitted_at,

@@ -81,12 +81,12 @@ class PoolView:
     @property
     def capacity(self) -> int:
         """Sum of the serving workers' concurrency."""
-        return sum(int(w.get("concurrency", "0") or 0) for w in self.serving.values())
+        return sum(_count(w, "concurrency") for w in self.serving.values())
 
     @property
     def in_flight(self) -> int:
         """Sum of the live workers' running tasks."""
-        return sum(int(w.get("in_flight", "0") or 0) for w in self.live_workers.values())
+        return sum(_count(w, "in_flight") for w in self.live_workers.values())
 
     @property
     def target(self) -> int:
@@ -379,6 +379,15 @@ class PoolSupervisor:
                 pipe.srem(self.keys.pool_workers(pool_id), *dead)
         if len(pipe):
             await pipe.execute()
+
+
+def _count(beat: dict[str, str], field: str) -> int:
+    """A count from a heartbeat; 0 when missing or unreadable (a foreign or damaged worker
+    must not break the supervision of every pool)."""
+    try:
+        return max(0, int(beat.get(field) or 0))
+    except ValueError:
+        return 0
 
 
 def _workers_detail(view: PoolView) -> str:

@@ -14,6 +14,7 @@ the events stream, which this client waits on.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -67,8 +68,10 @@ from shared.models import (
 from shared.readers import CompletionWatcher, ReplyReader
 from shared.scripts import Scripts, add_counted, flat_fields
 from shared.state import live_pool_ids, parse_task_result, read_pools
-from shared.task_state import lookup_fields, read_state, task_state_fields
+from shared.task_state import read_state, task_state_fields
 from shared.waits import WaitGuard, live_workers
+
+log = logging.getLogger("mahavishnu.client")
 
 TaskInput = TaskSpec | Mapping[str, Any]
 DEFAULT_MAX_QUEUE: int = PoolSpec.model_fields["max_queue"].default
@@ -240,33 +243,42 @@ class PoolManager:
             return []
         keys, ttl = self.keys, self.settings.result_ttl
         pipe = self.redis.pipeline(transaction=False)
-        positions: list[int] = []
         for pool_id, chunk, need in calls:
+            args: list[Any]
             if pool_id:
                 head = [keys.pool(pool_id), keys.pool_tasks(pool_id)]
-                args: list[Any] = ["pool", DEFAULT_MAX_QUEUE]
-            else:
+                state_keys = [keys.pool_task(pool_id, spec.id) for spec in chunk]
+                args = ["pool", DEFAULT_MAX_QUEUE]
+            else:  # a routed task's state is its look-up hash until it is routed
                 head = [keys.ingress, keys.ingress]
+                state_keys = [keys.task(spec.id) for spec in chunk]
                 args = ["ingress", self.settings.ingress_max_len]
             args += [ttl, need, len(chunk)]
             for spec in chunk:
-                add_counted(args, task_state_fields(spec, pool_id=pool_id) if pool_id else {})
+                add_counted(args, task_state_fields(spec, pool_id=pool_id))
                 add_counted(args, encode(TaskDelegate(task=spec)))
-            state_keys = [keys.pool_task(pool_id, spec.id) for spec in chunk] if pool_id else []
-            positions.append(len(pipe))
             self._scripts.queue(pipe, self._scripts.submit_batch, head + state_keys, args)
-            for spec in chunk:
-                self._scripts.queue(
-                    pipe,
-                    self._scripts.init_task,
-                    [keys.task(spec.id)],
-                    [ttl, *flat_fields(lookup_fields(spec))],
-                )
+        lookups: list[Any] = [ttl, 0]
+        lookup_keys: list[str] = []
+        for pool_id, chunk, _ in calls:
+            if pool_id:  # the look-ups of direct tasks: one script for all of them
+                for spec in chunk:
+                    lookup_keys.append(keys.task(spec.id))
+                    add_counted(lookups, {"home": pool_id})
+        if lookup_keys:
+            lookups[1] = len(lookup_keys)
+            self._scripts.queue(pipe, self._scripts.init_batch, lookup_keys, lookups)
         replies = await self._scripts.execute(pipe, raise_on_error=False)
+        if lookup_keys and isinstance(replies[-1], Exception):
+            # the tasks are queued and will run; only finding them by id will fail
+            log.error(
+                "the look-ups of %d direct task(s) were not written: %s",
+                *(len(lookup_keys), replies[-1]),
+            )
         return [
-            (spec, replies[position])
-            for (_, chunk, _), position in zip(calls, positions, strict=True)
-            if isinstance(replies[position], Exception)
+            (spec, reply)
+            for (_, chunk, _), reply in zip(calls, replies[: len(calls)], strict=True)
+            if isinstance(reply, Exception)
             for spec in chunk
         ]
 

@@ -53,10 +53,19 @@ class FinalResult:
     # the pool whose slot holds the task's state (`Keys.task_state`); None: the result's pool
     home: str | None = None
     submitted_at: float | None = None
+    _dump: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def state_home(self) -> str:
         return self.home if self.home is not None else (self.result.pool_id or "")
+
+    @property
+    def dump(self) -> dict[str, Any]:
+        """The result's JSON dump without defaults, made once (recording and announcing it
+        both need it)."""
+        if self._dump is None:
+            self._dump = self.result.model_dump(mode="json", exclude_defaults=True)
+        return self._dump
 
 
 Ack = tuple[str, str, Sequence[bytes]]
@@ -89,6 +98,12 @@ async def finalize_results(
     again = [(f.state_home, f.result.task_id) for f, v in pairs if v == FINAL_STORED]
     recovered = await read_stored(redis, settings, [*again, *stored])
     done = fresh + recovered
+    markers: list[str] = []
+    dead = [f for f in done if f.result.status is TaskStatus.DEAD_LETTERED]
+    if dead:  # before the replies: whoever sees a dead-lettered result finds its dead letter
+        pipe = redis.pipeline(transaction=False)
+        markers.append(_queue_dead_letters(pipe, scripts, settings, dead))
+        await scripts.execute(pipe)
     if done or extra is not None:
         pipe = redis.pipeline(transaction=False)
         if extra is not None:
@@ -96,9 +111,7 @@ async def finalize_results(
         sent = announce(pipe, scripts, settings, done)
         replies = await scripts.execute(pipe, raise_on_error=False)
         await _report_share_failures(redis, settings, sent.shares, replies)
-        markers = sent.markers
-    else:
-        markers = []
+        markers += sent.markers
     announced = [(f.state_home, f.result.task_id) for f in done]
     await acknowledge(redis, scripts, settings, announced, ack, markers)
     return [v == FINAL_NEW for v in verdicts]
@@ -107,18 +120,17 @@ async def finalize_results(
 async def _record(
     redis: Redis, scripts: Scripts, settings: Settings, finals: Sequence[FinalResult]
 ) -> list[int]:
-    """Step 1: COMPLETE_BATCH per state slot (per task for tasks with no pool); the verdicts."""
+    """Step 1: COMPLETE_BATCH per state slot; the verdicts."""
     now = time.time()
     calls: list[tuple[_CompleteBatch, list[int]]] = []
     by_home: dict[str, _CompleteBatch] = {}
     for position, final in enumerate(finals):
-        home = final.state_home
-        batch = by_home.get(home) if home else None
+        home = final.state_home  # '' (no pool yet): the look-ups, all in the ingress slot
+        batch = by_home.get(home)
         if batch is None or (batch.count and batch.size >= BATCH_SCRIPT_BYTES):
             batch = _CompleteBatch(settings, home, now)
             calls.append((batch, []))
-            if home:
-                by_home[home] = batch
+            by_home[home] = batch
         batch.add(final)
         next(c for b, c in calls if b is batch).append(position)
     pipe = redis.pipeline(transaction=False)
@@ -155,8 +167,7 @@ class _CompleteBatch:
         settings, keys, args = self._settings, self._settings.keys, self._body
         res = final.result
         self._keys.append(keys.task_state(res.task_id, self._home))
-        dump = res.model_dump(mode="json", exclude_defaults=True)
-        hash_fields = result_hash_fields(res, dump)
+        hash_fields = result_hash_fields(res, final.dump)
         # what announcing it needs, kept with it: whoever finds it unannounced can do that
         if final.reply_to:
             hash_fields["reply_to"] = final.reply_to
@@ -318,25 +329,21 @@ def announce(
     pipe: Any, scripts: Scripts, settings: Settings, finals: Sequence[FinalResult]
 ) -> Announcement:
     """Step 2: queue the replies (one XADD_MANY per reply stream), the TASK_COMPLETED events
-    (one XADD_MANY), dead letters and inbox shares of recorded results, each once per sent
-    marker."""
+    (one XADD_MANY) and inbox shares of recorded results, each once per sent marker (their
+    dead letters go first: `_queue_dead_letters`)."""
     done = Announcement()
     if not finals:
         return done
     keys = settings.keys
     replies: dict[str, list[tuple[FinalResult, Mapping[Any, Any]]]] = {}
     events: list[tuple[FinalResult, Mapping[Any, Any]]] = []
-    dead: list[tuple[FinalResult, Mapping[Any, Any]]] = []
     now = time.time()
     for final in finals:
         res = final.result
-        dump = res.model_dump(mode="json", exclude_defaults=True)
-        shared, event = encode_result(res, dump, from_pool=res.pool_id)
+        shared, event = encode_result(res, final.dump, from_pool=res.pool_id)
         if final.reply_to:
             replies.setdefault(keys.replies(final.reply_to), []).append((final, shared))
         events.append((final, event))
-        if res.status is TaskStatus.DEAD_LETTERED:
-            dead.append((final, _final_dead_letter(final)))
         for target in final.share_with:
             inbox = keys.pool_inbox(target)
             marker = keys.sent_marker(inbox, _batch_token([final]))
@@ -358,11 +365,17 @@ def announce(
     done.markers.append(
         _queue_entries(pipe, scripts, settings, keys.events, events, maxlen=settings.events_max_len)
     )
-    if dead:
-        done.markers.append(
-            _queue_entries(pipe, scripts, settings, keys.dlq, dead, maxlen=settings.dlq_max_len)
-        )
     return done
+
+
+def _queue_dead_letters(
+    pipe: Any, scripts: Scripts, settings: Settings, dead: Sequence[FinalResult]
+) -> str:
+    """Queue the dead letters of dead-lettered results (once per sent marker); the marker."""
+    entries = [(final, _final_dead_letter(final)) for final in dead]
+    return _queue_entries(
+        pipe, scripts, settings, settings.keys.dlq, entries, maxlen=settings.dlq_max_len
+    )
 
 
 def _queue_entries(

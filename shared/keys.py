@@ -2,9 +2,12 @@
 
 Keys that belong to one pool carry the pool id as a Redis Cluster hash tag (`{P}`), so all of a
 pool's keys live on one shard: its stream, its hash and the state of every task queued on it
-(`pool_task`). The orchestrators' two input streams share the tag `{ingress}`, so one blocking
-read covers both. Every other key hashes on its own. Each script touches the keys of one slot
-(`shared/scripts.py` checks it), so the same calls work on one server and on Redis Cluster.
+(`pool_task`). The orchestrators' two input streams and the tasks' look-up hashes (`task`)
+share the tag `{ingress}`: one blocking read covers both streams, and one script writes the
+look-ups of a whole batch. `{events}`, `{dlq}` and `replies:{C}` carry tags so that their sent
+markers share their slot. Every other key hashes on its own. Each script touches the keys of
+one slot (`shared/scripts.py` checks it), so the same calls work on one server and on Redis
+Cluster.
 """
 
 from __future__ import annotations
@@ -112,10 +115,11 @@ class Keys:
         return f"{self.prefix}orchestrator:{orchestrator_id}"
 
     def task(self, task_id: str) -> str:
-        """Hash with TTL: where a task's state lives (`home`: the pool whose `pool_task` holds
-        it), the flags that must outlive a move between pools (`cancel_requested`,
-        `routed_from`), and the whole state while the task has no pool yet."""
-        return f"{self.prefix}task:{task_id}"
+        """Hash with TTL: the look-up of a task by id — where its state lives (`home`: the pool
+        whose `pool_task` holds it), the flags that must outlive a move between pools
+        (`cancel_requested`, `routed_from`), and the whole state while the task has no pool
+        yet. In the ingress slot, so a batch of them is written by one script."""
+        return f"{self.prefix}{INGRESS_TAG}:task:{task_id}"
 
     def pool_task(self, pool_id: str, task_id: str) -> str:
         """Hash with TTL: the state and result of a task queued on the pool, in its slot."""
@@ -151,8 +155,8 @@ class Keys:
             if tail.startswith(":task:"):
                 return "pool_task"
             return f"pool{tail.replace(':', '_')}" if tail else "pool"
-        if rest.startswith(INGRESS_TAG + ":"):
-            return rest[len(INGRESS_TAG) + 1 :]  # "tasks" (the ingress) or "control"
+        if rest.startswith(INGRESS_TAG + ":"):  # "tasks" (the ingress), "control" or "task"
+            return rest[len(INGRESS_TAG) + 1 :].split(":", 1)[0]
         if rest.startswith("{"):  # {events}, {dlq}, and their sent markers
             name, _, tail = rest[1:].partition("}")
             return f"{name}_sent" if tail.startswith(":sent:") else name

@@ -63,18 +63,27 @@ if {_POOL_DOWN} then
 end
 """
 
-# KEYS[1] = a task's `task` hash. ARGV[1] = ttl, ARGV[2..] = field/value pairs.
-INIT_TASK = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
-return 1
+# KEYS = tasks' `task` hashes (the look-ups, in the ingress slot). ARGV: ttl, count, then per
+# task its fields (counted). Writes each hash and its TTL.
+INIT_BATCH = (
+    _CURSOR
+    + """
+local ttl, count = tonumber(take()), tonumber(take())
+for k = 1, count do
+  local a, b = span()
+  redis.call('HSET', KEYS[k], unpack(ARGV, a, b))
+  redis.call('EXPIRE', KEYS[k], ttl)
+end
+return count
 """
+)
 
 # KEYS[1] = target stream's owner (pool hash; the ingress stream itself for ingress),
-# KEYS[2] = target stream, KEYS[3..] = the tasks' `pool_task` hashes (pool mode only).
+# KEYS[2] = target stream, KEYS[3..] = the tasks' state hashes (`pool_task` for a pool, the
+# `task` look-ups for the ingress: the same slot either way).
 # ARGV: 'pool' or 'ingress', default limit, task ttl, room needed (this call's tasks, or all of
 # a submission split into several calls: the first call checks for all), count, then per task:
-# hash fields (counted; none for ingress), entry fields (counted). All or nothing: if the pool
+# hash fields (counted), entry fields (counted). All or nothing: if the pool
 # takes no work or the tasks do not fit under the limit, nothing is written and the error names
 # why. Returns the entry ids.
 SUBMIT_BATCH = (
@@ -107,31 +116,40 @@ return ids
 """
 )
 
-# KEYS[1] = the task's `task` hash. ARGV: ingress entry id, chosen pool, force ('1': the pool
-# the entry was claimed for refused it, so it may go elsewhere), ttl.
-# Decides where an ingress entry goes, once per entry: the first call records the pool (`home`,
-# `routed_from`); a repeated call for the same entry (an orchestrator died after choosing)
-# returns the pool chosen then. Returns {'to', pool}, {'cancelled', home} when a cancel was
-# asked, or {'final', announced} for a task that became final while it had no pool.
-CLAIM_ROUTE = f"""
-local state = redis.call('HMGET', KEYS[1], 'status', 'home', 'routed_from', 'cancel_requested',
-  'announced')
-local status, home, from = state[1], state[2] or '', state[3]
-if state[4] == '1' then
-  return {{'cancelled', home}}
+# KEYS = the tasks' `task` hashes (in the ingress slot). ARGV: ttl, then per task: its ingress
+# entry id, the chosen pool, force ('1': the pool the entry was claimed for refused it, so it
+# may go elsewhere). Decides where each ingress entry goes, once per entry: the first call
+# records the pool (`home`, `routed_from`); a repeated call for the same entry (an orchestrator
+# died after choosing) returns the pool chosen then. Returns per task {'to', pool},
+# {'cancelled', home} when a cancel was asked, or {'final', announced} for a task that became
+# final while it had no pool.
+CLAIM_ROUTE = (
+    _CURSOR
+    + f"""
+local ttl = tonumber(take())
+local out = {{}}
+for k = 1, #KEYS do
+  local entry, pool, force = take(), take(), take()
+  local state = redis.call('HMGET', KEYS[k], 'status', 'home', 'routed_from',
+    'cancel_requested', 'announced')
+  local status, home, from = state[1], state[2] or '', state[3]
+  if state[4] == '1' then
+    out[k] = {{'cancelled', home}}
+  elseif home == '' and status and ({_FINAL}) then
+    out[k] = {{'final', state[5] or ''}}
+  elseif from == entry and home ~= '' and force ~= '1' then
+    out[k] = {{'to', home}}
+  else
+    redis.call('HSET', KEYS[k], 'home', pool, 'routed_from', entry)
+    if not status then
+      redis.call('EXPIRE', KEYS[k], ttl)
+    end
+    out[k] = {{'to', pool}}
+  end
 end
-if home == '' and status and ({_FINAL}) then
-  return {{'final', state[5] or ''}}
-end
-if from == ARGV[1] and home ~= '' and ARGV[3] ~= '1' then
-  return {{'to', home}}
-end
-redis.call('HSET', KEYS[1], 'home', ARGV[2], 'routed_from', ARGV[1])
-if not status then
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
-end
-return {{'to', ARGV[2]}}
+return out
 """
+)
 
 # KEYS[1] = pool hash, KEYS[2] = pool task stream, KEYS[3..] = the tasks' `pool_task` hashes.
 # ARGV: default limit, ttl, count, then per task: its ingress entry id, hash fields (counted),
@@ -457,7 +475,7 @@ class Script:
 
 
 LIBRARY: dict[str, str] = {
-    "init_task": INIT_TASK,
+    "init_batch": INIT_BATCH,
     "submit_batch": SUBMIT_BATCH,
     "claim_route": CLAIM_ROUTE,
     "forward": FORWARD,
@@ -497,7 +515,7 @@ class Scripts:
         self._loaded = False
         self.library = {name: Script(name, source) for name, source in LIBRARY.items()}
         lib = self.library
-        self.init_task = _Bound(self, lib["init_task"])
+        self.init_batch = _Bound(self, lib["init_batch"])
         self.submit_batch = _Bound(self, lib["submit_batch"])
         self.claim_route = _Bound(self, lib["claim_route"])
         self.forward = _Bound(self, lib["forward"])

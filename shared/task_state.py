@@ -1,14 +1,17 @@
 """Where a task's state lives, and reading it by task id.
 
 A task's state (status, attempts, worker, result) lives in the slot of the pool it is queued
-on, `Keys.pool_task(P, T)`, so a worker's scripts touch one slot. Its `Keys.task(T)` hash is
-the look-up by id: `home` names that pool; `cancel_requested` and `routed_from` are kept there
-because they must outlive a move between pools; and while a routed task waits in the ingress
-(no pool yet, `home` empty) that hash holds the whole state.
+on, `Keys.pool_task(P, T)`, so a worker's scripts touch one slot. Its `Keys.task(T)` hash, in
+the ingress slot, is the look-up by id: `home` names that pool; `cancel_requested` and
+`routed_from` are kept there because they must outlive a move between pools; and while a
+routed task waits in the ingress (no pool yet, `home` empty) that hash holds the whole state.
+All look-ups share the ingress slot, so a batch of them is one script (`INIT_BATCH`,
+`SUBMIT_BATCH` for the ingress, `CLAIM_ROUTE`).
 
-    direct submit    task:T {home: P}            pool:{P}:task:T {status: queued, ...}
-    routed submit    task:T {status: pending, ...}
-    routed to P      task:T {home: P, routed_from: E, ...}   pool:{P}:task:T {status: queued}
+    direct submit    {ingress}:task:T {home: P}     pool:{P}:task:T {status: queued, ...}
+    routed submit    {ingress}:task:T {status: pending, ...}
+    routed to P      {ingress}:task:T {home: P, routed_from: E, ...}
+                                                    pool:{P}:task:T {status: queued, ...}
     routed retry     the state stays in P until the next route moves it (a new ingress entry)
 
 `read_state` follows `home`, falling back to the `task` hash while a move is under way.
@@ -41,14 +44,6 @@ def task_state_fields(spec: TaskSpec, *, pool_id: str | None) -> dict[str, str]:
     if spec.share_with:
         state["share_with"] = json.dumps(list(spec.share_with))
     return state
-
-
-def lookup_fields(spec: TaskSpec) -> dict[str, str]:
-    """The `task` hash written at submission: `home` for a direct task, the whole state for a
-    routed one."""
-    if spec.pool_id:
-        return {"home": spec.pool_id}
-    return task_state_fields(spec, pool_id=None)
 
 
 def home_of(lookup: Mapping[bytes, bytes]) -> str:

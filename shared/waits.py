@@ -35,6 +35,8 @@ from shared.keys import ORCHESTRATOR_GROUP
 from shared.models import TaskStatus
 from shared.task_state import read_state_fields
 
+EXISTS_CHUNK = 1000  # keys per EXISTS command
+
 WATCH_INTERVAL = 2.0  # seconds between looks at the waited tasks' hashes and the orchestrators
 ORCHESTRATOR_TRUST = 1.0  # seconds a "some orchestrator is alive" answer is trusted
 START_HINT = "start one with `mahavishnu orchestrator`"
@@ -192,14 +194,21 @@ class WaitGuard:
             await self._check_states(ids)
 
     async def _missing(self, ids: list[str]) -> list[str]:
-        """The tasks among `ids` whose `task` hash is gone (one EXISTS per task, pipelined:
-        the keys hash to different slots)."""
+        """The tasks among `ids` whose `task` hash is gone (one multi-key EXISTS per chunk: the
+        look-ups share the ingress slot; then one per task of a chunk that came up short)."""
         keys = self._settings.keys
         pipe = self._redis.pipeline(transaction=False)
-        for task_id in ids:
+        chunks = [ids[i : i + EXISTS_CHUNK] for i in range(0, len(ids), EXISTS_CHUNK)]
+        for chunk in chunks:
+            pipe.exists(*(keys.task(t) for t in chunk))
+        short = [c for c, n in zip(chunks, await pipe.execute(), strict=True) if n < len(c)]
+        if not short:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        suspects = [t for chunk in short for t in chunk]
+        for task_id in suspects:
             pipe.exists(keys.task(task_id))
-        found = await pipe.execute()
-        return [t for t, n in zip(ids, found, strict=True) if not n]
+        return [t for t, n in zip(suspects, await pipe.execute(), strict=True) if not n]
 
     async def _check_states(self, ids: list[str]) -> None:
         """No orchestrator is alive: end the waits for tasks that need one (or are gone)."""

@@ -103,8 +103,8 @@ async def test_an_announcement_retried_after_a_lost_reply_adds_nothing_twice(
 @pytest.mark.unit
 def test_a_script_call_with_keys_of_two_slots_is_refused() -> None:
     check_one_slot("forward", ["mhv:pool:{a}", "mhv:pool:{a}:tasks", "mhv:pool:{a}:task:t"])
-    check_one_slot("init_task", ["mhv:task:t"])
+    check_one_slot("init_batch", ["mhv:{ingress}:task:t1", "mhv:{ingress}:task:t2"])
     with pytest.raises(CrossSlotCall, match="two slots"):
         check_one_slot("forward", ["mhv:pool:{a}", "mhv:pool:{b}:tasks"])
     with pytest.raises(CrossSlotCall):
-        check_one_slot("start_batch", ["mhv:task:t1", "mhv:task:t2"])
+        check_one_slot("start_batch", ["mhv:worker:w1", "mhv:worker:w2"])

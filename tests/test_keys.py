@@ -41,7 +41,7 @@ def test_design_names() -> None:
     assert keys.control == "mhv:{ingress}:control"
     assert keys.pool_tasks("P") == "mhv:pool:{P}:tasks"
     assert keys.pool("P") == "mhv:pool:{P}"
-    assert keys.task("T") == "mhv:task:T"
+    assert keys.task("T") == "mhv:{ingress}:task:T"
     assert keys.pool_task("P", "T") == "mhv:pool:{P}:task:T"
     assert keys.replies("C") == "mhv:replies:{C}"
     assert keys.events == "mhv:{events}"
@@ -63,9 +63,9 @@ def test_a_pools_keys_share_one_hash_tag() -> None:
     assert {hash_tag(k) for k in tagged} == {"p"}
 
 
-def test_the_orchestrators_inputs_share_a_slot_and_markers_follow_their_stream() -> None:
+def test_the_ingress_control_and_look_ups_share_a_slot_and_markers_follow_their_stream() -> None:
     keys = Keys()
-    assert hash_tag(keys.ingress) == hash_tag(keys.control) == "ingress"
+    assert hash_tag(keys.ingress) == hash_tag(keys.control) == hash_tag(keys.task("t"))
     for stream in (keys.events, keys.dlq, keys.replies("c"), keys.pool_inbox("p")):
         assert hash_tag(keys.sent_marker(stream, "abc")) == hash_tag(stream)
     with pytest.raises(ValueError, match="no hash tag"):

@@ -694,7 +694,7 @@ async def test_http_end_to_end_with_auth(
 async def _no_task_touched(settings: Settings) -> bool:
     redis = connect(settings)
     try:
-        return not [k async for k in redis.scan_iter(match=f"{settings.key_prefix}task:*")]
+        return not [k async for k in redis.scan_iter(match=settings.keys.task("*"))]
     finally:
         await redis.aclose()
 

@@ -25,7 +25,7 @@ from orchestrator.records import Records
 from shared.codec import StreamFields, TaskDelegate, decode, encode
 from shared.config import Settings, load_settings
 from shared.finals import FinalResult
-from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
+from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP, Keys
 from shared.models import PoolStatus, TaskSpec, TaskStatus
 from shared.retries import dead_letter_reason, read_retry, retry_member
 from shared.scripts import Scripts
@@ -238,7 +238,7 @@ def acked(redis: FakeRedis) -> list[bytes]:
     return [i for _, (_, _, *ids), _ in redis.calls("xack") for i in ids]
 
 
-STREAM = "unit:pool:{p1}:tasks"
+STREAM = Keys("unit:").pool_tasks("p1")  # the prefix of `offline_settings`
 
 
 async def test_entries_of_a_consumer_not_live_are_taken_back_as_lost_with_their_worker(
@@ -426,7 +426,8 @@ async def test_summaries_leave_out_pools_whose_xpending_failed(
     offline_settings: Settings,
 ) -> None:
     good = summary((b"w1", 1))
-    replies = {"unit:pool:{p1}:tasks": good, "unit:pool:{p2}:tasks": ResponseError("NOGROUP")}
+    keys = offline_settings.keys
+    replies = {keys.pool_tasks("p1"): good, keys.pool_tasks("p2"): ResponseError("NOGROUP")}
     redis = FakeRedis(xpending=lambda stream, group: replies[stream])
     found = await reclaimer(redis, offline_settings).pending_summaries(["p1", "p2"])
     assert found == {"p1": good}

@@ -218,7 +218,7 @@ async def test_given_homes_are_used_without_a_look_up(
 async def test_a_failures_entries_are_acknowledged_with_its_results(
     offline_settings: Settings, finalized: Finalized
 ) -> None:
-    ack = ("unit:{ingress}:tasks", ORCHESTRATOR_GROUP, [b"1-0"])
+    ack = (offline_settings.keys.ingress, ORCHESTRATOR_GROUP, [b"1-0"])
     await records(FakeRedis(), offline_settings).fail([(delegate(), "x")], pool_id="p1", ack=ack)
     [(_, kwargs)] = finalized
     assert kwargs["ack"] == ack
@@ -285,7 +285,7 @@ async def test_a_pool_status_is_written_only_if_still_expected_then_announced(
         "restarts",
         "3",
     ]
-    [(_, (stream, fields), kwargs)] = redis.calls("xadd")
+    [(_, (stream, fields), _)] = redis.calls("xadd")
     assert stream == offline_settings.keys.events
     bytes_fields = {
         k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()

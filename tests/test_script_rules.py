@@ -72,21 +72,22 @@ async def test_a_claim_drops_only_final_or_cancelled_tasks(
 ) -> None:
     scripts = Scripts(redis)
     key = settings.keys.task(f"t-{status}")
+
+    async def claim(pool: str, force: str = "0") -> list[bytes]:
+        (verdict,) = await scripts.claim_route(keys=[key], args=[60, "1-0", pool, force])
+        return list(verdict)
+
     await redis.hset(key, mapping={"status": str(status)})
-    verdict, value = await scripts.claim_route(keys=[key], args=["1-0", "p1", "0", 60])
     if status in FINAL_STATUSES:
-        assert (verdict, value) == (b"final", b"")
+        assert await claim("p1") == [b"final", b""]
     else:
-        assert (verdict, value) == (b"to", b"p1")
+        assert await claim("p1") == [b"to", b"p1"]
         # the same entry again (its orchestrator died): the pool chosen then
-        assert await scripts.claim_route(keys=[key], args=["1-0", "p2", "0", 60]) == [b"to", b"p1"]
+        assert await claim("p2") == [b"to", b"p1"]
         # it refused the entry: it may go elsewhere
-        assert await scripts.claim_route(keys=[key], args=["1-0", "p2", "1", 60]) == [b"to", b"p2"]
+        assert await claim("p2", force="1") == [b"to", b"p2"]
         await redis.hset(key, "cancel_requested", "1")
-        assert await scripts.claim_route(keys=[key], args=["1-0", "p2", "0", 60]) == [
-            b"cancelled",
-            b"p2",
-        ]
+        assert await claim("p3") == [b"cancelled", b"p2"]
 
 
 def _submit_args(count: int = 1) -> list[Any]:

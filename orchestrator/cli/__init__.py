@@ -14,13 +14,22 @@ usage errors exit 2. The commands are thin: they talk to Redis through `shared.c
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from orchestrator.cli import render
 from orchestrator.cli import up as cli_up
-from orchestrator.cli.common import JsonOpt, cli_settings, guard, run_async, setup_logging
+from orchestrator.cli.common import (
+    JsonOpt,
+    cli_settings,
+    fail,
+    guard,
+    run_async,
+    setup_logging,
+)
 from orchestrator.cli.pools import pool_app
 from orchestrator.cli.tasks import task_app
 
@@ -133,7 +142,15 @@ def top(
     add_help_option=False,
 )
 def bench_cmd(ctx: typer.Context) -> None:
-    """Run the benchmark harness (`python -m bench`); its options pass through (--help)."""
+    """Run the benchmark harness (`python -m bench`, in a checkout); options pass through."""
+    checkout = Path(__file__).resolve().parents[2]
+    if not (checkout / "bench" / "__main__.py").is_file():
+        fail(
+            "mahavishnu bench runs the harness of a source checkout (bench/ is not installed "
+            "with the package): clone the repository and run `make bench` there"
+        )
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
     from bench.__main__ import main as bench_main
 
     raise typer.Exit(bench_main(list(ctx.args)))

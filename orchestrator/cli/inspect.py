@@ -101,6 +101,8 @@ async def resolve_key(redis: Redis, settings: Settings, key: str) -> tuple[str, 
     prefix = settings.key_prefix
     if not key.startswith(prefix):
         candidates.append(prefix + key)
+        if key.startswith("task:"):  # a task's look-up, by the name the docs use
+            candidates.append(settings.keys.task(key[len("task:") :]))
     for name in candidates:
         kind = text(await redis.type(name))
         if kind != "none":
