@@ -99,16 +99,17 @@ async def finalize_results(
     recovered = await read_stored(redis, settings, [*again, *stored])
     done = fresh + recovered
     markers: list[str] = []
+    token = _batch_token(done)
     dead = [f for f in done if f.result.status is TaskStatus.DEAD_LETTERED]
     if dead:  # before the replies: whoever sees a dead-lettered result finds its dead letter
         pipe = redis.pipeline(transaction=False)
-        markers.append(_queue_dead_letters(pipe, scripts, settings, dead))
+        markers.append(_queue_dead_letters(pipe, scripts, settings, dead, token))
         await scripts.execute(pipe)
     if done or extra is not None:
         pipe = redis.pipeline(transaction=False)
         if extra is not None:
             extra(pipe)
-        sent = announce(pipe, scripts, settings, done)
+        sent = announce(pipe, scripts, settings, done, token)
         replies = await scripts.execute(pipe, raise_on_error=False)
         await _report_share_failures(redis, settings, sent.shares, replies)
         markers += sent.markers
@@ -123,16 +124,15 @@ async def _record(
     """Step 1: COMPLETE_BATCH per state slot; the verdicts."""
     now = time.time()
     calls: list[tuple[_CompleteBatch, list[int]]] = []
-    by_home: dict[str, _CompleteBatch] = {}
+    by_home: dict[str, tuple[_CompleteBatch, list[int]]] = {}
     for position, final in enumerate(finals):
         home = final.state_home  # '' (no pool yet): the look-ups, all in the ingress slot
-        batch = by_home.get(home)
-        if batch is None or (batch.count and batch.size >= BATCH_SCRIPT_BYTES):
-            batch = _CompleteBatch(settings, home, now)
-            calls.append((batch, []))
-            by_home[home] = batch
-        batch.add(final)
-        next(c for b, c in calls if b is batch).append(position)
+        call = by_home.get(home)
+        if call is None or (call[0].count and call[0].size >= BATCH_SCRIPT_BYTES):
+            call = by_home[home] = (_CompleteBatch(settings, home, now), [])
+            calls.append(call)
+        call[0].add(final)
+        call[1].append(position)
     pipe = redis.pipeline(transaction=False)
     for batch, _ in calls:
         keys, args = batch.call()
@@ -180,7 +180,8 @@ class _CompleteBatch:
         if self._home and res.pool_id == self._home:
             record = memory_record(settings, final, pool_id=self._home)
             add_counted(args, record)
-            args += [*(repr(x) if isinstance(x, float) else x for x in _counts(res))]
+            done, ms, failed = _counts(res)
+            args += [done, repr(ms), failed]
             self.size += len(record["output"])
         else:
             args += [0, 0, 0, 0]
@@ -318,15 +319,12 @@ class Announcement:
 
 def _batch_token(finals: Sequence[FinalResult]) -> str:
     """The same for the same results however often a writer retries: names a sent marker."""
-    digest = hashlib.sha1()
-    for final in finals:
-        digest.update((final.token or f"stored:{final.result.task_id}").encode())
-        digest.update(b"\n")
-    return digest.hexdigest()[:20]
+    tokens = "\n".join(f.token or f"stored:{f.result.task_id}" for f in finals)
+    return hashlib.sha1(tokens.encode()).hexdigest()[:20]
 
 
 def announce(
-    pipe: Any, scripts: Scripts, settings: Settings, finals: Sequence[FinalResult]
+    pipe: Any, scripts: Scripts, settings: Settings, finals: Sequence[FinalResult], token: str
 ) -> Announcement:
     """Step 2: queue the replies (one XADD_MANY per reply stream), the TASK_COMPLETED events
     (one XADD_MANY) and inbox shares of recorded results, each once per sent marker (their
@@ -342,7 +340,7 @@ def announce(
         res = final.result
         shared, event = encode_result(res, final.dump, from_pool=res.pool_id)
         if final.reply_to:
-            replies.setdefault(keys.replies(final.reply_to), []).append((final, shared))
+            replies.setdefault(final.reply_to, []).append((final, shared))
         events.append((final, event))
         for target in final.share_with:
             inbox = keys.pool_inbox(target)
@@ -358,23 +356,26 @@ def announce(
         if final.submitted_at is None or now - final.submitted_at > settings.result_ttl / 2:
             # the `task` hash got its TTL at submission: keep it as long as the result
             pipe.expire(keys.task(res.task_id), settings.result_ttl)
-    for stream, entries in replies.items():
+    for client_id, entries in replies.items():
+        stream = keys.replies(client_id)
         done.markers.append(
-            _queue_entries(pipe, scripts, settings, stream, entries, ttl=settings.reply_ttl)
+            _queue_entries(pipe, scripts, settings, stream, entries, token, ttl=settings.reply_ttl)
         )
     done.markers.append(
-        _queue_entries(pipe, scripts, settings, keys.events, events, maxlen=settings.events_max_len)
+        _queue_entries(
+            pipe, scripts, settings, keys.events, events, token, maxlen=settings.events_max_len
+        )
     )
     return done
 
 
 def _queue_dead_letters(
-    pipe: Any, scripts: Scripts, settings: Settings, dead: Sequence[FinalResult]
+    pipe: Any, scripts: Scripts, settings: Settings, dead: Sequence[FinalResult], token: str
 ) -> str:
     """Queue the dead letters of dead-lettered results (once per sent marker); the marker."""
     entries = [(final, _final_dead_letter(final)) for final in dead]
     return _queue_entries(
-        pipe, scripts, settings, settings.keys.dlq, entries, maxlen=settings.dlq_max_len
+        pipe, scripts, settings, settings.keys.dlq, entries, token, maxlen=settings.dlq_max_len
     )
 
 
@@ -384,12 +385,13 @@ def _queue_entries(
     settings: Settings,
     stream: str,
     entries: Sequence[tuple[FinalResult, Mapping[Any, Any]]],
+    token: str,
     *,
     maxlen: int | None = None,
     ttl: int | None = None,
 ) -> str:
     """Queue one XADD_MANY of `entries` on `stream`; return its sent marker."""
-    marker = settings.keys.sent_marker(stream, _batch_token([f for f, _ in entries]))
+    marker = settings.keys.sent_marker(stream, token)
     args: list[Any] = [
         "" if maxlen is None else maxlen,
         "" if ttl is None else ttl,
@@ -442,14 +444,13 @@ async def acknowledge(
     """Step 3: mark (home, task id) results announced and acknowledge `ack`'s entries, with one
     ACK_ANNOUNCED per slot; then the sent markers of step 2 can go."""
     keys = settings.keys
-    by_slot: dict[str, list[str]] = {}
+    by_home: dict[str, list[str]] = {}
     for home, task_id in announced:
-        key = keys.task_state(task_id, home)
-        by_slot.setdefault(hash_tag(key), []).append(key)
+        by_home.setdefault(home, []).append(keys.task_state(task_id, home))
     stream_slot = hash_tag(ack[0]) if ack and ack[2] else None
     pipe = redis.pipeline(transaction=False)
-    for slot, state_keys in by_slot.items():
-        if slot == stream_slot and ack is not None:
+    for state_keys in by_home.values():
+        if stream_slot is not None and hash_tag(state_keys[0]) == stream_slot and ack:
             stream, group, ids = ack
             args: list[Any] = ["1", group, len(ids), *ids]
             scripts.queue(pipe, scripts.ack_announced, [stream, *state_keys], args)

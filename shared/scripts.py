@@ -284,9 +284,7 @@ if ARGV[1] == '1' then
   first = 2
 end
 for k = first, #KEYS do
-  if redis.call('EXISTS', KEYS[k]) == 1 then
-    redis.call('HSET', KEYS[k], 'announced', '1')
-  end
+  redis.call('HSET', KEYS[k], 'announced', '1')
 end
 local n = tonumber(ARGV[3])
 if first == 2 and n > 0 then
@@ -454,12 +452,22 @@ def check_one_slot(name: str, keys: Sequence[str]) -> None:
     """Raise CrossSlotCall unless every key hashes on the same tag."""
     if len(keys) < 2:
         return
-    tag = hash_tag(keys[0])
-    for key in keys[1:]:
-        if hash_tag(key) != tag:
-            raise CrossSlotCall(
-                f"script {name} called with keys of two slots: {keys[0]!r}, {key!r}"
-            )
+    first = keys[0]
+    tag = hash_tag(first)
+    if tag == first:  # untagged: only the same key again shares its slot
+        for key in keys:
+            if key != first and hash_tag(key) != tag:
+                _cross_slot(name, first, key)
+        return
+    braced = "{" + tag + "}"
+    for key in keys:
+        # a key of ours has its tag at its first brace (the prefix holds none)
+        if not key.startswith(braced, key.find("{")) and hash_tag(key) != tag:
+            _cross_slot(name, first, key)
+
+
+def _cross_slot(name: str, first: str, key: str) -> None:
+    raise CrossSlotCall(f"script {name} called with keys of two slots: {first!r}, {key!r}")
 
 
 @dataclass(frozen=True)
