@@ -57,6 +57,7 @@ LONGEST_CLIENT_BLOCK_MS = 5000  # the longest BLOCK of the client's readers (sha
 # RedisCluster's per-node pools do not wait for a free connection: past the limit a command
 # fails with MaxConnectionsError, so the limit is a leak guard well above any real concurrency
 CLUSTER_NODE_MAX_CONNECTIONS = 1000
+UNSENT_RETRIES = 3  # times a cluster command that failed before it was sent is sent again
 
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     RedisConnectionError,
@@ -133,6 +134,22 @@ class _Cluster(RedisCluster):
         ClusterDownError,
         SlotNotCoveredError,
     )
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        # redis-py 8.1's cluster client can hand a command a connection whose socket another
+        # coroutine just closed (many concurrent first commands): it fails before anything
+        # is written ('NoneType' object has no attribute 'writelines'), so sending it again
+        # is safe
+        for attempt in range(UNSENT_RETRIES + 1):
+            try:
+                return await super().execute_command(*args, **kwargs)
+            except AttributeError as exc:
+                if "writelines" not in str(exc):
+                    raise
+                if attempt == UNSENT_RETRIES:
+                    message = f"connection closed under a command: {exc}"
+                    raise RedisConnectionError(message) from exc
+        raise AssertionError("unreachable")
 
     async def initialize(
         self,
