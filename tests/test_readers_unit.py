@@ -16,9 +16,10 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 import shared.readers as readers_module
-from shared.codec import ResultShare, StatusUpdate, StreamFields, TaskCompleted, encode
+from shared.codec import ResultShare, StatusUpdate, TaskCompleted, encode
 from shared.models import TaskResult, TaskStatus
 from shared.readers import CompletionWatcher, ReplyReader, _after
+from tests.unit_fakes import as_reply
 
 pytestmark = pytest.mark.unit  # needs no Redis: `make test-unit`
 
@@ -84,11 +85,6 @@ class FakeStreamRedis:
     async def xtrim(self, key: str, minid: str, approximate: bool) -> int:
         self.trims.append((key, minid, approximate))
         return 0
-
-
-def as_reply(fields: StreamFields) -> dict[bytes, bytes]:
-    """Entry fields as Redis gives them back: every name and value as bytes."""
-    return {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()}
 
 
 def reply_entry(entry_id: bytes, task_id: str, output: Any = None) -> Entry:

@@ -1,7 +1,7 @@
 """Taking work back (orchestrator/reclaim.py) without Redis: which pending entries count as lost
 or overdue, what a taken-back entry becomes, due retries and orphaned ingress entries.
 
-The Redis here is a fake that answers only the commands the reclaimer sends, with replies shaped
+The Redis here is tests/unit_fakes.py's FakeRedis, answering the reclaimer with replies shaped
 as redis-py 8 gives them over RESP2 with `decode_responses=False` (checked against Redis 7.0):
 XPENDING summary `{'pending': n, 'min': id, 'max': id, 'consumers': [{'name': b'w', 'pending':
 n}]}`, XPENDING range `[{'message_id': id, 'consumer': b'w', 'time_since_delivered': ms,
@@ -11,7 +11,6 @@ left out of XCLAIM's reply by Redis 7)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,152 +21,27 @@ import orchestrator.reclaim as reclaim_module
 import orchestrator.records as records_module
 from orchestrator.reclaim import Reclaimer
 from orchestrator.records import Records
-from shared.codec import StreamFields, TaskDelegate, decode, encode
-from shared.config import Settings, load_settings
+from shared.codec import TaskDelegate, decode, encode
+from shared.config import Settings
 from shared.finals import FinalResult
 from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP, Keys
 from shared.models import PoolStatus, TaskSpec, TaskStatus
 from shared.retries import dead_letter_reason, read_retry, retry_member
 from shared.scripts import Scripts
+from tests import unit_fakes
+from tests.unit_fakes import FakeRedis, as_reply
 
 pytestmark = pytest.mark.unit  # needs no Redis: `make test-unit`
 
 OWNER = "o-self"
-SCRIPT_NAMES = {script.sha: name for name, script in Scripts(None).library.items()}
-Call = tuple[str, tuple[Any, ...], dict[str, Any]]
-
-COMMANDS = frozenset(
-    {
-        # direct calls of the reclaimer
-        "xpending",
-        "xpending_range",
-        "xgroup_delconsumer",
-        "xclaim",
-        "exists",
-        "zrangebyscore",
-        "evalsha",
-        # queued on its pipelines
-        "xrange",
-        "hmget",
-        "hget",
-        "zadd",
-        "zrem",
-        "xadd",
-        "xack",
-        "xdel",
-        "execute_command",
-        "script_load",
-    }
-)
-
-
-class FakeRedis:
-    """Answers each command from `answers` (a reply, or a function of the command's arguments;
-    None when absent) and logs it; an Exception answer is raised (or, in a pipeline run with
-    `raise_on_error=False`, returned in its place)."""
-
-    def __init__(self, **answers: Any) -> None:
-        self.answers = answers
-        self.log: list[Call] = []
-        self.unreachable: Exception | None = None  # raised by every pipeline's execute
-
-    def answer(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if name in ("execute_command", "evalsha"):
-            rest = args[1:] if name == "execute_command" else args  # drop "EVALSHA"
-            sha, count, params = rest[0], int(rest[1]), rest[2:]
-            name, args, kwargs = SCRIPT_NAMES[sha], (list(params[:count]), list(params[count:])), {}
-        self.log.append((name, args, kwargs))
-        found = self.answers.get(name)
-        return found(*args, **kwargs) if callable(found) else found
-
-    def calls(self, name: str) -> list[Call]:
-        return [c for c in self.log if c[0] == name]
-
-    def pipeline(self, transaction: bool = False) -> FakePipeline:
-        return FakePipeline(self)
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name not in COMMANDS:
-            raise AttributeError(name)
-
-        async def command(*args: Any, **kwargs: Any) -> Any:
-            reply = self.answer(name, args, kwargs)
-            if isinstance(reply, Exception):
-                raise reply
-            return reply
-
-        return command
-
-
-class FakePipeline:
-    """Queues commands; `execute` answers them in order from its FakeRedis."""
-
-    def __init__(self, redis: FakeRedis) -> None:
-        self.redis = redis
-        self.command_stack: list[Call] = []
-
-    def __len__(self) -> int:
-        return len(self.command_stack)
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        if name not in COMMANDS:
-            raise AttributeError(name)
-
-        def queue(*args: Any, **kwargs: Any) -> None:
-            self.command_stack.append((name, args, kwargs))
-
-        return queue
-
-    async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        stack, self.command_stack = self.command_stack, []
-        if self.redis.unreachable is not None:
-            raise self.redis.unreachable
-        replies = [self.redis.answer(name, args, kwargs) for name, args, kwargs in stack]
-        errors = [r for r in replies if isinstance(r, Exception)]
-        if errors and raise_on_error:
-            raise errors[0]
-        return replies
-
-
-@pytest.fixture
-def offline_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Settings from defaults only (no YAML), under a prefix of their own; nothing connects."""
-    monkeypatch.setenv("MAHAVISHNU_SETTINGS_DIR", str(tmp_path / "no-settings"))
-    return load_settings(key_prefix="unit:", redis_url="redis://127.0.0.1:1/0")
-
-
-@pytest.fixture
-def finalized(monkeypatch: pytest.MonkeyPatch) -> list[list[FinalResult]]:
-    """The final results `Records.fail` hands to `finalize_results` (which is not run)."""
-    seen: list[list[FinalResult]] = []
-
-    async def record(redis: Any, scripts: Any, settings: Any, finals: Any, **kw: Any) -> list[bool]:
-        seen.append(list(finals))
-        return [True] * len(finals)
-
-    monkeypatch.setattr(records_module, "finalize_results", record)
-    return seen
-
-
-@pytest.fixture
-def announced(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[str, str]]]:
-    """The (home, task id) lists the reclaimer asks `announce_stored` to announce."""
-    seen: list[list[tuple[str, str]]] = []
-
-    async def record(redis: Any, scripts: Any, settings: Any, tasks: Any, **kw: Any) -> None:
-        seen.append(list(tasks))
-
-    monkeypatch.setattr(reclaim_module, "announce_stored", record)
-    return seen
+# fixtures shared with the other unit tests (pytest finds them under these names)
+offline_settings = unit_fakes.offline_settings
+finalized = unit_fakes.finalized
+announced = unit_fakes.announced_in(reclaim_module)
 
 
 def reclaimer(redis: FakeRedis, settings: Settings) -> Reclaimer:
     return Reclaimer(Records(redis, Scripts(redis), settings, OWNER), lease_ms=2000)
-
-
-def as_reply(fields: StreamFields) -> dict[bytes, bytes]:
-    """Entry fields as Redis gives them back: every name and value as bytes."""
-    return {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()}
 
 
 def delegate(attempt: int = 1, max_attempts: int = 3, timeout: float = 300.0) -> TaskDelegate:

@@ -3,115 +3,35 @@ it gives up on, where their state lives, which tasks count as finished, pool sta
 letters of unusable entries.
 
 `finalize_results` is replaced by a recorder (what it writes is tests/test_finals.py's subject);
-the Redis is a fake answering only the commands Records sends, with redis-py 8 RESP2 reply
+the Redis is tests/unit_fakes.py's FakeRedis, answering Records with redis-py 8 RESP2 reply
 shapes (`decode_responses=False`): HGET gives bytes or None, HMGET a list of bytes or None."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-import orchestrator.records as records_module
 from orchestrator.records import BadEntry, Records
 from shared.codec import StatusUpdate, TaskDelegate, decode
-from shared.config import Settings, load_settings
-from shared.finals import FinalResult
+from shared.config import Settings
 from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
 from shared.models import FINAL_STATUSES, PoolStatus, TaskSpec, TaskStatus
 from shared.scripts import Scripts
+from tests import unit_fakes
+from tests.unit_fakes import FakeRedis, Finalized, as_reply, record_finals
 
 pytestmark = pytest.mark.unit  # needs no Redis: `make test-unit`
 
 OWNER = "o-1"
-SCRIPT_NAMES = {script.sha: name for name, script in Scripts(None).library.items()}
-Call = tuple[str, tuple[Any, ...], dict[str, Any]]
-COMMANDS = frozenset(
-    {"evalsha", "hget", "hmget", "xadd", "xack", "xdel", "execute_command", "script_load"}
-)
-
-
-class FakeRedis:
-    """Answers each command from `answers` (a reply, or a function of the command's arguments;
-    None when absent) and logs it, script calls under the script's name as (keys, args)."""
-
-    def __init__(self, **answers: Any) -> None:
-        self.answers = answers
-        self.log: list[Call] = []
-
-    def answer(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if name in ("execute_command", "evalsha"):
-            rest = args[1:] if name == "execute_command" else args  # drop "EVALSHA"
-            sha, count, params = rest[0], int(rest[1]), rest[2:]
-            name, args, kwargs = SCRIPT_NAMES[sha], (list(params[:count]), list(params[count:])), {}
-        self.log.append((name, args, kwargs))
-        found = self.answers.get(name)
-        return found(*args, **kwargs) if callable(found) else found
-
-    def calls(self, name: str) -> list[Call]:
-        return [c for c in self.log if c[0] == name]
-
-    def pipeline(self, transaction: bool = False) -> FakePipeline:
-        return FakePipeline(self)
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name not in COMMANDS:
-            raise AttributeError(name)
-
-        async def command(*args: Any, **kwargs: Any) -> Any:
-            return self.answer(name, args, kwargs)
-
-        return command
-
-
-class FakePipeline:
-    """Queues commands; `execute` answers them in order from its FakeRedis."""
-
-    def __init__(self, redis: FakeRedis) -> None:
-        self.redis = redis
-        self.command_stack: list[Call] = []
-
-    def __len__(self) -> int:
-        return len(self.command_stack)
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        if name not in COMMANDS:
-            raise AttributeError(name)
-
-        def queue(*args: Any, **kwargs: Any) -> None:
-            self.command_stack.append((name, args, kwargs))
-
-        return queue
-
-    async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        stack, self.command_stack = self.command_stack, []
-        return [self.redis.answer(name, args, kwargs) for name, args, kwargs in stack]
-
-
-Finalized = list[tuple[list[FinalResult], dict[str, Any]]]
-
-
-@pytest.fixture
-def offline_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Settings from defaults only (no YAML), under a prefix of their own; nothing connects."""
-    monkeypatch.setenv("MAHAVISHNU_SETTINGS_DIR", str(tmp_path / "no-settings"))
-    return load_settings(key_prefix="unit:", redis_url="redis://127.0.0.1:1/0")
+offline_settings = unit_fakes.offline_settings  # a fixture shared with the other unit tests
 
 
 @pytest.fixture
 def finalized(monkeypatch: pytest.MonkeyPatch) -> Finalized:
     """Each call of `finalize_results`: its final results and keyword arguments."""
-    seen: Finalized = []
-
-    async def record(redis: Any, scripts: Any, settings: Any, finals: Any, **kw: Any) -> list[bool]:
-        seen.append((list(finals), kw))
-        return [True] * len(finals)
-
-    monkeypatch.setattr(records_module, "finalize_results", record)
-    return seen
+    return record_finals(monkeypatch).calls
 
 
 def records(redis: FakeRedis, settings: Settings) -> Records:
@@ -287,10 +207,7 @@ async def test_a_pool_status_is_written_only_if_still_expected_then_announced(
     ]
     [(_, (stream, fields), _)] = redis.calls("xadd")
     assert stream == offline_settings.keys.events
-    bytes_fields = {
-        k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()
-    }
-    assert decode(bytes_fields) == StatusUpdate(
+    assert decode(as_reply(fields)) == StatusUpdate(
         pool_id="p1", status=PoolStatus.DEGRADED, detail="0/2 workers"
     )
 

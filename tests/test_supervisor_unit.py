@@ -2,115 +2,37 @@
 serving, local, external, draining or stuck; capacity and in-flight work; the status and target
 a pool should have; what its load hash says; what a closing pool does with what is left.
 
-The Redis is a fake answering only the commands the supervisor sends, with redis-py 8 RESP2
+The Redis is tests/unit_fakes.py's FakeRedis, answering the supervisor with redis-py 8 RESP2
 reply shapes (`decode_responses=False`): HGETALL a dict of bytes, SMEMBERS a set of bytes, XLEN
 and scripts an int, GET bytes or None, XRANGE `[(id, {field: value})]`. No pool backend is
 configured (`backends={}`), so no process is started."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-import orchestrator.records as records_module
 import orchestrator.supervisor as supervisor_module
 from orchestrator.reclaim import Reclaimer
 from orchestrator.records import Records
 from orchestrator.supervisor import AUTOSCALE_COOLDOWN, PoolSupervisor, PoolView, _workers_detail
-from shared.codec import PoolClosed, StatusUpdate, StreamFields, TaskDelegate, decode, encode
-from shared.config import Settings, load_settings
+from shared.codec import PoolClosed, StatusUpdate, TaskDelegate, decode, encode
+from shared.config import Settings
 from shared.finals import FinalResult
 from shared.keys import WORKER_GROUP
 from shared.models import PoolSpec, PoolStatus, TaskSpec, TaskStatus
 from shared.scripts import Scripts
+from tests import unit_fakes
+from tests.unit_fakes import FakeRedis, as_reply
 
 pytestmark = pytest.mark.unit  # needs no Redis: `make test-unit`
 
 OWNER = "o-self"
-SCRIPT_NAMES = {script.sha: name for name, script in Scripts(None).library.items()}
-Call = tuple[str, tuple[Any, ...], dict[str, Any]]
-COMMANDS = frozenset(
-    {
-        "delete",
-        "evalsha",
-        "execute_command",
-        "expire",
-        "get",
-        "hgetall",
-        "hincrby",
-        "hmget",
-        "hset",
-        "pexpire",
-        "script_load",
-        "smembers",
-        "srem",
-        "xadd",
-        "xack",
-        "xdel",
-        "xlen",
-        "xrange",
-    }
-)
-
-
-class FakeRedis:
-    """Answers each command from `answers` (a reply, or a function of the command's arguments;
-    None when absent) and logs it, script calls under the script's name as (keys, args)."""
-
-    def __init__(self, **answers: Any) -> None:
-        self.answers = answers
-        self.log: list[Call] = []
-
-    def answer(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if name in ("execute_command", "evalsha"):
-            rest = args[1:] if name == "execute_command" else args  # drop "EVALSHA"
-            sha, count, params = rest[0], int(rest[1]), rest[2:]
-            name, args, kwargs = SCRIPT_NAMES[sha], (list(params[:count]), list(params[count:])), {}
-        self.log.append((name, args, kwargs))
-        found = self.answers.get(name)
-        return found(*args, **kwargs) if callable(found) else found
-
-    def calls(self, name: str) -> list[Call]:
-        return [c for c in self.log if c[0] == name]
-
-    def pipeline(self, transaction: bool = False) -> FakePipeline:
-        return FakePipeline(self)
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name not in COMMANDS:
-            raise AttributeError(name)
-
-        async def command(*args: Any, **kwargs: Any) -> Any:
-            return self.answer(name, args, kwargs)
-
-        return command
-
-
-class FakePipeline:
-    """Queues commands; `execute` answers them in order from its FakeRedis."""
-
-    def __init__(self, redis: FakeRedis) -> None:
-        self.redis = redis
-        self.command_stack: list[Call] = []
-
-    def __len__(self) -> int:
-        return len(self.command_stack)
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        if name not in COMMANDS:
-            raise AttributeError(name)
-
-        def queue(*args: Any, **kwargs: Any) -> None:
-            self.command_stack.append((name, args, kwargs))
-
-        return queue
-
-    async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        stack, self.command_stack = self.command_stack, []
-        return [self.redis.answer(name, args, kwargs) for name, args, kwargs in stack]
+# fixtures shared with the other unit tests (pytest finds them under these names)
+offline_settings = unit_fakes.offline_settings
+finalized = unit_fakes.finalized
+announced = unit_fakes.announced_in(supervisor_module)
 
 
 class FakeClock:
@@ -127,42 +49,10 @@ class FakeClock:
 
 
 @pytest.fixture
-def offline_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """Settings from defaults only (no YAML), under a prefix of their own; nothing connects."""
-    monkeypatch.setenv("MAHAVISHNU_SETTINGS_DIR", str(tmp_path / "no-settings"))
-    return load_settings(key_prefix="unit:", redis_url="redis://127.0.0.1:1/0")
-
-
-@pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
     monkeypatch.setattr(supervisor_module, "time", fake)
     return fake
-
-
-@pytest.fixture
-def finalized(monkeypatch: pytest.MonkeyPatch) -> list[list[FinalResult]]:
-    """The final results `Records.fail` hands to `finalize_results` (which is not run)."""
-    seen: list[list[FinalResult]] = []
-
-    async def record(redis: Any, scripts: Any, settings: Any, finals: Any, **kw: Any) -> list[bool]:
-        seen.append(list(finals))
-        return [True] * len(finals)
-
-    monkeypatch.setattr(records_module, "finalize_results", record)
-    return seen
-
-
-@pytest.fixture
-def announced(monkeypatch: pytest.MonkeyPatch) -> list[list[tuple[str, str]]]:
-    """The (home, task id) lists the supervisor asks `announce_stored` to announce."""
-    seen: list[list[tuple[str, str]]] = []
-
-    async def record(redis: Any, scripts: Any, settings: Any, tasks: Any, **kw: Any) -> None:
-        seen.append(list(tasks))
-
-    monkeypatch.setattr(supervisor_module, "announce_stored", record)
-    return seen
 
 
 def supervisor(redis: FakeRedis, settings: Settings) -> PoolSupervisor:
@@ -208,11 +98,6 @@ def view(
         backlog=backlog,
         local=set(workers) if local is None else local,
     )
-
-
-def as_reply(fields: StreamFields) -> dict[bytes, bytes]:
-    """Entry fields as Redis gives them back: every name and value as bytes."""
-    return {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()}
 
 
 # --- who counts ---------------------------------------------------------------------------
