@@ -179,6 +179,10 @@ class WaitGuard:
             try:
                 await self._check(full)
             except RedisError:
+                # Redis did not answer (a pause, a restart): the orchestrators' heartbeats may
+                # lapse meanwhile though they live, so give them a lease to renew before a
+                # missing heartbeat counts again
+                self._alive_until = time.monotonic() + self._settings.orchestrator_lease_ttl
                 await asyncio.sleep(0.2)  # the connection retries; the next round looks again
 
     async def _check(self, full: bool) -> None:
