@@ -142,6 +142,10 @@ class Worker:
         self._dead: list[_DeadLetter] = []
         self._skipped: list[bytes] = []
         self._unannounced: list[tuple[bytes, str]] = []  # (entry, task) final, not announced
+        # a batch whose write failed, retried as it was before anything newer
+        self._unwritten: (
+            tuple[list[_Done], list[_DeadLetter], list[bytes], list[tuple[bytes, str]]] | None
+        ) = None
         self._flush_wanted = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -444,7 +448,8 @@ class Worker:
                     # exiting is safe: the entries stay pending on us and are taken back
                     # once our heartbeat expires
                     log.error(
-                        "giving up on %d unwritten result(s) after the grace", len(self._done)
+                        "giving up on %d unwritten result(s) after the grace",
+                        len(self._done) + len(self._unwritten[0] if self._unwritten else []),
                     )
                     return
                 await asyncio.sleep(0.5)  # not wait_any(self._stopping): it may be set already
@@ -452,24 +457,34 @@ class Worker:
                 continue
             # only once reading and draining are over: a read in flight when the stop came can
             # still start tasks after a moment with nothing running
-            if self._finishing.is_set() and not self._running and not self._done:
+            if (
+                self._finishing.is_set()
+                and not self._running
+                and not self._done
+                and self._unwritten is None
+            ):
                 return
 
     async def _flush(self) -> None:
-        done, self._done = self._done, []
-        dead, self._dead = self._dead, []
-        skipped, self._skipped = self._skipped, []
-        unannounced, self._unannounced = self._unannounced, []
+        if self._unwritten is not None:
+            # a failed write is retried exactly as it was: its announcements are added once per
+            # sent marker, and the marker is named after the batch
+            done, dead, skipped, unannounced = self._unwritten
+        else:
+            done, self._done = self._done, []
+            dead, self._dead = self._dead, []
+            skipped, self._skipped = self._skipped, []
+            unannounced, self._unannounced = self._unannounced, []
         if not done and not dead and not skipped and not unannounced:
             return
         try:
             await self._write(done, dead, skipped, unannounced)
         except BaseException:
-            self._done[:0] = done
-            self._dead[:0] = dead
-            self._skipped[:0] = skipped
-            self._unannounced[:0] = unannounced
+            self._unwritten = (done, dead, skipped, unannounced)
             raise
+        self._unwritten = None
+        if self._done or self._dead or self._skipped or self._unannounced:
+            self._flush_wanted.set()  # what finished while this batch was retried
         for item in done:
             self._running.pop(item.running.entry_id, None)
         self.completed += len(done)
