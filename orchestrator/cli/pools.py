@@ -38,7 +38,7 @@ from orchestrator.cli.common import (
 )
 from shared.config import Settings
 from shared.errors import PoolNotFound, PoolUnavailable
-from shared.models import PoolInfo, PoolStatus
+from shared.models import ACCEPTING_STATUSES, PoolInfo, PoolStatus
 
 if TYPE_CHECKING:
     from shared.models import TaskResult
@@ -301,10 +301,14 @@ def follow_close(settings: Settings, pool_id: str, timeout: float | None) -> Non
 
 
 def close_progress(info: PoolInfo, queued: int, workers: int) -> str:
-    """Where a closing pool is: its status and detail, tasks left, workers left."""
-    state = str(info.status)
-    if info.detail and info.detail != state:
-        state += f" ({info.detail})"
+    """Where a closing pool is: its status and detail, tasks left, workers left. A pool that
+    still takes work has not seen the close yet (an orchestrator carries it out)."""
+    if info.status in ACCEPTING_STATUSES:
+        state = f"closing requested (still {info.status}: no orchestrator has taken it yet)"
+    else:
+        state = str(info.status)
+        if info.detail and info.detail != state:
+            state += f" ({info.detail})"
     return (
         f"{state}, {queued} task(s) left in its stream ({info.load.in_flight} running), "
         f"{workers} worker(s) left"
