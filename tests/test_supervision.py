@@ -119,10 +119,12 @@ async def test_a_killed_worker_is_replaced_and_its_task_taken_back_at_once(patie
     pool_id = await manager.spawn_pool("local", name="p", min_workers=1, functions=FUNCS)
     task_id = await manager.submit({"call": "block_first", "args": ["t1", 60]}, pool_id=pool_id)
 
-    async def running() -> bool:
-        return (await manager.status(task_id)).status is TaskStatus.RUNNING
+    async def blocking() -> bool:  # its first run counted: a kill before that would leave the
+        # count for the next attempt, which would then block instead
+        counter = f"{manager.settings.key_prefix}test:block_first"
+        return await manager.redis.hget(counter, "t1") == b"1"
 
-    await wait_until(running, timeout=20, what="the task to run")
+    await wait_until(blocking, timeout=20, what="the task's first run to start")
     ((victim, pid),) = (await local_pids(orch, pool_id)).items()
     killed_at = time.monotonic()
     os.killpg(pid, signal.SIGKILL)
