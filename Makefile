@@ -1,8 +1,9 @@
 # Mahavishnu pools: developer and CI entry points. Needs only Python >= 3.11, make and a compiler.
 #   make venv   create .venv and install the project with its dev extras (re-run on change)
+#   make arq-venv  create .venv-arq, arq's own venv for arq pools (arq pins redis-py < 6)
 #   make redis  make sure a Redis answers at MAHAVISHNU_REDIS_URL (starts one if needed)
 #   make lint   ruff check, ruff format --check, mypy --strict
-#   make test   venv + redis + lint, then the test suite
+#   make test   venv + arq-venv + redis + lint, then the test suite
 #   make test-unit  the unit tests alone (no Redis, seconds)
 #   make demo   run `mahavishnu up --demo`
 #   make bench  run the benchmark harness and regenerate docs/benchmarks.md
@@ -14,7 +15,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis redis-stop lint test test-unit demo bench clean distclean
+ARQ_VENV := .venv-arq
+ARQ_STAMP := $(ARQ_VENV)/.installed
+
+.PHONY: venv arq-venv redis redis-stop lint test test-unit demo bench clean distclean
 
 venv: $(STAMP)
 
@@ -28,6 +32,15 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
+# the arq requirement is read from pyproject's `arq` extra (its one home)
+arq-venv: $(ARQ_STAMP)
+
+$(ARQ_STAMP): pyproject.toml | $(STAMP)
+	@test -x $(ARQ_VENV)/bin/python || $(BIN)/python -m venv $(ARQ_VENV) || { rm -rf $(ARQ_VENV); exit 1; }
+	$(ARQ_VENV)/bin/python -m pip install --disable-pip-version-check -q $$($(BIN)/python -c \
+		'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["arq"])')
+	@touch $@
+
 redis: venv
 	$(BIN)/python -m orchestrator.broker ensure
 
@@ -39,7 +52,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: venv redis lint
+test: venv arq-venv redis lint
 	@$(BIN)/pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; \
 	exit $$rc
@@ -58,4 +71,4 @@ clean:
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
 
 distclean: redis-stop clean
-	rm -rf $(VENV) .mahavishnu
+	rm -rf $(VENV) $(ARQ_VENV) .mahavishnu

@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     mcp_allow_pool_code: bool = False  # may MCP callers name functions/commands for a pool?
     mcp_allowed_hosts: list[str] = Field(default_factory=list)
 
+    # arq pools: the python of arq's own virtual environment (`make arq-venv`, or any venv
+    # with `pip install 'mahavishnu-pools[arq]'`); None: .venv-arq/bin/python of the current
+    # folder or of this checkout
+    arq_python: Path | None = None
+
     @field_validator("default_pool_type", mode="before")
     @classmethod
     def _pool_type_alias(cls, value: object) -> object:

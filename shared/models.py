@@ -16,6 +16,8 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.arq_options import arq_options
+
 MAX_PROMPT_CHARS = 1_000_000
 MAX_ARGV_ITEMS = 256
 MAX_ARG_CHARS = 100_000
@@ -360,7 +362,19 @@ class PoolSpec(BaseModel):
             )
         if self.worker_type is WorkerType.SHELL and not self.allowed_commands:
             raise ValueError("a 'shell' pool needs allowed_commands (the programs it may run)")
+        if self.pool_type is PoolType.ARQ:
+            self._check_arq()
         return self
+
+    def _check_arq(self) -> None:
+        """An arq pool runs `call` and `prompt` tasks as arq jobs: its options are validated
+        and stored with their defaults (shared/arq_options.py)."""
+        if self.worker_type is not WorkerType.PYTHON:
+            raise ValueError(
+                f"arq pool {self.name!r}: worker_type must be 'python' (its tasks are arq "
+                f"function calls), not {str(self.worker_type)!r}"
+            )
+        self.options = arq_options(self.name, self.options).model_dump()
 
 
 class LoadMetrics(BaseModel):

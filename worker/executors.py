@@ -21,12 +21,14 @@ import os
 import shutil
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from shared.codec import pack, unpack
+from shared.config import Settings
 from shared.errors import ExecutorError
-from shared.models import PoolSpec, TaskSpec, WorkerType
+from shared.models import PoolSpec, PoolType, TaskSpec, WorkerType
 from worker.builtins import INLINE, function_table
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,23 @@ class Outcome:
     retryable: bool = True  # False: the same task can never succeed here (fail it at once)
 
 
+TASK_ATTEMPT: ContextVar[int] = ContextVar("task_attempt", default=1)
+"""The attempt of the task being run, set by the worker for its run (the arq executor names
+each job by task id and attempt)."""
+
+HAND_BACK = "hand back"
+"""The message of the cancel a draining worker sends a run whose entry it hands back (same
+attempt): an executor whose work goes on elsewhere (an arq job) leaves it running."""
+
+
+async def open_executor(executor: Executor) -> None:
+    """Start what an executor needs before its first task, if anything (the arq bridge's
+    child process); raise ExecutorError if it cannot."""
+    opener = getattr(executor, "open", None)
+    if opener is not None:
+        await opener()
+
+
 class Executor(Protocol):
     """Runs tasks for one worker. `run` reports task failures in the Outcome, never raises."""
 
@@ -70,8 +89,13 @@ class Executor(Protocol):
         """Release resources and kill any subprocess still running."""
 
 
-def build_executor(spec: PoolSpec) -> Executor:
-    """The executor for `spec.worker_type`; raise ExecutorError if it cannot work on this host."""
+def build_executor(spec: PoolSpec, settings: Settings | None = None) -> Executor:
+    """The executor for `spec.worker_type` (an arq pool's: `ArqExecutor`, which finds arq's venv
+    by `settings`); raise ExecutorError if it cannot work on this host."""
+    if spec.pool_type is PoolType.ARQ:
+        from worker.arq_executor import ArqExecutor  # it imports this module
+
+        return ArqExecutor(spec, settings)
     if spec.worker_type is WorkerType.PYTHON:
         return PythonExecutor(spec)
     if spec.worker_type is WorkerType.SHELL:
@@ -79,7 +103,7 @@ def build_executor(spec: PoolSpec) -> Executor:
     return TerminalExecutor(spec)
 
 
-def _wrong_kind(spec: PoolSpec, task: TaskSpec, accepts: str) -> Outcome:
+def wrong_kind(spec: PoolSpec, task: TaskSpec, accepts: str) -> Outcome:
     what = f"a {spec.worker_type} pool runs {accepts} tasks, not {task.kind} tasks"
     return Outcome(None, what, retryable=False)
 
@@ -114,7 +138,7 @@ class PythonExecutor:
         elif task.prompt is not None:
             name, args, kwargs = self._spec.default_function, [task.prompt], {}
         else:
-            return _wrong_kind(self._spec, task, "'call' and 'prompt'")
+            return wrong_kind(self._spec, task, "'call' and 'prompt'")
         function = self._functions.get(name)
         if function is None:
             names = ", ".join(self.names)
@@ -132,13 +156,13 @@ class PythonExecutor:
                     result = await result
         except Exception as exc:
             return Outcome(None, f"{type(exc).__name__}: {exc}".removesuffix(": "))
-        return _checked_result(name, result)
+        return checked_result(name, result)
 
     async def aclose(self) -> None:
         """Nothing to release."""
 
 
-def _checked_result(name: str, result: Any) -> Outcome:
+def checked_result(name: str, result: Any) -> Outcome:
     what = f"function {name!r} returned a {type(result).__name__}"
     try:
         packed = pack(result)
@@ -362,7 +386,7 @@ class ShellExecutor(_ProcessExecutor):
     async def run(self, task: TaskSpec) -> Outcome:
         """Run the argv; output is its stdout, exit_code its return code."""
         if task.command is None:
-            return _wrong_kind(self._spec, task, "'command'")
+            return wrong_kind(self._spec, task, "'command'")
         program = task.command[0]
         path = self.resolve(program)
         if path is None:
@@ -484,7 +508,7 @@ class TerminalExecutor(_ProcessExecutor):
     async def run(self, task: TaskSpec) -> Outcome:
         """Run the CLI on the prompt; output is the result text (or all the text printed)."""
         if task.prompt is None:
-            return _wrong_kind(self._spec, task, "'prompt'")
+            return wrong_kind(self._spec, task, "'prompt'")
         wake = asyncio.Event()
         collector = StreamJsonCollector(on_result=wake.set)
         lines, stderr = _Lines(collector.feed_line), _Capture(tail=True)

@@ -66,7 +66,14 @@ from shared.keys import WORKER_GROUP
 from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, TaskResult, TaskStatus, new_id
 from shared.retries import dead_letter_reason, queue_retry, with_line
 from shared.scripts import START_ANNOUNCE, START_CANCELLED, START_SKIP, Scripts
-from worker.executors import Executor, Outcome, build_executor
+from worker.executors import (
+    HAND_BACK,
+    TASK_ATTEMPT,
+    Executor,
+    Outcome,
+    build_executor,
+    open_executor,
+)
 
 log = logging.getLogger("mahavishnu.worker")
 
@@ -211,7 +218,8 @@ class Worker:
         self.spec = PoolSpec.model_validate_json(raw["spec"])
         if self._concurrency_override is None:
             self.concurrency = self.spec.concurrency
-        self._executor = build_executor(self.spec)
+        self._executor = build_executor(self.spec, self.settings)
+        await open_executor(self._executor)
         await ensure_group(self.redis, self.stream, WORKER_GROUP)
         await ensure_group(self.redis, self.inbox, WORKER_GROUP)
         pipe = self.redis.pipeline(transaction=False)
@@ -407,6 +415,7 @@ class Worker:
         assert self._executor is not None
         task = running.message.task
         cancelled = False
+        TASK_ATTEMPT.set(running.message.attempt)  # this run's own context
         try:
             outcome = await self._executor.run(task)
         except asyncio.CancelledError:
@@ -733,7 +742,7 @@ class Worker:
         for r in leftovers:
             assert r.task is not None
             r.handing_back = True
-            r.task.cancel()
+            r.task.cancel(HAND_BACK)
         if leftovers:
             tasks = [r.task for r in leftovers if r.task is not None]
             _, ignoring = await asyncio.wait(tasks, timeout=DRAIN_EXIT_MARGIN / 2)

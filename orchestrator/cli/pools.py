@@ -37,8 +37,8 @@ from orchestrator.cli.common import (
     run_async,
 )
 from shared.config import Settings
-from shared.errors import PoolNotFound, PoolUnavailable
-from shared.models import ACCEPTING_STATUSES, PoolInfo, PoolStatus
+from shared.errors import InvalidRequest, PoolNotFound, PoolUnavailable
+from shared.models import ACCEPTING_STATUSES, PoolInfo, PoolStatus, PoolType
 
 if TYPE_CHECKING:
     from shared.models import TaskResult
@@ -51,7 +51,8 @@ pool_app = typer.Typer(help="Spawn, use, watch and close pools.", no_args_is_hel
 @pool_app.command("spawn")
 def pool_spawn(
     pool_type: Annotated[
-        str | None, typer.Option("--type", help="local (mahavishnu), delegated (session-buddy)…")
+        str | None,
+        typer.Option("--type", help="local (mahavishnu), delegated (session-buddy), arq…"),
     ] = None,
     name: Annotated[str | None, typer.Option(help="Pool name (default: generated).")] = None,
     min_workers: Annotated[int | None, typer.Option(help="Fewest workers.")] = None,
@@ -69,12 +70,40 @@ def pool_spawn(
         list[str] | None, typer.Option(help="Program a shell pool may run. Repeatable.")
     ] = None,
     max_queue: Annotated[int | None, typer.Option(help="Backlog limit.")] = None,
+    arq_function: Annotated[
+        str | None, typer.Option(help="arq pools: the arq function prompt tasks call.")
+    ] = None,
+    arq_allow: Annotated[
+        list[str] | None,
+        typer.Option(help="arq pools: another arq function call tasks may name. Repeatable."),
+    ] = None,
+    arq_redis_url: Annotated[
+        str | None, typer.Option(help="arq pools: the arq Redis (redis://host:port/db).")
+    ] = None,
+    arq_password_env: Annotated[
+        str | None, typer.Option(help="arq pools: env variable holding the arq Redis password.")
+    ] = None,
+    arq_queue: Annotated[
+        str | None, typer.Option(help="arq pools: the arq queue (default arq:queue).")
+    ] = None,
+    arq_on_job_timeout: Annotated[
+        str | None, typer.Option(help="arq pools: an arq job timeout is retried or failed.")
+    ] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once requested.")] = False,
     timeout: Annotated[float | None, typer.Option(help="Seconds to wait for running.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Ask the orchestrators for a new pool and wait until it runs."""
     settings = cli_settings()
+    arq = {
+        "function": arq_function,
+        "functions": arq_allow,
+        "redis_url": arq_redis_url,
+        "password_env": arq_password_env,
+        "queue": arq_queue,
+        "on_job_timeout": arq_on_job_timeout,
+    }
+    arq_options = {k: v for k, v in arq.items() if v is not None} or None
 
     async def spawn() -> None:
         async with client(settings) as pools:
@@ -91,7 +120,11 @@ def pool_spawn(
                 functions=render.pairs(function, "--function"),
                 allowed_commands=allow_command or None,
                 max_queue=max_queue,
+                options=arq_options,
             )
+            if arq_options and spec.pool_type is not PoolType.ARQ:
+                given = ", ".join(f"--arq-{k.replace('_', '-')}" for k in arq_options)
+                raise InvalidRequest(f"{given}: only for pools of --type arq")
             await pools.spawn_pool(config=spec, wait=not no_wait, timeout=timeout)
             info = None if no_wait else await pools.get_pool(spec.id)
         if json_out:

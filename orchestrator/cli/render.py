@@ -23,12 +23,13 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.cli.inspect import entry_time, is_time_field, iso_time
+from shared.arq_options import ArqOptions
 from shared.client import make_task
 from shared.config import Settings
 from shared.errors import (
     InvalidRequest,
 )
-from shared.models import PoolInfo, TaskResult, TaskSpec, payload_problem
+from shared.models import PoolInfo, PoolSpec, PoolType, TaskResult, TaskSpec, payload_problem
 
 T = TypeVar("T")
 log = logging.getLogger("mahavishnu.cli")
@@ -121,6 +122,14 @@ def workers_cell(info: PoolInfo) -> str:
     return cell
 
 
+def pool_kind(spec: PoolSpec) -> str:
+    """The type cell of a pool: `local/python`; an arq pool's adds its queue and Redis."""
+    kind = f"{spec.pool_type}/{spec.worker_type}"
+    if spec.pool_type is PoolType.ARQ:
+        kind += f"\n{ArqOptions.model_validate(spec.options).where}"
+    return escape(kind)
+
+
 def pools_table(pools: Sequence[PoolInfo], *, title: str = "pools") -> Table:
     """One row per pool: identity, status, workers, load and counters."""
     table = Table(title=title, title_justify="left")
@@ -134,7 +143,7 @@ def pools_table(pools: Sequence[PoolInfo], *, title: str = "pools") -> Table:
         table.add_row(
             info.spec.id,
             info.spec.name,
-            f"{info.spec.pool_type}/{info.spec.worker_type}",
+            pool_kind(info.spec),
             styled(info.shown_status),
             workers_cell(info),
             str(load.in_flight),

@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.models import PoolInfo, TaskResult, TaskStatus
+from shared.arq_options import ArqOptions
+from shared.models import PoolInfo, PoolType, TaskResult, TaskStatus
 
 
 class ExecuteResult(BaseModel):
@@ -111,6 +112,9 @@ class PoolSummary(BaseModel):
     auto_scale: bool
     created_at: float
     detail: str = ""
+    arq_queue: str | None = Field(
+        default=None, description="arq pools: the arq queue and the Redis it is on"
+    )
 
     @classmethod
     def from_info(cls, info: PoolInfo) -> PoolSummary:
@@ -131,6 +135,11 @@ class PoolSummary(BaseModel):
             auto_scale=spec.auto_scale,
             created_at=info.created_at,
             detail=info.detail,
+            arq_queue=(
+                ArqOptions.model_validate(spec.options).where
+                if spec.pool_type is PoolType.ARQ
+                else None
+            ),
         )
 
 

@@ -179,7 +179,13 @@ def register_pool_tools(mcp: ToolSet) -> None:
             ),
         ] = None,
         options: Annotated[
-            dict[str, Any] | None, Field(description="Type-specific options")
+            dict[str, Any] | None,
+            Field(
+                description="Type-specific options. arq pools: function (required: the arq "
+                "function a prompt task calls), redis_url (required: the arq Redis, no "
+                "password in it), password_env, queue (default arq:queue), functions (more "
+                "names call tasks may name), on_job_timeout (retry or fail), poll_interval"
+            ),
         ] = None,
         wait: WaitFlag = True,
         timeout: WaitLimit = None,

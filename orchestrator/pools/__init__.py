@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from orchestrator.pools.arq import ArqBackend
 from orchestrator.pools.base import PoolBackend, Sweep
 from orchestrator.pools.local import LocalBackend
 from shared.config import Settings
@@ -18,6 +19,7 @@ BackendFactory = Callable[[Settings, Path, str, Callable[[], None]], PoolBackend
 
 BACKENDS: dict[PoolType, BackendFactory] = {
     PoolType.LOCAL: LocalBackend,
+    PoolType.ARQ: ArqBackend,
 }
 
 
