@@ -122,11 +122,15 @@ def arq_options(pool_name: str, options: dict[str, Any]) -> ArqOptions:
             where = ".".join(str(p) for p in err.get("loc", ())) or "options"
             message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
             if err.get("type") == "missing":
-                message = f"is required ({ArqOptions.model_fields[where].description})"
+                problems.append(
+                    f"option {where} is required ({ArqOptions.model_fields[where].description})"
+                )
             elif err.get("type") == "extra_forbidden":
                 known = ", ".join(ArqOptions.model_fields)
-                message = f"is not an arq pool option; they are: {known}"
-            problems.append(f"{where} {message}")
-        raise ValueError(
-            f"arq pool {pool_name!r}: options " + "; ".join(problems) + f" ({_EXAMPLE})"
-        ) from None
+                problems.append(f"unknown option {where!r}; arq pools take: {known}")
+            elif where == "redis_url":  # its value is not echoed: it may hold a password
+                problems.append(f"option redis_url {message}")
+            else:
+                problems.append(f"option {where}={err.get('input')!r}: {message}")
+        problem = f"arq pool {pool_name!r}: " + "; ".join(problems) + f" ({_EXAMPLE})"
+        raise ValueError(problem) from None

@@ -506,7 +506,7 @@ def test_lines_skip_overlong_lines() -> None:
 
 
 def test_build_executor_chooses_by_worker_type(fake_cli: Path) -> None:
-    assert isinstance(build_executor(PoolSpec(name="p", pool_type="arq")), PythonExecutor)
+    assert isinstance(build_executor(PoolSpec(name="p", pool_type="local")), PythonExecutor)
     spec = PoolSpec(name="s", worker_type="shell", allowed_commands=[PY], pool_type="delegated")
     assert isinstance(build_executor(spec), ShellExecutor)
     template = [PY, str(fake_cli), "stream", "{prompt}"]

@@ -1,7 +1,6 @@
 """The pool-backend interface: the supervisor drives any registered backend the same way.
 
-A backend that runs in-process `Worker`s is registered under a pool type that has no backend of
-its own in this version; spawn, execute, scale and close then work through the interface alone,
+A backend that runs in-process `Worker`s is registered in place of a pool type's own backend; spawn, execute, scale and close then work through the interface alone,
 and an unregistered type is refused at spawn with the reason."""
 
 from __future__ import annotations
@@ -101,7 +100,7 @@ class InProcessBackend(PoolBackend):
 async def with_backend(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Orchestrator]:
-    monkeypatch.setitem(registry.BACKENDS, PoolType.ARQ, InProcessBackend)
+    monkeypatch.setitem(registry.BACKENDS, PoolType.KUBERNETES, InProcessBackend)
     orch = Orchestrator(settings, log_dir=tmp_path / "logs")
     task = asyncio.create_task(orch.run())
     await orch.wait_ready()
@@ -113,8 +112,10 @@ async def with_backend(
 async def test_a_registered_backend_runs_pools_through_the_interface(
     with_backend: Orchestrator, manager: PoolManager
 ) -> None:
-    pool_id = await manager.spawn_pool("arq", name="in-process", min_workers=1, max_workers=3)
-    backend = with_backend.backends[PoolType.ARQ]
+    pool_id = await manager.spawn_pool(
+        "kubernetes", name="in-process", min_workers=1, max_workers=3
+    )
+    backend = with_backend.backends[PoolType.KUBERNETES]
     assert isinstance(backend, InProcessBackend)
     result = await manager.execute_on_pool(pool_id, {"call": "add", "args": [2, 3]})
     assert result.output == 5 and result.worker_id in backend.managed(pool_id)
@@ -128,7 +129,9 @@ async def test_a_registered_backend_runs_pools_through_the_interface(
 
     await wait_until(one_left, timeout=20, what="the pool to shrink to one worker")
     with pytest.raises(PoolUnavailable, match="in-process pools run python only"):
-        await manager.spawn_pool("arq", name="bad", worker_type="shell", allowed_commands=["ls"])
+        await manager.spawn_pool(
+            "kubernetes", name="bad", worker_type="shell", allowed_commands=["ls"]
+        )
     await manager.close_pool(pool_id, wait=True, timeout=30)
     assert backend.running(pool_id) == 0
 
