@@ -53,7 +53,11 @@ async def hang(ctx: dict[str, Any]) -> None:
     await asyncio.sleep(60)
 
 
-FUNCTIONS = [shout, add, boom, count, slow, func(hang, timeout=1.0)]
+async def blob(ctx: dict[str, Any]) -> bytes:
+    return b"\x00\x01"
+
+
+FUNCTIONS = [shout, add, boom, count, slow, blob, func(hang, timeout=1.0)]
 
 
 def main(url: str, queue: str) -> None:

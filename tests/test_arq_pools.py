@@ -113,7 +113,7 @@ async def test_arq_outcomes_map_to_task_results(
     arq_client: aioredis.Redis,
     arq_worker: ArqWorker,
 ) -> None:
-    names = ["add", "boom", "slow", "hang", "missing_fn"]
+    names = ["add", "boom", "slow", "hang", "blob", "missing_fn"]
     options = arq_options(arq_redis.url, functions=names, on_job_timeout="fail")
     pool_id = await manager.spawn_pool("arq", name="team-arq", concurrency=8, options=options)
     info = await manager.get_pool(pool_id)
@@ -132,6 +132,7 @@ async def test_arq_outcomes_map_to_task_results(
         {"call": "slow", "args": ["t1", 30], "timeout": 1.5, **direct}
     )
     cancelled = await manager.submit({"call": "slow", "args": ["c1", 30], **direct})
+    unsendable = await manager.submit({"call": "blob", "max_attempts": 3, "pool_id": pool_id})
 
     async def cancelled_runs_in_arq() -> bool:
         return await runs(arq_client, "c1") == 1
@@ -141,14 +142,14 @@ async def test_arq_outcomes_map_to_task_results(
 
     got = {t: await manager.result(t, timeout=60) for t in (hello, added, failing, unknown)}
     got |= {t: await manager.result(t, timeout=60) for t in (missing, arq_timeout)}
-    got |= {t: await manager.result(t, timeout=60) for t in (our_timeout, cancelled)}
+    got |= {t: await manager.result(t, timeout=60) for t in (our_timeout, cancelled, unsendable)}
     assert (got[hello].status, got[hello].output) == (TaskStatus.COMPLETED, "HELLO")
     assert (got[added].status, got[added].output) == (TaskStatus.COMPLETED, 5)
     assert got[failing].status is TaskStatus.DEAD_LETTERED and got[failing].attempts == 2
     assert f"arq job {failing}-a2: ValueError: bad input" in str(got[failing].error)
     assert got[unknown].status is TaskStatus.FAILED
     assert got[unknown].error == (
-        f"arq pool 'team-arq' ({pool_id}) has no arq function 'nope'; it runs: add, boom, "
+        f"arq pool 'team-arq' ({pool_id}) has no arq function 'nope'; it runs: add, blob, boom, "
         "hang, missing_fn, shout, slow"
     )
     assert got[missing].status is TaskStatus.FAILED
@@ -161,6 +162,10 @@ async def test_arq_outcomes_map_to_task_results(
     assert got[our_timeout].status is TaskStatus.DEAD_LETTERED
     assert "timed out after 1.5s" in str(got[our_timeout].error)
     assert got[cancelled].status is TaskStatus.CANCELLED
+    assert (got[unsendable].status, got[unsendable].attempts) == (TaskStatus.FAILED, 1)
+    assert f"the result of arq job {unsendable}-a1 (bytes) cannot be sent as JSON" in str(
+        got[unsendable].error
+    )
 
     # both aborted jobs end in arq with a result (arq's abort), without finishing their work
     for task_id, token in ((our_timeout, "t1"), (cancelled, "c1")):

@@ -46,6 +46,7 @@ from redis import __version__ as REDIS_PY_VERSION
 from redis.exceptions import RedisError
 
 LINE_LIMIT = 64 * 1024 * 1024
+MAX_RESULT_CHARS = 16 * 1024 * 1024  # a task's output is bounded far below this anyway
 POLL_CHUNK = 500  # jobs looked at per MULTI
 ENQUEUE_BACKOFF_MAX = 2.0
 
@@ -215,12 +216,18 @@ class Bridge:
             return
         done = {"event": "done", "job": answers, "ran_as": job, "tries": info.job_try}
         if info.success:
+            kind = type(info.result).__name__
             try:
-                send(**done, state="complete", result=info.result)
+                size = len(json.dumps(info.result))
             except (TypeError, ValueError) as exc:
-                kind = type(info.result).__name__
                 error = f"the result of arq job {job} ({kind}) cannot be sent as JSON: {exc}"
                 send(**done, state="unsendable", error=error)
+                return
+            if size > MAX_RESULT_CHARS:
+                error = f"the result of arq job {job} ({kind}) has {size} characters as JSON"
+                send(**done, state="unsendable", error=f"{error}; at most {MAX_RESULT_CHARS}")
+                return
+            send(**done, state="complete", result=info.result)
             return
         state, error = _failure(info.result)
         send(**done, state=state, error=error)
