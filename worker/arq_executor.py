@@ -28,7 +28,9 @@ from shared.arq_options import ArqOptions
 from shared.config import Settings
 from shared.errors import ExecutorError
 from shared.models import PoolSpec, TaskSpec
-from worker.executors import HAND_BACK, TASK_ATTEMPT, Outcome, checked_result, wrong_kind
+from worker.executors import HAND_BACK, TASK_ATTEMPT, Outcome
+from worker.executors import _checked_result as checked_result  # the same rules as python pools'
+from worker.executors import _wrong_kind as wrong_kind
 
 log = logging.getLogger("mahavishnu.worker.arq")
 

@@ -103,7 +103,7 @@ def build_executor(spec: PoolSpec, settings: Settings | None = None) -> Executor
     return TerminalExecutor(spec)
 
 
-def wrong_kind(spec: PoolSpec, task: TaskSpec, accepts: str) -> Outcome:
+def _wrong_kind(spec: PoolSpec, task: TaskSpec, accepts: str) -> Outcome:
     what = f"a {spec.worker_type} pool runs {accepts} tasks, not {task.kind} tasks"
     return Outcome(None, what, retryable=False)
 
@@ -138,7 +138,7 @@ class PythonExecutor:
         elif task.prompt is not None:
             name, args, kwargs = self._spec.default_function, [task.prompt], {}
         else:
-            return wrong_kind(self._spec, task, "'call' and 'prompt'")
+            return _wrong_kind(self._spec, task, "'call' and 'prompt'")
         function = self._functions.get(name)
         if function is None:
             names = ", ".join(self.names)
@@ -156,13 +156,13 @@ class PythonExecutor:
                     result = await result
         except Exception as exc:
             return Outcome(None, f"{type(exc).__name__}: {exc}".removesuffix(": "))
-        return checked_result(name, result)
+        return _checked_result(name, result)
 
     async def aclose(self) -> None:
         """Nothing to release."""
 
 
-def checked_result(name: str, result: Any) -> Outcome:
+def _checked_result(name: str, result: Any) -> Outcome:
     what = f"function {name!r} returned a {type(result).__name__}"
     try:
         packed = pack(result)
@@ -386,7 +386,7 @@ class ShellExecutor(_ProcessExecutor):
     async def run(self, task: TaskSpec) -> Outcome:
         """Run the argv; output is its stdout, exit_code its return code."""
         if task.command is None:
-            return wrong_kind(self._spec, task, "'command'")
+            return _wrong_kind(self._spec, task, "'command'")
         program = task.command[0]
         path = self.resolve(program)
         if path is None:
@@ -508,7 +508,7 @@ class TerminalExecutor(_ProcessExecutor):
     async def run(self, task: TaskSpec) -> Outcome:
         """Run the CLI on the prompt; output is the result text (or all the text printed)."""
         if task.prompt is None:
-            return wrong_kind(self._spec, task, "'prompt'")
+            return _wrong_kind(self._spec, task, "'prompt'")
         wake = asyncio.Event()
         collector = StreamJsonCollector(on_result=wake.set)
         lines, stderr = _Lines(collector.feed_line), _Capture(tail=True)
