@@ -16,7 +16,7 @@ from typing import Any
 
 from arq import func
 from arq.connections import RedisSettings
-from arq.worker import Worker
+from arq.worker import Retry, Worker
 
 IN_PROGRESS_TTL = 4.0
 """arq re-runs the job of a worker that died once the job's in-progress key expires, after its
@@ -57,7 +57,13 @@ async def blob(ctx: dict[str, Any]) -> bytes:
     return b"\x00\x01"
 
 
-FUNCTIONS = [shout, add, boom, count, slow, blob, func(hang, timeout=1.0)]
+async def again(ctx: dict[str, Any]) -> None:
+    raise Retry(defer=0.01)  # arq runs it again, up to its max_tries
+
+
+FUNCTIONS = [
+    shout, add, boom, count, slow, blob, func(hang, timeout=1.0), func(again, max_tries=2),
+]  # fmt: skip
 
 
 def main(url: str, queue: str) -> None:

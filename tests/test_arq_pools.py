@@ -113,7 +113,7 @@ async def test_arq_outcomes_map_to_task_results(
     arq_client: aioredis.Redis,
     arq_worker: ArqWorker,
 ) -> None:
-    names = ["add", "boom", "slow", "hang", "blob", "missing_fn"]
+    names = ["add", "boom", "slow", "hang", "blob", "again", "missing_fn"]
     options = arq_options(arq_redis.url, functions=names, on_job_timeout="fail")
     pool_id = await manager.spawn_pool("arq", name="team-arq", concurrency=8, options=options)
     info = await manager.get_pool(pool_id)
@@ -133,6 +133,7 @@ async def test_arq_outcomes_map_to_task_results(
     )
     cancelled = await manager.submit({"call": "slow", "args": ["c1", 30], **direct})
     unsendable = await manager.submit({"call": "blob", "max_attempts": 3, "pool_id": pool_id})
+    exhausted = await manager.submit({"call": "again", **direct})
 
     async def cancelled_runs_in_arq() -> bool:
         return await runs(arq_client, "c1") == 1
@@ -143,14 +144,15 @@ async def test_arq_outcomes_map_to_task_results(
     got = {t: await manager.result(t, timeout=60) for t in (hello, added, failing, unknown)}
     got |= {t: await manager.result(t, timeout=60) for t in (missing, arq_timeout)}
     got |= {t: await manager.result(t, timeout=60) for t in (our_timeout, cancelled, unsendable)}
+    got[exhausted] = await manager.result(exhausted, timeout=60)
     assert (got[hello].status, got[hello].output) == (TaskStatus.COMPLETED, "HELLO")
     assert (got[added].status, got[added].output) == (TaskStatus.COMPLETED, 5)
     assert got[failing].status is TaskStatus.DEAD_LETTERED and got[failing].attempts == 2
     assert f"arq job {failing}-a2: ValueError: bad input" in str(got[failing].error)
     assert got[unknown].status is TaskStatus.FAILED
     assert got[unknown].error == (
-        f"arq pool 'team-arq' ({pool_id}) has no arq function 'nope'; it runs: add, blob, boom, "
-        "hang, missing_fn, shout, slow"
+        f"arq pool 'team-arq' ({pool_id}) has no arq function 'nope'; it runs: add, again, blob, "
+        "boom, hang, missing_fn, shout, slow"
     )
     assert got[missing].status is TaskStatus.FAILED
     assert got[missing].error == (
@@ -162,8 +164,13 @@ async def test_arq_outcomes_map_to_task_results(
     assert got[our_timeout].status is TaskStatus.DEAD_LETTERED
     assert "timed out after 1.5s" in str(got[our_timeout].error)
     assert got[cancelled].status is TaskStatus.CANCELLED
+    assert got[exhausted].status is TaskStatus.DEAD_LETTERED  # a failed attempt, the last one
+    assert (
+        f"arq job {exhausted}-a1: arq gave up on it (max 2 retries exceeded; arq's max_tries)"
+        in str(got[exhausted].error)
+    )
     assert (got[unsendable].status, got[unsendable].attempts) == (TaskStatus.FAILED, 1)
-    assert f"the result of arq job {unsendable}-a1 (bytes) cannot be sent as JSON" in str(
+    assert f"arq job {unsendable}-a1: its result (bytes) cannot be sent as JSON" in str(
         got[unsendable].error
     )
 
@@ -251,6 +258,30 @@ async def test_a_handed_back_run_leaves_its_job_running_and_the_same_attempt_ado
         await second.aclose()
     assert (outcome.output, outcome.error) == (1.0, None)
     assert await runs(arq_client, "hb") == 1 and await arq_client.exists("finished:hb")
+
+
+async def test_a_job_that_vanishes_from_arq_is_a_failed_attempt(
+    arq_redis: EmbeddedBroker, arq_client: aioredis.Redis
+) -> None:
+    options = arq_options(arq_redis.url, queue="nobody:works:here")  # no arq worker reads it
+    executor = ArqExecutor(make_pool_spec("arq", None, name="vanish", options=options))
+    task = TaskSpec(prompt="lost")
+    run = asyncio.create_task(executor.run(task))
+    job = f"{task.id}-a1"
+
+    async def queued() -> bool:
+        return await arq_client.zscore("nobody:works:here", job) is not None
+
+    await wait_until(queued, timeout=30, what="the job to be queued")
+    await arq_client.zrem("nobody:works:here", job)  # e.g. deleted by an operator
+    try:
+        outcome = await run
+    finally:
+        await executor.aclose()
+    assert outcome.retryable and outcome.error == (
+        f"arq job {job}: neither queued nor a result in arq (its result expired, or the arq "
+        "worker keeps none: keep_result=0)"
+    )
 
 
 async def test_an_unreachable_arq_redis_fails_the_spawn_with_the_reason(

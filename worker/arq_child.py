@@ -201,8 +201,8 @@ class Bridge:
                         self.report(answers, job, raw)
                     else:
                         error = (
-                            f"arq job {job} is gone: neither queued nor a result in arq (its "
-                            "result expired, or the arq worker keeps none: keep_result=0)"
+                            "neither queued nor a result in arq (its result expired, or the "
+                            "arq worker keeps none: keep_result=0)"
                         )
                         send(event="done", job=answers, ran_as=job, state="not_found", error=error)
 
@@ -211,7 +211,7 @@ class Bridge:
         try:
             info = deserialize_result(raw)
         except Exception as exc:
-            error = f"arq's result of job {job} cannot be read here: {exc}"
+            error = f"arq's result cannot be read here: {exc}"
             send(event="done", job=answers, ran_as=job, state="failed", error=error)
             return
         done = {"event": "done", "job": answers, "ran_as": job, "tries": info.job_try}
@@ -220,11 +220,11 @@ class Bridge:
             try:
                 size = len(json.dumps(info.result))
             except (TypeError, ValueError) as exc:
-                error = f"the result of arq job {job} ({kind}) cannot be sent as JSON: {exc}"
+                error = f"its result ({kind}) cannot be sent as JSON: {exc}"
                 send(**done, state="unsendable", error=error)
                 return
             if size > MAX_RESULT_CHARS:
-                error = f"the result of arq job {job} ({kind}) has {size} characters as JSON"
+                error = f"its result ({kind}) has {size} characters as JSON"
                 send(**done, state="unsendable", error=f"{error}; at most {MAX_RESULT_CHARS}")
                 return
             send(**done, state="complete", result=info.result)
