@@ -39,6 +39,7 @@ from shared.config import Settings
 from shared.connection import (
     TRANSIENT_ERRORS,
     Entry,
+    ReadFrom,
     Redis,
     ack_and_delete,
     connect,
@@ -202,7 +203,7 @@ class Orchestrator:
                     entries = await self._read_own_pending()
                     recover = False
                 else:
-                    streams = {self.keys.control: ">"}
+                    streams: ReadFrom = {self.keys.control: ">"}
                     if len(self._waiting) < MAX_WAITING:
                         streams[self.keys.ingress] = ">"
                     reply = await self._reader.xreadgroup(

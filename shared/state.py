@@ -9,7 +9,7 @@ from typing import Any
 
 from shared.codec import unpack
 from shared.config import Settings
-from shared.connection import Redis, decode_hash, text
+from shared.connection import Fields, Redis, decode_hash, text
 from shared.errors import MalformedMessage
 from shared.models import (
     LoadMetrics,
@@ -38,9 +38,9 @@ def worker_stuck(beat: dict[str, str], now: float) -> bool:
     return since > 0 and limit > 0 and now - since > limit
 
 
-def pool_hash_fields(spec: PoolSpec, status: PoolStatus, **extra: Any) -> dict[str, str]:
+def pool_hash_fields(spec: PoolSpec, status: PoolStatus, **extra: Any) -> Fields:
     """The pool hash: plain readable fields plus the whole spec as JSON."""
-    fields = {
+    fields: Fields = {
         "id": spec.id,
         "name": spec.name,
         "type": str(spec.pool_type),

@@ -23,7 +23,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from shared.connection import Redis, text
+from shared.connection import Redis, hash_reply, text
 from shared.keys import Keys
 from shared.models import TaskSpec, TaskStatus
 
@@ -53,13 +53,13 @@ def home_of(lookup: Mapping[bytes, bytes]) -> str:
 
 async def read_state(redis: Redis, keys: Keys, task_id: str) -> tuple[str, RawHash] | None:
     """(home, state hash) of a task, or None if its `task` hash is gone."""
-    lookup: RawHash = await redis.hgetall(keys.task(task_id))
+    lookup = hash_reply(await redis.hgetall(keys.task(task_id)))
     if not lookup:
         return None
     home = home_of(lookup)
     if not home:
         return "", lookup
-    state: RawHash = await redis.hgetall(keys.pool_task(home, task_id))
+    state = hash_reply(await redis.hgetall(keys.pool_task(home, task_id)))
     # empty while the move into the pool is under way: the `task` hash still says `pending`
     return home, state or lookup
 
