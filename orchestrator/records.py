@@ -10,7 +10,7 @@ from typing import Any
 
 from shared.codec import StatusUpdate, TaskDelegate, _Message, encode
 from shared.config import Settings
-from shared.connection import Redis, ack_and_delete, text
+from shared.connection import Pipeline, Redis, ack_and_delete, text
 from shared.finals import (
     FinalResult,
     finalize_results,
@@ -40,7 +40,7 @@ class Records:
         self.keys = settings.keys
         self.owner_id = owner_id
 
-    def publish(self, pipe: Any, message: _Message) -> None:
+    def publish(self, pipe: Pipeline, message: _Message) -> None:
         """Queue a message on the events stream."""
         pipe.xadd(
             self.keys.events, encode(message), maxlen=self.settings.events_max_len, approximate=True
@@ -48,7 +48,7 @@ class Records:
 
     def queue_malformed(
         self,
-        pipe: Any,
+        pipe: Pipeline,
         stream: str,
         bad: list[BadEntry],
         *,

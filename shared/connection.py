@@ -277,7 +277,7 @@ _HIREDIS_PACKED: dict[type[Any], type[Any]] = {
 
 async def ping(settings: Settings) -> bool:
     """Whether the configured broker answers PING (for a cluster: every primary)."""
-    client: Any
+    client: Redis
     if is_cluster_url(settings.redis_url):
         client = _cluster_client(
             settings.redis_url,

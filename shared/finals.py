@@ -27,7 +27,7 @@ from typing import Any
 
 from shared.codec import encode_result, pack
 from shared.config import Settings
-from shared.connection import Redis, text
+from shared.connection import Fields, Pipeline, Redis, text
 from shared.errors import inbox_error
 from shared.keys import hash_tag
 from shared.models import TaskResult, TaskSpec, TaskStatus
@@ -245,7 +245,7 @@ def _dead_letter_fields(final: FinalResult) -> dict[str, str | bytes]:
     return fields
 
 
-def _final_dead_letter(final: FinalResult) -> dict[str, str | bytes]:
+def _final_dead_letter(final: FinalResult) -> Fields:
     res = final.result
     return dead_letter_record(
         task_id=res.task_id,
@@ -324,7 +324,7 @@ def _batch_token(finals: Sequence[FinalResult]) -> str:
 
 
 def announce(
-    pipe: Any, scripts: Scripts, settings: Settings, finals: Sequence[FinalResult], token: str
+    pipe: Pipeline, scripts: Scripts, settings: Settings, finals: Sequence[FinalResult], token: str
 ) -> Announcement:
     """Step 2: queue the replies (one XADD_MANY per reply stream), the TASK_COMPLETED events
     (one XADD_MANY) and inbox shares of recorded results, each once per sent marker (their
@@ -370,7 +370,7 @@ def announce(
 
 
 def _queue_dead_letters(
-    pipe: Any, scripts: Scripts, settings: Settings, dead: Sequence[FinalResult], token: str
+    pipe: Pipeline, scripts: Scripts, settings: Settings, dead: Sequence[FinalResult], token: str
 ) -> str:
     """Queue the dead letters of dead-lettered results (once per sent marker); the marker."""
     entries = [(final, _final_dead_letter(final)) for final in dead]
@@ -380,7 +380,7 @@ def _queue_dead_letters(
 
 
 def _queue_entries(
-    pipe: Any,
+    pipe: Pipeline,
     scripts: Scripts,
     settings: Settings,
     stream: str,
@@ -488,9 +488,9 @@ def dead_letter_record(
     raw: Mapping[Any, Any] | None = None,
     history: list[str] | None = None,
     spec: TaskSpec | None = None,
-) -> dict[str, str | bytes]:
+) -> Fields:
     """One dead-letter record: the task, its pool, why, and the raw entry if unreadable."""
-    record: dict[str, str | bytes] = {
+    record: Fields = {
         "task": task_id,
         "pool": pool_id or "",
         "reason": reason,
@@ -508,7 +508,7 @@ def dead_letter_record(
 
 def malformed_entry_record(
     stream: str, entry_id: bytes, fields: Mapping[Any, Any], reason: str, *, pool_id: str | None
-) -> dict[str, str | bytes]:
+) -> Fields:
     """The dead-letter record of a stream entry that could not be used, with its raw fields."""
     return dead_letter_record(
         task_id=text(fields.get(b"task")),
@@ -518,7 +518,7 @@ def malformed_entry_record(
     )
 
 
-def queue_dead_letter(pipe: Any, settings: Settings, record: Mapping[str, str | bytes]) -> None:
+def queue_dead_letter(pipe: Pipeline, settings: Settings, record: Fields) -> None:
     """Queue a dead-letter record (`dead_letter_record`) on the bounded dead-letter stream."""
     pipe.xadd(settings.keys.dlq, record, maxlen=settings.dlq_max_len, approximate=True)
 
@@ -542,12 +542,15 @@ def memory_record(settings: Settings, final: FinalResult, *, pool_id: str) -> di
     }
 
 
-def queue_memory_record(pipe: Any, settings: Settings, final: FinalResult, *, pool_id: str) -> None:
+def queue_memory_record(
+    pipe: Pipeline, settings: Settings, final: FinalResult, *, pool_id: str
+) -> None:
     """Queue the memory record of a result on a pool's memory stream (a shared result filed
     by the pool's worker; a pool's own results get theirs in COMPLETE_BATCH)."""
+    record: Fields = {k: v for k, v in memory_record(settings, final, pool_id=pool_id).items()}
     pipe.xadd(
         settings.keys.pool_memory(pool_id),
-        memory_record(settings, final, pool_id=pool_id),
+        record,
         maxlen=settings.memory_max_len,
         approximate=True,
     )

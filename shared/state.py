@@ -9,7 +9,7 @@ from typing import Any
 
 from shared.codec import unpack
 from shared.config import Settings
-from shared.connection import Fields, Redis, decode_hash, text
+from shared.connection import Fields, Redis, decode_hash, queued, text
 from shared.errors import MalformedMessage
 from shared.models import (
     LoadMetrics,
@@ -117,15 +117,22 @@ async def read_pools(redis: Redis, settings: Settings, pool_ids: Sequence[str]) 
     """The pools with these ids (missing ones are left out), in one round trip."""
     keys = settings.keys
     pipe = redis.pipeline(transaction=False)
-    for pool_id in pool_ids:
-        pipe.hgetall(keys.pool(pool_id))
-        pipe.hgetall(keys.pool_load(pool_id))
-        pipe.exists(keys.pool_lease(pool_id))
+    reads = [
+        (
+            queued(pipe, pipe.hgetall(keys.pool(pool_id))),
+            queued(pipe, pipe.hgetall(keys.pool_load(pool_id))),
+            queued(pipe, pipe.exists(keys.pool_lease(pool_id))),
+        )
+        for pool_id in pool_ids
+    ]
     replies = await pipe.execute()
     pools = []
-    for i in range(0, len(replies), 3):
-        raw, load, leased = replies[i : i + 3]
-        info = parse_pool(decode_hash(raw), decode_hash(load), supervised=bool(leased))
+    for raw, load, leased in reads:
+        info = parse_pool(
+            decode_hash(raw.reply(replies)),
+            decode_hash(load.reply(replies)),
+            supervised=bool(leased.reply(replies)),
+        )
         if info is not None:
             pools.append(info)
     return pools

@@ -28,7 +28,6 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -45,6 +44,7 @@ from shared.config import Settings
 from shared.connection import (
     TRANSIENT_ERRORS,
     Entry,
+    Pipeline,
     Redis,
     ack_and_delete,
     connect,
@@ -518,7 +518,7 @@ class Worker:
         ack_ids = [item.running.entry_id for item in done] + [d.entry_id for d in dead] + skipped
         ack_ids += [entry_id for entry_id, _ in unannounced]
 
-        def extra(pipe: Any) -> None:
+        def extra(pipe: Pipeline) -> None:
             self._queue_retries(pipe, retries)
             self._queue_dead_letters(pipe, dead)
 
@@ -571,7 +571,7 @@ class Worker:
         msg = item.running.message
         return f"attempt {msg.attempt} on {self.worker_id}: {item.outcome.error}"
 
-    def _queue_retries(self, pipe: Any, retries: list[_Done]) -> None:
+    def _queue_retries(self, pipe: Pipeline, retries: list[_Done]) -> None:
         for item in retries:
             msg = item.running.message
             queue_retry(
@@ -585,7 +585,7 @@ class Worker:
                 error=str(item.outcome.error),
             )
 
-    def _queue_dead_letters(self, pipe: Any, dead: list[_DeadLetter]) -> None:
+    def _queue_dead_letters(self, pipe: Pipeline, dead: list[_DeadLetter]) -> None:
         """Dead-letter entries that could not be decoded (failed tasks: `finalize_results`)."""
         for item in dead:
             log.warning("dead-lettered %s: %s", text(item.entry_id), item.reason)
@@ -596,7 +596,7 @@ class Worker:
 
     # ---------------------------------------------------------------- heartbeat
 
-    def _queue_heartbeat(self, pipe: Any) -> None:
+    def _queue_heartbeat(self, pipe: Pipeline) -> None:
         key = self.keys.worker(self.worker_id)
         now = time.time()
         pipe.hset(
@@ -620,7 +620,7 @@ class Worker:
         # every beat, not only at start: after a gap the orchestrator may have pruned us
         pipe.sadd(self.keys.pool_workers(self.pool_id), self.worker_id)
 
-    def _queue_status(self, pipe: Any, worker_status: str) -> None:
+    def _queue_status(self, pipe: Pipeline, worker_status: str) -> None:
         update = StatusUpdate(
             pool_id=self.pool_id,
             worker_id=self.worker_id,
