@@ -166,12 +166,11 @@ class PoolSupervisor:
             )
         pipe = self.redis.pipeline(transaction=False)
         order = [(pool_id, w) for pool_id, v in views.items() for w in sorted(v.members)]
-        for _, worker_id in order:
-            pipe.hgetall(keys.worker(worker_id))
-        beats = await pipe.execute() if order else []
-        for (pool_id, worker_id), worker_beat in zip(order, beats, strict=True):
-            if worker_beat:
-                views[pool_id].live_workers[worker_id] = decode_hash(worker_beat)
+        beats = [queued(pipe, pipe.hgetall(keys.worker(worker_id))) for _, worker_id in order]
+        replies = await pipe.execute() if order else []
+        for (pool_id, worker_id), beat_read in zip(order, beats, strict=True):
+            if worker_beat := decode_hash(beat_read.reply(replies)):
+                views[pool_id].live_workers[worker_id] = worker_beat
         self.pools = views
 
     async def supervise(self, view: PoolView, pending: Any) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from shared.codec import encode_result, pack
 from shared.config import Settings
-from shared.connection import Fields, Pipeline, Redis, text
+from shared.connection import Fields, Pipeline, Redis, hash_reply, queued, text
 from shared.errors import inbox_error
 from shared.keys import hash_tag
 from shared.models import TaskResult, TaskSpec, TaskStatus
@@ -266,10 +266,11 @@ async def read_stored(
         return []
     keys = settings.keys
     pipe = redis.pipeline(transaction=False)
-    for home, task_id in tasks:
-        pipe.hgetall(keys.task_state(task_id, home))
+    reads = [(h, t, queued(pipe, pipe.hgetall(keys.task_state(t, h)))) for h, t in tasks]
+    replies = await pipe.execute()
     found: list[FinalResult] = []
-    for (home, task_id), raw in zip(tasks, await pipe.execute(), strict=True):
+    for home, task_id, read in reads:
+        raw = hash_reply(read.reply(replies))
         if raw:
             final = stored_final(raw, task_id, home)
             if final is not None:

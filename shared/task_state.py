@@ -23,7 +23,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from shared.connection import Redis, hash_reply, text
+from shared.connection import Redis, hash_reply, queued, text
 from shared.keys import Keys
 from shared.models import TaskSpec, TaskStatus
 
@@ -72,24 +72,28 @@ async def read_state_fields(
     if not task_ids:
         return []
     pipe = redis.pipeline(transaction=False)
-    for task_id in task_ids:
-        pipe.hmget(keys.task(task_id), ["home", *fields])
-    lookups = await pipe.execute()
+    lookups = [queued(pipe, pipe.hmget(keys.task(t), ["home", *fields])) for t in task_ids]
+    replies = await pipe.execute()
     out: list[list[str] | None] = []
-    homed: list[tuple[int, str]] = []
-    for position, (task_id, values) in enumerate(zip(task_ids, lookups, strict=True)):
+    homed: list[tuple[int, str, str]] = []  # (position in `out`, task id, home)
+    for position, (task_id, lookup) in enumerate(zip(task_ids, lookups, strict=True)):
+        values = lookup.reply(replies)
         if values is None or all(v is None for v in values):
             out.append(None)
             continue
         home = text(values[0])
         out.append([text(v) for v in values[1:]])
         if home:
-            homed.append((position, task_id))
+            homed.append((position, task_id, home))
     if homed:
         pipe = redis.pipeline(transaction=False)
-        for position, task_id in homed:
-            pipe.hmget(keys.pool_task(text(lookups[position][0]), task_id), list(fields))
-        for (position, _), values in zip(homed, await pipe.execute(), strict=True):
+        states = [
+            (position, queued(pipe, pipe.hmget(keys.pool_task(home, task_id), list(fields))))
+            for position, task_id, home in homed
+        ]
+        replies = await pipe.execute()
+        for position, state in states:
+            values = state.reply(replies)
             if values and any(v is not None for v in values):
                 out[position] = [text(v) for v in values]
     return out
