@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -19,11 +20,11 @@ from shared.codec import TaskDelegate, decode, encode
 from shared.connection import (
     Entry,
     ack_and_delete,
+    pending_consumers,
     pending_entries,
     plain_members,
     queued,
     stream_entries,
-    text,
 )
 from shared.errors import MalformedMessage
 from shared.finals import announce_stored, dead_letter_record, queue_dead_letter
@@ -49,32 +50,36 @@ class Reclaimer:
         self.owner_id = records.owner_id
         self.lease_ms = lease_ms
 
-    async def pending_summaries(self, pool_ids: list[str]) -> dict[str, Any]:
+    async def pending_summaries(self, pool_ids: list[str]) -> dict[str, dict[str, Any]]:
         """`XPENDING` of these pools' task streams, in one round trip (an error: left out)."""
         pipe = self.redis.pipeline(transaction=False)
-        for pool_id in pool_ids:
-            pipe.xpending(self.keys.pool_tasks(pool_id), WORKER_GROUP)
+        reads = [
+            (p, queued(pipe, pipe.xpending(self.keys.pool_tasks(p), WORKER_GROUP)))
+            for p in pool_ids
+        ]
         try:
             replies = await pipe.execute(raise_on_error=False) if pool_ids else []
         except RedisError:
             return {}
         return {
             pool_id: summary
-            for pool_id, summary in zip(pool_ids, replies, strict=True)
-            if not isinstance(summary, Exception)
+            for pool_id, read in reads
+            if not isinstance(summary := read.reply_or_error(replies), Exception)
         }
 
-    async def pool_entries(self, pool_id: str, live: set[str], summary: Any) -> None:
+    async def pool_entries(
+        self, pool_id: str, live: set[str], summary: Mapping[str, Any] | None
+    ) -> None:
         """Take back a pool's entries held by dead consumers (not in `live`) or past deadline.
 
         `summary` is the stream's `XPENDING` summary (`pending_summaries`).
         """
         stream = self.keys.pool_tasks(pool_id)
-        if not summary or not summary.get("pending"):
+        consumers = pending_consumers(summary)
+        if not consumers:
             return
         lost: list[tuple[bytes, str]] = []
-        for consumer in summary.get("consumers") or []:
-            name = text(consumer.get("name"))
+        for name in consumers:
             if name in live:
                 continue
             ids = pending_entries(
@@ -272,8 +277,7 @@ class Reclaimer:
                 summary = await self.redis.xpending(stream, ORCHESTRATOR_GROUP)
             except RedisError:
                 continue
-            for consumer in (summary or {}).get("consumers") or []:
-                name = text(consumer.get("name"))
+            for name in pending_consumers(summary):
                 if name == self.owner_id or await self.redis.exists(self.keys.orchestrator(name)):
                     continue
                 ids = pending_entries(

@@ -19,6 +19,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,7 +174,7 @@ class PoolSupervisor:
                 views[pool_id].live_workers[worker_id] = worker_beat
         self.pools = views
 
-    async def supervise(self, view: PoolView, pending: Any) -> None:
+    async def supervise(self, view: PoolView, pending: Mapping[str, Any] | None) -> None:
         """One pass over a pool this orchestrator holds the lease of (`pending`: its task
         stream's `XPENDING` summary, read for all pools at once)."""
         pool_id = view.spec.id
