@@ -389,6 +389,12 @@ def hash_reply(raw: Mapping[_K, _V] | None) -> dict[bytes, bytes]:
     deleted entry's fields) is empty."""
     if not raw:
         return {}
+    if isinstance(raw, dict):  # bytes already, as this connection gives them: no copy
+        for key, value in raw.items():
+            if not isinstance(key, bytes) or not isinstance(value, bytes):
+                break
+        else:
+            return cast(dict[bytes, bytes], raw)
     return {as_bytes(k): as_bytes(v) for k, v in raw.items()}
 
 
@@ -416,6 +422,10 @@ def stream_entries(raw: XClaimResponse | None) -> list[Entry]:
 def _entry(item: object) -> Entry | None:
     """One entry of a stream reply: (id, fields) as redis-py parses it; None for the nil of
     an entry deleted while pending."""
+    if type(item) is tuple and len(item) == 2:  # as redis-py parses an entry: the hot path
+        entry_id, fields = item
+        if type(entry_id) is bytes and type(fields) is dict:
+            return entry_id, hash_reply(fields)
     if not isinstance(item, tuple | list) or len(item) < 2:
         raise TypeError(f"a stream reply holds {item!r}, not an (id, fields) entry")
     entry_id, fields = item[0], item[1]
