@@ -27,7 +27,7 @@ from typing import Any
 
 from shared.codec import encode_result, pack
 from shared.config import Settings
-from shared.connection import Fields, Pipeline, Redis, hash_reply, queued, text
+from shared.connection import Fields, Pipeline, Queued, Redis, hash_reply, queued, text
 from shared.errors import inbox_error
 from shared.keys import hash_tag
 from shared.models import TaskResult, TaskSpec, TaskStatus
@@ -346,14 +346,14 @@ def announce(
         for target in final.share_with:
             inbox = keys.pool_inbox(target)
             marker = keys.sent_marker(inbox, _batch_token([final]))
-            done.shares.append((len(pipe), final, target))
             done.markers.append(marker)
-            scripts.queue(
+            share = scripts.queue(
                 pipe,
                 scripts.send_to_inbox,
                 [keys.pool(target), inbox, marker],
                 [SENT_MARKER_TTL, *flat_fields(shared)],
             )
+            done.shares.append((share, final, target))
         if final.submitted_at is None or now - final.submitted_at > settings.result_ttl / 2:
             # the `task` hash got its TTL at submission: keep it as long as the result
             pipe.expire(keys.task(res.task_id), settings.result_ttl)
@@ -405,15 +405,15 @@ def _queue_entries(
     return marker
 
 
-Share = tuple[int, FinalResult, str]
-"""A share queued by `announce`: its position in the pipeline, the result, the target pool."""
+Share = tuple[Queued[object], FinalResult, str]
+"""A share queued by `announce`: its SEND_TO_INBOX call, the result, the target pool."""
 
 
 async def _report_share_failures(
     redis: Redis, settings: Settings, shares: Sequence[Share], replies: Sequence[Any]
 ) -> None:
     """Dead-letter (loudly) the shares an inbox refused; raise any other error of step 2."""
-    share_at = {position: (final, target) for position, final, target in shares}
+    share_at = {share.index: (final, target) for share, final, target in shares}
     pipe = redis.pipeline(transaction=False)
     for position, reply in enumerate(replies):
         if not isinstance(reply, Exception):

@@ -51,6 +51,7 @@ from shared.connection import (
     decode_hash,
     ensure_group,
     flatten_read,
+    queued,
     read_own_pending,
     text,
 )
@@ -650,13 +651,13 @@ class Worker:
                 return
             running = list(self._running.values())
             pipe = self.redis.pipeline(transaction=False)
-            self._queue_heartbeat(pipe)  # three commands
-            pipe.hget(self.keys.pool(self.pool_id), "status")
-            pipe.exists(self.keys.orchestrator(self.managed_by or "-"))
+            self._queue_heartbeat(pipe)
+            pool_status = queued(pipe, pipe.hget(self.keys.pool(self.pool_id), "status"))
+            manager = queued(pipe, pipe.exists(self.keys.orchestrator(self.managed_by or "-")))
+            cancels = []
             for item in running:
-                pipe.hget(
-                    self.keys.pool_task(self.pool_id, item.message.task.id), "cancel_requested"
-                )
+                state = self.keys.pool_task(self.pool_id, item.message.task.id)
+                cancels.append(queued(pipe, pipe.hget(state, "cancel_requested")))
             now = time.time()
             if now - last_event >= HEARTBEAT_EVENT_EVERY:
                 beat = Heartbeat(
@@ -674,10 +675,14 @@ class Worker:
             except RedisError as exc:  # any error: a worker without heartbeats loses its work
                 log.warning("heartbeat failed: %s", exc)
                 continue
-            status, manager_alive, *flags = replies[3 : 5 + len(running)]
+            status, manager_alive = pool_status.reply(replies), manager.reply(replies)
             self._check_pool(text(status), bool(manager_alive), now)
-            for item, flag in zip(running, flags, strict=True):
-                if text(flag) == "1" and not item.cancel_requested and item.task is not None:
+            for item, cancel in zip(running, cancels, strict=True):
+                if (
+                    text(cancel.reply(replies)) == "1"
+                    and not item.cancel_requested
+                    and item.task is not None
+                ):
                     item.cancel_requested = True
                     item.task.cancel()
 
