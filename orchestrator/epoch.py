@@ -20,9 +20,10 @@ import time
 from orchestrator.records import Records
 from orchestrator.supervisor import PoolView
 from shared.codec import StatusUpdate
-from shared.connection import ensure_group, queued, text
+from shared.connection import ensure_group
 from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
 from shared.models import PoolStatus, new_id
+from shared.replies import queued, text
 from shared.state import pool_hash_fields
 
 log = logging.getLogger("mahavishnu.orchestrator")

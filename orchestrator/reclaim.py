@@ -17,19 +17,19 @@ from redis.exceptions import RedisError
 
 from orchestrator.records import BadEntry, Records
 from shared.codec import TaskDelegate, decode, encode
-from shared.connection import (
+from shared.connection import ack_and_delete
+from shared.errors import MalformedMessage
+from shared.finals import announce_stored, dead_letter_record, queue_dead_letter
+from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
+from shared.models import ACCEPTING_STATUSES, TaskStatus
+from shared.replies import (
     Entry,
-    ack_and_delete,
     pending_consumers,
     pending_entries,
     plain_members,
     queued,
     stream_entries,
 )
-from shared.errors import MalformedMessage
-from shared.finals import announce_stored, dead_letter_record, queue_dead_letter
-from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
-from shared.models import ACCEPTING_STATUSES, TaskStatus
 from shared.retries import dead_letter_reason, queue_retry, read_retry
 
 log = logging.getLogger("mahavishnu.orchestrator")

@@ -10,7 +10,7 @@ from typing import Any
 
 from shared.codec import StatusUpdate, TaskDelegate, _Message, encode
 from shared.config import Settings
-from shared.connection import Pipeline, Redis, ack_and_delete, queued, text
+from shared.connection import Pipeline, Redis, ack_and_delete
 from shared.finals import (
     FinalResult,
     finalize_results,
@@ -19,6 +19,7 @@ from shared.finals import (
 )
 from shared.keys import ORCHESTRATOR_GROUP
 from shared.models import FINAL_STATUSES, PoolStatus, TaskResult, TaskStatus
+from shared.replies import queued, text
 from shared.retries import with_line
 from shared.scripts import Scripts, flat_fields
 

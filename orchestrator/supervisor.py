@@ -27,11 +27,12 @@ from orchestrator.pools import PoolBackend
 from orchestrator.reclaim import Reclaimer
 from orchestrator.records import Records
 from shared.codec import PoolClosed, StatusUpdate, TaskDelegate, decode, encode
-from shared.connection import Fields, decode_hash, queued, stream_entries, text
+from shared.connection import Fields
 from shared.errors import MalformedMessage
 from shared.finals import announce_stored
 from shared.keys import WORKER_GROUP
 from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, PoolType, TaskStatus
+from shared.replies import decode_hash, queued, stream_entries, text
 from shared.state import worker_draining, worker_stuck
 from worker.worker import drain_deadline
 

@@ -38,15 +38,7 @@ from shared.codec import (
     pack,
 )
 from shared.config import Settings, load_settings
-from shared.connection import (
-    Queued,
-    Redis,
-    connect,
-    decode_hash,
-    flatten_read,
-    stream_entries,
-    text,
-)
+from shared.connection import Redis, connect
 from shared.dead_letters import DeadLetter, list_dead_letters, read_dead_letter
 from shared.errors import (
     InvalidRequest,
@@ -74,6 +66,7 @@ from shared.models import (
     new_id,
 )
 from shared.readers import CompletionWatcher, ReplyReader
+from shared.replies import Queued, decode_hash, flatten_read, stream_entries, text
 from shared.scripts import Scripts, add_counted, flat_fields
 from shared.state import live_pool_ids, parse_task_result, read_pools
 from shared.task_state import read_state, task_state_fields

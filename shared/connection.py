@@ -11,9 +11,8 @@ settings, seeded with the URL's nodes (see `shared.config.parse_cluster_url`).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar, cast
+from collections.abc import Sequence
+from typing import Any, TypeAlias
 
 import hiredis
 import redis.asyncio as aioredis
@@ -43,39 +42,28 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.typing import (
-    EncodableT,
-    FieldT,
-    KeyT,
-    StreamIdT,
-    XClaimResponse,
-    XPendingRangeResponse,
-    XReadGroupResponse,
-    XReadResponse,
-    ZSetRangeResponse,
-)
+from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 
 from shared.config import CLUSTER_SCHEMES, Settings, parse_cluster_url
 from shared.errors import BrokerError, BrokerUnresponsive
 
+# re-exported: code written before the readers moved to shared/replies.py imports them here
+from shared.replies import Entry as Entry
+from shared.replies import decode_hash as decode_hash
+from shared.replies import flatten_read as flatten_read
+from shared.replies import text as text
+
 Redis: TypeAlias = aioredis.Redis | RedisCluster
 """A client of either broker kind (`connect`). Its connections never decode replies
 (`decode_responses=False`): redis-py annotates replies as `bytes | str` unions, and the readers
-below (`hash_reply`, `stream_entries`, `flatten_read`, `pending_entries`, `text`) turn them into
-the bytes (or str) they are."""
+of `shared/replies.py` turn them into the bytes (or str) they are."""
 Pipeline: TypeAlias = StandalonePipeline | ClusterPipeline
 """A non-transactional pipeline of either client kind (`redis.pipeline(transaction=False)`)."""
-Entry = tuple[bytes, dict[bytes, bytes]]
-"""A stream entry: its id and fields."""
 Fields: TypeAlias = dict[FieldT, EncodableT]
 """A hash's or stream entry's fields to write, typed as redis-py's HSET and XADD take them
 (its dict argument type is invariant: a `dict[str, str]` is refused, so annotate the dict)."""
 ReadFrom: TypeAlias = dict[KeyT, StreamIdT]
 """Streams to read and the id to read each after, as XREAD and XREADGROUP take them."""
-
-_T = TypeVar("_T")
-_K = TypeVar("_K", bound=bytes | str)
-_V = TypeVar("_V", bound=bytes | str)
 
 MAX_CONNECTIONS = 64  # per client; more concurrent commands wait for a free connection
 CONNECTION_WAIT = 30.0  # seconds a command waits for a free connection
@@ -345,159 +333,6 @@ async def read_own_pending(
             ack_and_delete(pipe, stream, group, [entry_id])
         await pipe.execute()
     return [(s, e) for s, e in found if e[1]]
-
-
-@dataclass(frozen=True)
-class Queued(Generic[_T]):
-    """A command queued on a pipeline, named so its reply is read by name, not by counting
-    positions: `load = queued(pipe, pipe.hgetall(key))`, then `load.reply(replies)`."""
-
-    index: int
-
-    def reply(self, replies: Sequence[Any]) -> _T:
-        """Its reply among the pipeline's `replies`, of the type redis-py gives the command
-        (with `raise_on_error=False`, an error reply is the exception: see `reply_or_error`)."""
-        return cast(_T, replies[self.index])
-
-    def reply_or_error(self, replies: Sequence[Any]) -> _T | Exception:
-        """Its reply, or the exception a pipeline run with `raise_on_error=False` put there."""
-        found = replies[self.index]
-        return found if isinstance(found, Exception) else cast(_T, found)
-
-
-def queued(pipe: Pipeline, command: Awaitable[_T]) -> Queued[_T]:
-    """Name the command just queued on `pipe`; pass the call itself, which queues it and gives
-    the reply's type: `queued(pipe, pipe.get(key))`."""
-    del command  # a queued call returns the pipeline; only its declared type is used
-    return Queued(len(pipe) - 1)
-
-
-def as_bytes(value: bytes | str) -> bytes:
-    """A reply value as bytes (what a connection that does not decode replies gives)."""
-    return value if isinstance(value, bytes) else value.encode()
-
-
-def text(value: bytes | str | int | float | None, default: str = "") -> str:
-    """A Redis reply value as str."""
-    if value is None:
-        return default
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def hash_reply(raw: Mapping[_K, _V] | None) -> dict[bytes, bytes]:
-    """A HGETALL reply (or a stream entry's fields) with bytes keys and values; None (a
-    deleted entry's fields) is empty."""
-    if not raw:
-        return {}
-    if isinstance(raw, dict):  # bytes already, as this connection gives them: no copy
-        for key, value in raw.items():
-            if not isinstance(key, bytes) or not isinstance(value, bytes):
-                break
-        else:
-            return cast(dict[bytes, bytes], raw)
-    return {as_bytes(k): as_bytes(v) for k, v in raw.items()}
-
-
-def decode_hash(raw: Mapping[_K, _V] | None) -> dict[str, str]:
-    """A HGETALL reply with str keys and values."""
-    if not raw:
-        return {}
-    return {text(k): text(v) for k, v in raw.items()}
-
-
-def stream_entries(raw: XClaimResponse | None) -> list[Entry]:
-    """An XRANGE/XREVRANGE reply, or XCLAIM's (without JUSTID), as entries in order.
-
-    An entry deleted while it was pending has no fields here; XCLAIM on Redis < 7 answers it as
-    nil, without even its id, and it is left out (`claimed_entries` finds its id).
-    """
-    entries: list[Entry] = []
-    for item in raw or ():
-        entry = _entry(item)
-        if entry is not None:
-            entries.append(entry)
-    return entries
-
-
-def _entry(item: object) -> Entry | None:
-    """One entry of a stream reply: (id, fields) as redis-py parses it; None for the nil of
-    an entry deleted while pending."""
-    if type(item) is tuple and len(item) == 2:  # as redis-py parses an entry: the hot path
-        entry_id, fields = item
-        if type(entry_id) is bytes and type(fields) is dict:
-            return entry_id, hash_reply(fields)
-    if not isinstance(item, tuple | list) or len(item) < 2:
-        raise TypeError(f"a stream reply holds {item!r}, not an (id, fields) entry")
-    entry_id, fields = item[0], item[1]
-    if entry_id is None:
-        return None
-    if not isinstance(entry_id, bytes | str) or not isinstance(fields, dict | None):
-        raise TypeError(f"a stream reply holds {item!r}, not an (id, fields) entry")
-    return as_bytes(entry_id), hash_reply(fields)
-
-
-def flatten_read(reply: XReadResponse | XReadGroupResponse | None) -> list[tuple[str, Entry]]:
-    """XREAD/XREADGROUP reply (RESP2 list or RESP3 dict) as (stream, entry) pairs in order."""
-    pairs: list[tuple[str, Entry]] = []
-    if not reply:
-        return pairs
-    items = reply.items() if isinstance(reply, dict) else reply
-    for stream, entries in items:
-        name = text(stream)
-        for item in entries:
-            entry = _entry(item)
-            if entry is not None:
-                pairs.append((name, entry))
-    return pairs
-
-
-def scored_members(raw: ZSetRangeResponse) -> list[tuple[bytes, float]]:
-    """A ZRANGE ... WITHSCORES reply as (member, score) pairs."""
-    pairs = []
-    for item in raw:
-        if isinstance(item, bytes | str) or len(item) != 2:
-            raise TypeError(f"a WITHSCORES reply holds {item!r}, not a (member, score) pair")
-        member, score = item[0], item[1]
-        pairs.append((as_bytes(member), float(score)))
-    return pairs
-
-
-def plain_members(raw: ZSetRangeResponse) -> list[bytes]:
-    """A ZRANGE (or ZRANGEBYSCORE) reply without scores as its members."""
-    members = []
-    for item in raw:
-        if not isinstance(item, bytes | str):
-            raise TypeError(f"a sorted-set reply holds {item!r}, not a member (WITHSCORES?)")
-        members.append(as_bytes(item))
-    return members
-
-
-class PendingEntry(NamedTuple):
-    """One row of XPENDING's extended form."""
-
-    entry_id: bytes
-    consumer: str
-    idle_ms: int
-    deliveries: int
-
-
-def pending_entries(raw: XPendingRangeResponse) -> list[PendingEntry]:
-    """An XPENDING start end count [consumer] reply (redis-py's dicts) as typed rows."""
-    rows = []
-    for row in raw:
-        entry_id, consumer = row["message_id"], row["consumer"]
-        idle, deliveries = row["time_since_delivered"], row["times_delivered"]
-        if isinstance(entry_id, int) or isinstance(idle, bytes | str):
-            raise TypeError(f"unexpected XPENDING row {row!r}")
-        rows.append(PendingEntry(as_bytes(entry_id), text(consumer), idle, int(deliveries)))
-    return rows
-
-
-def pending_consumers(summary: Mapping[str, Any] | None) -> list[str]:
-    """Names of the consumers holding entries in an XPENDING summary (none if none pending)."""
-    if not summary or not summary.get("pending"):
-        return []
-    return [text(c["name"]) for c in summary.get("consumers") or []]
 
 
 def broker_error(exc: BaseException, settings: Settings) -> BrokerError:

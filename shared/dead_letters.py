@@ -16,9 +16,10 @@ from pydantic import ValidationError
 
 from shared.codec import Message, TaskDelegate, decode, describe_validation_error, unpack
 from shared.config import Settings
-from shared.connection import Redis, decode_hash, stream_entries, text
+from shared.connection import Redis
 from shared.errors import InvalidRequest, MalformedMessage
 from shared.models import TaskSpec
+from shared.replies import decode_hash, stream_entries, text
 
 ENTRY_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
 _PAGE = 500

@@ -27,10 +27,11 @@ from typing import Any
 
 from shared.codec import encode_result, pack
 from shared.config import Settings
-from shared.connection import Fields, Pipeline, Queued, Redis, hash_reply, queued, text
+from shared.connection import Fields, Pipeline, Redis
 from shared.errors import inbox_error
 from shared.keys import hash_tag
 from shared.models import TaskResult, TaskSpec, TaskStatus
+from shared.replies import Queued, hash_reply, queued, text
 from shared.scripts import FINAL_DONE, FINAL_NEW, FINAL_STORED, Scripts, add_counted, flat_fields
 from shared.state import parse_task_result
 from shared.task_state import RawHash, share_targets

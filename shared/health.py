@@ -8,8 +8,9 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from shared.config import Settings
-from shared.connection import Redis, decode_hash, queued, server_version, text
+from shared.connection import Redis, server_version
 from shared.models import PoolStatus
+from shared.replies import decode_hash, queued, text
 from shared.state import live_pool_ids, read_pools, worker_draining, worker_stuck
 
 

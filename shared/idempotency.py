@@ -20,10 +20,11 @@ import hashlib
 import json
 from collections.abc import Sequence
 
-from shared.connection import Redis, queued, text
+from shared.connection import Redis
 from shared.errors import IdempotencyConflict
 from shared.keys import Keys
 from shared.models import TaskSpec
+from shared.replies import queued, text
 
 COMPARED_FIELDS = frozenset({"prompt", "command", "call", "args", "kwargs", "pool_id", "labels"})
 

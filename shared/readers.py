@@ -16,9 +16,10 @@ from redis.exceptions import RedisError
 
 from shared.aio import stop_task
 from shared.codec import ResultShare, decode
-from shared.connection import Redis, flatten_read, stream_entries, text
+from shared.connection import Redis
 from shared.errors import MalformedMessage
 from shared.models import TaskResult
+from shared.replies import flatten_read, stream_entries, text
 
 MAX_UNCLAIMED = 50_000  # delivered results kept for a later result() call
 

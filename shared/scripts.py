@@ -23,9 +23,10 @@ from redis.asyncio.client import CommandStackT
 from redis.asyncio.cluster import ClusterPipeline, PipelineStrategy, RedisCluster
 from redis.exceptions import NoScriptError
 
-from shared.connection import Pipeline, Queued, Redis
+from shared.connection import Pipeline, Redis
 from shared.keys import hash_tag
 from shared.models import ACCEPTING_STATUSES, FINAL_STATUSES, PoolStatus, TaskStatus
+from shared.replies import Queued
 
 # the pool statuses in which a pool takes no work, as a Lua condition on `status`
 _POOL_DOWN = " or ".join(

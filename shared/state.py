@@ -9,7 +9,7 @@ from typing import Any
 
 from shared.codec import unpack
 from shared.config import Settings
-from shared.connection import Fields, Redis, decode_hash, queued, text
+from shared.connection import Fields, Redis
 from shared.errors import MalformedMessage
 from shared.models import (
     LoadMetrics,
@@ -19,6 +19,7 @@ from shared.models import (
     TaskResult,
     TaskStatus,
 )
+from shared.replies import decode_hash, queued, text
 
 
 def worker_draining(beat: dict[str, str]) -> bool:

@@ -23,9 +23,10 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from shared.connection import Redis, hash_reply, queued, text
+from shared.connection import Redis
 from shared.keys import Keys
 from shared.models import TaskSpec, TaskStatus
+from shared.replies import hash_reply, queued, text
 
 RawHash = dict[bytes, bytes]
 

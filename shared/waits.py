@@ -29,10 +29,11 @@ from redis.exceptions import RedisError
 
 from shared.aio import stop_task
 from shared.config import Settings
-from shared.connection import Redis, queued, text
+from shared.connection import Redis
 from shared.errors import OrchestratorNotRunning, state_lost
 from shared.keys import ORCHESTRATOR_GROUP
 from shared.models import TaskStatus
+from shared.replies import queued, text
 from shared.task_state import read_state_fields
 
 EXISTS_CHUNK = 1000  # keys per EXISTS command

@@ -7,7 +7,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from shared.connection import (
+from shared.replies import (
     PendingEntry,
     as_bytes,
     decode_hash,

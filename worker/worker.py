@@ -43,17 +43,12 @@ from shared.codec import (
 from shared.config import Settings
 from shared.connection import (
     TRANSIENT_ERRORS,
-    Entry,
     Pipeline,
     Redis,
     ack_and_delete,
     connect,
-    decode_hash,
     ensure_group,
-    flatten_read,
-    queued,
     read_own_pending,
-    text,
 )
 from shared.errors import MalformedMessage, PoolNotFound, PoolUnavailable
 from shared.finals import (
@@ -65,6 +60,7 @@ from shared.finals import (
 )
 from shared.keys import WORKER_GROUP
 from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, TaskResult, TaskStatus, new_id
+from shared.replies import Entry, decode_hash, flatten_read, queued, text
 from shared.retries import dead_letter_reason, queue_retry, with_line
 from shared.scripts import START_ANNOUNCE, START_CANCELLED, START_SKIP, Scripts
 from worker.executors import Executor, Outcome, build_executor

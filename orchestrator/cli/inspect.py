@@ -19,8 +19,9 @@ from redis.exceptions import ResponseError
 
 from shared.codec import unpack
 from shared.config import Settings
-from shared.connection import Redis, hash_reply, scored_members, stream_entries, text
+from shared.connection import Redis
 from shared.errors import InvalidRequest, MalformedMessage, NotFound
+from shared.replies import hash_reply, scored_members, stream_entries, text
 
 MSGPACK_FIELDS = frozenset({"result", "body", "raw", "member"})
 """Fields whose values are msgpack (a task's result, an entry's body, a dead letter's raw entry)."""
