@@ -23,6 +23,7 @@ from shared.codec import StatusUpdate
 from shared.connection import ensure_group
 from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
 from shared.models import PoolStatus, new_id
+from shared.replies import queued, text
 from shared.state import pool_hash_fields
 
 log = logging.getLogger("mahavishnu.orchestrator")
@@ -46,9 +47,8 @@ class Epoch:
         pipe = self.redis.pipeline(transaction=False)
         pipe.hsetnx(self.keys.epoch, "id", fields["id"])
         pipe.hsetnx(self.keys.epoch, "created_at", fields["created_at"])
-        pipe.hget(self.keys.epoch, "id")
-        *_, current = await pipe.execute()
-        self.id = current.decode() if isinstance(current, bytes) else str(current)
+        current = queued(pipe, pipe.hget(self.keys.epoch, "id"))
+        self.id = text(current.reply(await pipe.execute()))
 
     async def lost(self) -> bool:
         """Whether the epoch this orchestrator saw is gone (Redis lost its data)."""
@@ -56,7 +56,7 @@ class Epoch:
             await self.join()
             return False
         current = await self.redis.hget(self.keys.epoch, "id")
-        return current is None or current.decode() != self.id
+        return current is None or text(current) != self.id
 
     async def restore(self, views: dict[str, PoolView]) -> int:
         """Re-register the pools in `views` (this orchestrator's last view of them) and mark
@@ -71,19 +71,20 @@ class Epoch:
             if await self.redis.exists(keys.pool(pool_id)):
                 continue  # another orchestrator put it back first
             await ensure_group(self.redis, keys.pool_tasks(pool_id), WORKER_GROUP)
+            detail = "re-registered after Redis lost its data"
             fields = pool_hash_fields(
                 view.spec,
                 view.status,
                 created_at=view.raw.get("created_at", repr(time.time())),
                 target_workers=view.target,
-                detail="re-registered after Redis lost its data",
+                detail=detail,
             )
             pipe = self.redis.pipeline(transaction=False)
             pipe.hset(keys.pool(pool_id), mapping=fields)
             pipe.sadd(keys.pools, pool_id)
             if view.lease == self.owner_id:
                 pipe.set(keys.pool_lease(pool_id), self.owner_id, px=self.lease_ms)
-            update = StatusUpdate(pool_id=pool_id, status=view.status, detail=fields["detail"])
+            update = StatusUpdate(pool_id=pool_id, status=view.status, detail=detail)
             self.records.publish(pipe, update)
             await pipe.execute()
             restored += 1

@@ -38,20 +38,18 @@ from shared.codec import (
 from shared.config import Settings
 from shared.connection import (
     TRANSIENT_ERRORS,
-    Entry,
+    ReadFrom,
     Redis,
     ack_and_delete,
     connect,
-    decode_hash,
     ensure_group,
-    flatten_read,
     read_own_pending,
-    text,
 )
 from shared.errors import MalformedMessage
 from shared.finals import announce_stored
 from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
 from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, PoolType, TaskStatus, new_id
+from shared.replies import Entry, decode_hash, flatten_read, text
 from shared.scripts import Scripts, add_counted
 from shared.state import pool_hash_fields
 from shared.task_state import task_state_fields
@@ -202,7 +200,7 @@ class Orchestrator:
                     entries = await self._read_own_pending()
                     recover = False
                 else:
-                    streams = {self.keys.control: ">"}
+                    streams: ReadFrom = {self.keys.control: ">"}
                     if len(self._waiting) < MAX_WAITING:
                         streams[self.keys.ingress] = ">"
                     reply = await self._reader.xreadgroup(

@@ -10,17 +10,26 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from orchestrator.records import BadEntry, Records
 from shared.codec import TaskDelegate, decode, encode
-from shared.connection import Entry, ack_and_delete, text
+from shared.connection import ack_and_delete
 from shared.errors import MalformedMessage
 from shared.finals import announce_stored, dead_letter_record, queue_dead_letter
 from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
 from shared.models import ACCEPTING_STATUSES, TaskStatus
+from shared.replies import (
+    Entry,
+    pending_consumers,
+    pending_entries,
+    plain_members,
+    queued,
+    stream_entries,
+)
 from shared.retries import dead_letter_reason, queue_retry, read_retry
 
 log = logging.getLogger("mahavishnu.orchestrator")
@@ -41,38 +50,44 @@ class Reclaimer:
         self.owner_id = records.owner_id
         self.lease_ms = lease_ms
 
-    async def pending_summaries(self, pool_ids: list[str]) -> dict[str, Any]:
+    async def pending_summaries(self, pool_ids: list[str]) -> dict[str, dict[str, Any]]:
         """`XPENDING` of these pools' task streams, in one round trip (an error: left out)."""
         pipe = self.redis.pipeline(transaction=False)
-        for pool_id in pool_ids:
-            pipe.xpending(self.keys.pool_tasks(pool_id), WORKER_GROUP)
+        reads = [
+            (p, queued(pipe, pipe.xpending(self.keys.pool_tasks(p), WORKER_GROUP)))
+            for p in pool_ids
+        ]
         try:
             replies = await pipe.execute(raise_on_error=False) if pool_ids else []
         except RedisError:
             return {}
         return {
             pool_id: summary
-            for pool_id, summary in zip(pool_ids, replies, strict=True)
-            if not isinstance(summary, Exception)
+            for pool_id, read in reads
+            if not isinstance(summary := read.reply_or_error(replies), Exception)
         }
 
-    async def pool_entries(self, pool_id: str, live: set[str], summary: Any) -> None:
+    async def pool_entries(
+        self, pool_id: str, live: set[str], summary: Mapping[str, Any] | None
+    ) -> None:
         """Take back a pool's entries held by dead consumers (not in `live`) or past deadline.
 
         `summary` is the stream's `XPENDING` summary (`pending_summaries`).
         """
         stream = self.keys.pool_tasks(pool_id)
-        if not summary or not summary.get("pending"):
+        consumers = pending_consumers(summary)
+        if not consumers:
             return
         lost: list[tuple[bytes, str]] = []
-        for consumer in summary.get("consumers") or []:
-            name = text(consumer.get("name"))
+        for name in consumers:
             if name in live:
                 continue
-            ids = await self.redis.xpending_range(
-                stream, WORKER_GROUP, min="-", max="+", count=1000, consumername=name
+            ids = pending_entries(
+                await self.redis.xpending_range(
+                    stream, WORKER_GROUP, min="-", max="+", count=1000, consumername=name
+                )
             )
-            lost.extend((p["message_id"], f"worker {name} died") for p in ids)
+            lost.extend((p.entry_id, f"worker {name} died") for p in ids)
             if not ids:
                 await self.redis.xgroup_delconsumer(stream, WORKER_GROUP, name)
         lost.extend(await self._overdue(stream, live))
@@ -82,18 +97,20 @@ class Reclaimer:
     async def _overdue(self, stream: str, live: set[str]) -> list[tuple[bytes, str]]:
         """Entries on live workers whose task's timeout plus grace has passed."""
         grace = self.settings.task_deadline_grace
-        pending = await self.redis.xpending_range(
-            stream, WORKER_GROUP, min="-", max="+", count=200, idle=int(grace * 1000)
+        pending = pending_entries(
+            await self.redis.xpending_range(
+                stream, WORKER_GROUP, min="-", max="+", count=200, idle=int(grace * 1000)
+            )
         )
-        candidates = {p["message_id"]: p for p in pending if text(p["consumer"]) in live}
+        candidates = {p.entry_id: p for p in pending if p.consumer in live}
         if not candidates:
             return []
         pipe = self.redis.pipeline(transaction=False)
-        for entry_id in candidates:
-            pipe.xrange(stream, min=entry_id, max=entry_id)
+        reads = [queued(pipe, pipe.xrange(stream, min=i, max=i)) for i in candidates]
+        replies = await pipe.execute()
         overdue = []
-        for found in await pipe.execute():
-            for entry_id, fields in found:
+        for read in reads:
+            for entry_id, fields in stream_entries(read.reply(replies)):
                 try:
                     msg = decode(fields)
                 except MalformedMessage:
@@ -101,25 +118,17 @@ class Reclaimer:
                 if not isinstance(msg, TaskDelegate):
                     continue
                 held = candidates[entry_id]
-                if held["time_since_delivered"] >= (msg.task.timeout + grace) * 1000:
-                    who = text(held["consumer"])
-                    overdue.append((entry_id, f"attempt passed its deadline on {who}"))
+                if held.idle_ms >= (msg.task.timeout + grace) * 1000:
+                    overdue.append((entry_id, f"attempt passed its deadline on {held.consumer}"))
         return overdue
 
     async def _requeue(self, stream: str, pool_id: str, lost: list[tuple[bytes, str]]) -> None:
         """Claim lost entries, re-queue each as its next attempt (or dead-letter it)."""
         reasons = dict(lost)
-        claimed = await self.redis.xclaim(
-            stream,
-            WORKER_GROUP,
-            self.owner_id,
-            min_idle_time=RECLAIM_MIN_IDLE_MS,
-            message_ids=list(reasons),
-        )
+        claimed, done = await self._claim(stream, WORKER_GROUP, list(reasons))
         pipe = self.redis.pipeline(transaction=False)
         dead: list[tuple[TaskDelegate, str]] = []
         bad: list[BadEntry] = []
-        done: list[bytes] = []
         readable: list[tuple[bytes, TaskDelegate]] = []
         for entry_id, fields in claimed:
             if not fields:
@@ -169,6 +178,31 @@ class Reclaimer:
         if claimed:
             log.info("took back %d entr(ies) of pool %s", len(claimed), pool_id)
 
+    async def _claim(
+        self, stream: str, group: str, ids: list[bytes]
+    ) -> tuple[list[Entry], list[bytes]]:
+        """XCLAIM `ids` for this orchestrator: the entries it got, and the ids of entries
+        deleted while pending, to acknowledge.
+
+        Redis 7 drops a deleted entry from the pending list itself and leaves it out of the
+        reply; Redis 6.2 claims it and answers it as nil, without its id: the ids asked for but
+        not answered that the stream no longer holds are those.
+        """
+        reply = await self.redis.xclaim(
+            stream, group, self.owner_id, min_idle_time=RECLAIM_MIN_IDLE_MS, message_ids=[*ids]
+        )
+        entries = stream_entries(reply)
+        if len(entries) == len(reply):
+            return entries, []
+        answered = {entry_id for entry_id, _ in entries}
+        missing = [i for i in ids if i not in answered]
+        pipe = self.redis.pipeline(transaction=False)
+        reads = [queued(pipe, pipe.xrange(stream, min=i, max=i)) for i in missing]
+        replies = await pipe.execute()
+        return entries, [
+            i for i, read in zip(missing, reads, strict=True) if not read.reply(replies)
+        ]
+
     async def due_retries(self, pool_status: dict[str, Any]) -> None:
         """Move retries whose time has come back into their pool's stream (or the ingress).
 
@@ -180,8 +214,10 @@ class Reclaimer:
         )
         if not got:
             return
-        due = await self.redis.zrangebyscore(
-            self.keys.delayed, "-inf", time.time(), start=0, num=RETRY_BATCH
+        due = plain_members(
+            await self.redis.zrangebyscore(
+                self.keys.delayed, "-inf", time.time(), start=0, num=RETRY_BATCH
+            )
         )
         if not due:
             return
@@ -241,25 +277,22 @@ class Reclaimer:
                 summary = await self.redis.xpending(stream, ORCHESTRATOR_GROUP)
             except RedisError:
                 continue
-            for consumer in (summary or {}).get("consumers") or []:
-                name = text(consumer.get("name"))
+            for name in pending_consumers(summary):
                 if name == self.owner_id or await self.redis.exists(self.keys.orchestrator(name)):
                     continue
-                ids = await self.redis.xpending_range(
-                    stream, ORCHESTRATOR_GROUP, min="-", max="+", count=1000, consumername=name
+                ids = pending_entries(
+                    await self.redis.xpending_range(
+                        stream, ORCHESTRATOR_GROUP, min="-", max="+", count=1000, consumername=name
+                    )
                 )
                 if not ids:
                     await self.redis.xgroup_delconsumer(stream, ORCHESTRATOR_GROUP, name)
                     continue
-                claimed = await self.redis.xclaim(
-                    stream,
-                    ORCHESTRATOR_GROUP,
-                    self.owner_id,
-                    min_idle_time=RECLAIM_MIN_IDLE_MS,
-                    message_ids=[p["message_id"] for p in ids],
+                claimed, gone = await self._claim(
+                    stream, ORCHESTRATOR_GROUP, [p.entry_id for p in ids]
                 )
                 entries = [(i, f) for i, f in claimed if f]
-                gone = [i for i, f in claimed if not f]  # deleted meanwhile: just acknowledge
+                gone += [i for i, f in claimed if not f]  # deleted meanwhile: just acknowledge
                 if gone:
                     pipe = self.redis.pipeline(transaction=False)
                     ack_and_delete(pipe, stream, ORCHESTRATOR_GROUP, gone)

@@ -10,7 +10,7 @@ from typing import Any
 
 from shared.codec import StatusUpdate, TaskDelegate, _Message, encode
 from shared.config import Settings
-from shared.connection import Redis, ack_and_delete, text
+from shared.connection import Pipeline, Redis, ack_and_delete
 from shared.finals import (
     FinalResult,
     finalize_results,
@@ -19,6 +19,7 @@ from shared.finals import (
 )
 from shared.keys import ORCHESTRATOR_GROUP
 from shared.models import FINAL_STATUSES, PoolStatus, TaskResult, TaskStatus
+from shared.replies import queued, text
 from shared.retries import with_line
 from shared.scripts import Scripts, flat_fields
 
@@ -40,7 +41,7 @@ class Records:
         self.keys = settings.keys
         self.owner_id = owner_id
 
-    def publish(self, pipe: Any, message: _Message) -> None:
+    def publish(self, pipe: Pipeline, message: _Message) -> None:
         """Queue a message on the events stream."""
         pipe.xadd(
             self.keys.events, encode(message), maxlen=self.settings.events_max_len, approximate=True
@@ -48,7 +49,7 @@ class Records:
 
     def queue_malformed(
         self,
-        pipe: Any,
+        pipe: Pipeline,
         stream: str,
         bad: list[BadEntry],
         *,
@@ -110,19 +111,23 @@ class Records:
     async def homes(self, task_ids: list[str]) -> list[str]:
         """The pool whose slot holds each task's state ('' for none), from its `task` hash."""
         pipe = self.redis.pipeline(transaction=False)
-        for task_id in task_ids:
-            pipe.hget(self.keys.task(task_id), "home")
-        return [text(home) for home in await pipe.execute()] if task_ids else []
+        reads = [queued(pipe, pipe.hget(self.keys.task(t), "home")) for t in task_ids]
+        replies = await pipe.execute() if task_ids else []
+        return [text(home.reply(replies)) for home in reads]
 
     async def finished(self, pool_id: str, messages: list[TaskDelegate]) -> dict[str, bool]:
         """Of tasks queued on a pool, the ones whose state is final: task id -> announced."""
         if not messages:
             return {}
         pipe = self.redis.pipeline(transaction=False)
+        reads = []
         for msg in messages:
-            pipe.hmget(self.keys.pool_task(pool_id, msg.task.id), ["status", "announced"])
+            state = self.keys.pool_task(pool_id, msg.task.id)
+            reads.append((msg, queued(pipe, pipe.hmget(state, ["status", "announced"]))))
+        replies = await pipe.execute()
         found: dict[str, bool] = {}
-        for msg, (status, announced) in zip(messages, await pipe.execute(), strict=True):
+        for msg, read in reads:
+            status, announced = read.reply(replies)
             if text(status) in FINAL_STATUS_VALUES:
                 found[msg.task.id] = text(announced) == "1"
         return found

@@ -19,6 +19,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,11 +27,12 @@ from orchestrator.pools import PoolBackend
 from orchestrator.reclaim import Reclaimer
 from orchestrator.records import Records
 from shared.codec import PoolClosed, StatusUpdate, TaskDelegate, decode, encode
-from shared.connection import decode_hash, text
+from shared.connection import Fields
 from shared.errors import MalformedMessage
 from shared.finals import announce_stored
 from shared.keys import WORKER_GROUP
 from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, PoolType, TaskStatus
+from shared.replies import decode_hash, queued, stream_entries, text
 from shared.state import worker_draining, worker_stuck
 from worker.worker import drain_deadline
 
@@ -124,28 +126,33 @@ class PoolSupervisor:
         """Heartbeat; read every pool, its lease, workers and backlog; take free leases."""
         keys = self.keys
         pipe = self.redis.pipeline(transaction=False)
-        beat = {"pid": os.getpid(), "host": socket.gethostname(), "last_seen": repr(time.time())}
+        beat: Fields = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "last_seen": repr(time.time()),
+        }
         pipe.hset(keys.orchestrator(self.owner_id), mapping=beat)
         pipe.pexpire(keys.orchestrator(self.owner_id), self.lease_ms)
-        pipe.smembers(keys.pools)
-        ids = sorted(text(m) for m in (await pipe.execute())[2])
+        pools = queued(pipe, pipe.smembers(keys.pools))
+        ids = sorted(text(m) for m in pools.reply(await pipe.execute()))
         pipe = self.redis.pipeline(transaction=False)
+        reads = {}
         for pool_id in ids:
-            pipe.hgetall(keys.pool(pool_id))
-            pipe.smembers(keys.pool_workers(pool_id))
-            pipe.xlen(keys.pool_tasks(pool_id))
+            raw = queued(pipe, pipe.hgetall(keys.pool(pool_id)))
+            members = queued(pipe, pipe.smembers(keys.pool_workers(pool_id)))
+            backlog = queued(pipe, pipe.xlen(keys.pool_tasks(pool_id)))
             self.records.scripts.queue(
                 pipe,
                 self.records.scripts.acquire_lease,
                 [keys.pool_lease(pool_id)],
                 [self.owner_id, self.lease_ms],
             )
-            pipe.get(keys.pool_lease(pool_id))
+            lease = queued(pipe, pipe.get(keys.pool_lease(pool_id)))
+            reads[pool_id] = (raw, members, backlog, lease)
         replies = await self.records.scripts.execute(pipe)
         views: dict[str, PoolView] = {}
-        for n, pool_id in enumerate(ids):
-            raw, members, backlog, _, lease = replies[n * 5 : n * 5 + 5]
-            fields = decode_hash(raw)
+        for pool_id, (raw, members, backlog, lease) in reads.items():
+            fields = decode_hash(raw.reply(replies))
             try:
                 spec = PoolSpec.model_validate_json(fields["spec"])
                 status = PoolStatus(fields.get("status", "failed"))
@@ -155,21 +162,20 @@ class PoolSupervisor:
                 spec=spec,
                 status=status,
                 raw=fields,
-                lease=text(lease),
-                members={text(m) for m in members},
-                backlog=int(backlog),
+                lease=text(lease.reply(replies)),
+                members={text(m) for m in members.reply(replies)},
+                backlog=backlog.reply(replies),
             )
         pipe = self.redis.pipeline(transaction=False)
         order = [(pool_id, w) for pool_id, v in views.items() for w in sorted(v.members)]
-        for _, worker_id in order:
-            pipe.hgetall(keys.worker(worker_id))
-        beats = await pipe.execute() if order else []
-        for (pool_id, worker_id), worker_beat in zip(order, beats, strict=True):
-            if worker_beat:
-                views[pool_id].live_workers[worker_id] = decode_hash(worker_beat)
+        beats = [queued(pipe, pipe.hgetall(keys.worker(worker_id))) for _, worker_id in order]
+        replies = await pipe.execute() if order else []
+        for (pool_id, worker_id), beat_read in zip(order, beats, strict=True):
+            if worker_beat := decode_hash(beat_read.reply(replies)):
+                views[pool_id].live_workers[worker_id] = worker_beat
         self.pools = views
 
-    async def supervise(self, view: PoolView, pending: Any) -> None:
+    async def supervise(self, view: PoolView, pending: Mapping[str, Any] | None) -> None:
         """One pass over a pool this orchestrator holds the lease of (`pending`: its task
         stream's `XPENDING` summary, read for all pools at once)."""
         pool_id = view.spec.id
@@ -216,7 +222,7 @@ class PoolSupervisor:
             pipe.srem(self.keys.pool_workers(pool_id), worker_id)
         if found.restart_reason:
             reason = found.restart_reason[:500]
-            restart = {"last_restart_at": repr(time.time()), "last_restart_reason": reason}
+            restart: Fields = {"last_restart_at": repr(time.time()), "last_restart_reason": reason}
             pipe.hset(self.keys.pool(pool_id), mapping=restart)
             pipe.hincrby(self.keys.pool(pool_id), "restarts", 1)
         await pipe.execute()
@@ -283,7 +289,7 @@ class PoolSupervisor:
             keys.pool_workers(pool_id),
             keys.pool_inbox(pool_id),
         )
-        closed = {"status": str(PoolStatus.CLOSED), "closed_at": repr(time.time())}
+        closed: Fields = {"status": str(PoolStatus.CLOSED), "closed_at": repr(time.time())}
         pipe.hset(keys.pool(pool_id), mapping=closed)
         pipe.expire(keys.pool(pool_id), self.settings.result_ttl)
         pipe.expire(keys.pool_memory(pool_id), self.settings.result_ttl)  # searchable a while
@@ -307,7 +313,7 @@ class PoolSupervisor:
         stream = self.keys.pool_tasks(pool_id)
         start = "-"
         while True:
-            entries = await self.redis.xrange(stream, min=start, max="+", count=500)
+            entries = stream_entries(await self.redis.xrange(stream, min=start, max="+", count=500))
             if not entries:
                 return
             start = "(" + text(entries[-1][0])

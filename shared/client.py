@@ -38,7 +38,7 @@ from shared.codec import (
     pack,
 )
 from shared.config import Settings, load_settings
-from shared.connection import Redis, connect, decode_hash, flatten_read, text
+from shared.connection import Redis, connect
 from shared.dead_letters import DeadLetter, list_dead_letters, read_dead_letter
 from shared.errors import (
     InvalidRequest,
@@ -66,6 +66,7 @@ from shared.models import (
     new_id,
 )
 from shared.readers import CompletionWatcher, ReplyReader
+from shared.replies import Queued, decode_hash, flatten_read, stream_entries, text
 from shared.scripts import Scripts, add_counted, flat_fields
 from shared.state import live_pool_ids, parse_task_result, read_pools
 from shared.task_state import read_state, task_state_fields
@@ -243,6 +244,7 @@ class PoolManager:
             return []
         keys, ttl = self.keys, self.settings.result_ttl
         pipe = self.redis.pipeline(transaction=False)
+        submits: list[tuple[list[TaskSpec], Queued[object]]] = []
         for pool_id, chunk, need in calls:
             args: list[Any]
             if pool_id:
@@ -257,7 +259,8 @@ class PoolManager:
             for spec in chunk:
                 add_counted(args, task_state_fields(spec, pool_id=pool_id))
                 add_counted(args, encode(TaskDelegate(task=spec)))
-            self._scripts.queue(pipe, self._scripts.submit_batch, head + state_keys, args)
+            submit = self._scripts.queue(pipe, self._scripts.submit_batch, head + state_keys, args)
+            submits.append((chunk, submit))
         lookups: list[Any] = [ttl, 0]
         lookup_keys: list[str] = []
         for pool_id, chunk, _ in calls:
@@ -265,20 +268,20 @@ class PoolManager:
                 for spec in chunk:
                     lookup_keys.append(keys.task(spec.id))
                     add_counted(lookups, {"home": pool_id})
+        init = None
         if lookup_keys:
             lookups[1] = len(lookup_keys)
-            self._scripts.queue(pipe, self._scripts.init_batch, lookup_keys, lookups)
+            init = self._scripts.queue(pipe, self._scripts.init_batch, lookup_keys, lookups)
         replies = await self._scripts.execute(pipe, raise_on_error=False)
-        if lookup_keys and isinstance(replies[-1], Exception):
+        if init is not None and isinstance(error := init.reply_or_error(replies), Exception):
             # the tasks are queued and will run; only finding them by id will fail
             log.error(
-                "the look-ups of %d direct task(s) were not written: %s",
-                *(len(lookup_keys), replies[-1]),
+                "the look-ups of %d direct task(s) were not written: %s", len(lookup_keys), error
             )
         return [
             (spec, reply)
-            for (_, chunk, _), reply in zip(calls, replies[: len(calls)], strict=True)
-            if isinstance(reply, Exception)
+            for chunk, submit in submits
+            if isinstance(reply := submit.reply_or_error(replies), Exception)
             for spec in chunk
         ]
 
@@ -638,7 +641,7 @@ class PoolManager:
         await self.redis.xadd(self.keys.control, encode(command))
 
     async def _last_event_id(self) -> bytes:
-        last = await self.redis.xrevrange(self.keys.events, count=1)
+        last = stream_entries(await self.redis.xrevrange(self.keys.events, count=1))
         return last[0][0] if last else b"0-0"
 
     async def _wait_event(

@@ -8,19 +8,24 @@ executes anything (msgpack, never pickle) and turns every kind of garbage into
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, TypeAlias, TypeVar, cast, get_args
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from shared.connection import Fields
 from shared.errors import MalformedMessage
 from shared.models import PoolSpec, PoolStatus, TaskResult, TaskSpec, TaskStatus
 
 SCHEMA_VERSION = 1
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
-StreamFields = dict[str, str | bytes | int | float]
+StreamFields: TypeAlias = Fields
+"""An entry's fields as XADD takes them (redis-py's exact argument type)."""
+_K = TypeVar("_K", bound=bytes | str)
+_V = TypeVar("_V", bound=bytes | str)
 
 
 class MessageType(StrEnum):
@@ -220,7 +225,7 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def decode(fields: dict[Any, Any]) -> Message:
+def decode(fields: Mapping[_K, _V]) -> Message:
     """Decode stream fields into a message; raise MalformedMessage naming what is wrong."""
     headers = {_text(k): v for k, v in fields.items()}
     kind = headers.get("type")

@@ -11,12 +11,13 @@ settings, seeded with the URL's nodes (see `shared.config.parse_cluster_url`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeAlias
 
 import hiredis
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.client import Pipeline as StandalonePipeline
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.connection import (
     BlockingConnectionPool,
     Connection,
@@ -41,15 +42,28 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT, FieldT, KeyT, StreamIdT
 
 from shared.config import CLUSTER_SCHEMES, Settings, parse_cluster_url
 from shared.errors import BrokerError, BrokerUnresponsive
 
-# redis-py annotates replies as unions that change with the protocol version, and command
-# arguments with types narrower than the mappings we pass; clients are typed loosely and every
-# reply is converted on read (`text`, `decode_hash`, `flatten_read`).
-Redis = Any
-Entry = tuple[bytes, dict[bytes, bytes]]
+# re-exported: code written before the readers moved to shared/replies.py imports them here
+from shared.replies import Entry as Entry
+from shared.replies import decode_hash as decode_hash
+from shared.replies import flatten_read as flatten_read
+from shared.replies import text as text
+
+Redis: TypeAlias = aioredis.Redis | RedisCluster
+"""A client of either broker kind (`connect`). Its connections never decode replies
+(`decode_responses=False`): redis-py annotates replies as `bytes | str` unions, and the readers
+of `shared/replies.py` turn them into the bytes (or str) they are."""
+Pipeline: TypeAlias = StandalonePipeline | ClusterPipeline
+"""A non-transactional pipeline of either client kind (`redis.pipeline(transaction=False)`)."""
+Fields: TypeAlias = dict[FieldT, EncodableT]
+"""A hash's or stream entry's fields to write, typed as redis-py's HSET and XADD take them
+(its dict argument type is invariant: a `dict[str, str]` is refused, so annotate the dict)."""
+ReadFrom: TypeAlias = dict[KeyT, StreamIdT]
+"""Streams to read and the id to read each after, as XREAD and XREADGROUP take them."""
 
 MAX_CONNECTIONS = 64  # per client; more concurrent commands wait for a free connection
 CONNECTION_WAIT = 30.0  # seconds a command waits for a free connection
@@ -251,7 +265,7 @@ _HIREDIS_PACKED: dict[type[Any], type[Any]] = {
 
 async def ping(settings: Settings) -> bool:
     """Whether the configured broker answers PING (for a cluster: every primary)."""
-    client: Any
+    client: Redis
     if is_cluster_url(settings.redis_url):
         client = _cluster_client(
             settings.redis_url,
@@ -290,7 +304,7 @@ async def ensure_group(redis: Redis, stream: str, group: str) -> None:
             raise
 
 
-def ack_and_delete(pipe: Any, stream: str, group: str, ids: Sequence[bytes | str]) -> None:
+def ack_and_delete(pipe: Pipeline, stream: str, group: str, ids: Sequence[bytes | str]) -> None:
     """Queue XACK and XDEL of `ids` on a pipeline, so acknowledged entries never pile up."""
     if ids:
         pipe.xack(stream, group, *ids)
@@ -319,32 +333,6 @@ async def read_own_pending(
             ack_and_delete(pipe, stream, group, [entry_id])
         await pipe.execute()
     return [(s, e) for s, e in found if e[1]]
-
-
-def text(value: bytes | str | None, default: str = "") -> str:
-    """A Redis reply value as str."""
-    if value is None:
-        return default
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def decode_hash(raw: dict[Any, Any]) -> dict[str, str]:
-    """A HGETALL reply with str keys and values."""
-    return {text(k): text(v) for k, v in raw.items()}
-
-
-def flatten_read(reply: Iterable[Any] | None) -> list[tuple[str, Entry]]:
-    """XREAD/XREADGROUP reply (RESP2 list or RESP3 dict) as (stream, entry) pairs in order."""
-    pairs: list[tuple[str, Entry]] = []
-    if not reply:
-        return pairs
-    items = reply.items() if isinstance(reply, dict) else reply
-    for stream, entries in items:
-        name = text(stream)
-        for entry in entries:
-            entry_id, fields = entry
-            pairs.append((name, (entry_id, fields or {})))
-    return pairs
 
 
 def broker_error(exc: BaseException, settings: Settings) -> BrokerError:

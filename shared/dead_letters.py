@@ -16,9 +16,10 @@ from pydantic import ValidationError
 
 from shared.codec import Message, TaskDelegate, decode, describe_validation_error, unpack
 from shared.config import Settings
-from shared.connection import Redis, decode_hash, text
+from shared.connection import Redis
 from shared.errors import InvalidRequest, MalformedMessage
 from shared.models import TaskSpec
+from shared.replies import decode_hash, stream_entries, text
 
 ENTRY_ID_RE = re.compile(r"^\d{1,20}-\d{1,20}$")
 _PAGE = 500
@@ -118,7 +119,7 @@ async def list_dead_letters(
     upper = "+"
     scanned = 0
     while len(found) < limit and scanned < max(10_000, limit):
-        page = await redis.xrevrange(key, max=upper, min="-", count=_PAGE)
+        page = stream_entries(await redis.xrevrange(key, max=upper, min="-", count=_PAGE))
         if not page:
             break
         scanned += len(page)
@@ -141,7 +142,7 @@ async def read_dead_letter(redis: Redis, settings: Settings, entry_id: str) -> D
             f"entry_id={entry_id!r}: not a stream entry id (like '1712345678901-0'); "
             "pool_dead_letters with action='list' shows them"
         )
-    found = await redis.xrange(settings.keys.dlq, min=entry_id, max=entry_id)
+    found = stream_entries(await redis.xrange(settings.keys.dlq, min=entry_id, max=entry_id))
     if not found:
         raise InvalidRequest(
             f"entry_id={entry_id!r}: no such dead letter (already requeued, trimmed, or never "

@@ -27,10 +27,11 @@ from typing import Any
 
 from shared.codec import encode_result, pack
 from shared.config import Settings
-from shared.connection import Redis, text
+from shared.connection import Fields, Pipeline, Redis
 from shared.errors import inbox_error
 from shared.keys import hash_tag
 from shared.models import TaskResult, TaskSpec, TaskStatus
+from shared.replies import Queued, hash_reply, queued, text
 from shared.scripts import FINAL_DONE, FINAL_NEW, FINAL_STORED, Scripts, add_counted, flat_fields
 from shared.state import parse_task_result
 from shared.task_state import RawHash, share_targets
@@ -245,7 +246,7 @@ def _dead_letter_fields(final: FinalResult) -> dict[str, str | bytes]:
     return fields
 
 
-def _final_dead_letter(final: FinalResult) -> dict[str, str | bytes]:
+def _final_dead_letter(final: FinalResult) -> Fields:
     res = final.result
     return dead_letter_record(
         task_id=res.task_id,
@@ -266,10 +267,11 @@ async def read_stored(
         return []
     keys = settings.keys
     pipe = redis.pipeline(transaction=False)
-    for home, task_id in tasks:
-        pipe.hgetall(keys.task_state(task_id, home))
+    reads = [(h, t, queued(pipe, pipe.hgetall(keys.task_state(t, h)))) for h, t in tasks]
+    replies = await pipe.execute()
     found: list[FinalResult] = []
-    for (home, task_id), raw in zip(tasks, await pipe.execute(), strict=True):
+    for home, task_id, read in reads:
+        raw = hash_reply(read.reply(replies))
         if raw:
             final = stored_final(raw, task_id, home)
             if final is not None:
@@ -324,7 +326,7 @@ def _batch_token(finals: Sequence[FinalResult]) -> str:
 
 
 def announce(
-    pipe: Any, scripts: Scripts, settings: Settings, finals: Sequence[FinalResult], token: str
+    pipe: Pipeline, scripts: Scripts, settings: Settings, finals: Sequence[FinalResult], token: str
 ) -> Announcement:
     """Step 2: queue the replies (one XADD_MANY per reply stream), the TASK_COMPLETED events
     (one XADD_MANY) and inbox shares of recorded results, each once per sent marker (their
@@ -345,14 +347,14 @@ def announce(
         for target in final.share_with:
             inbox = keys.pool_inbox(target)
             marker = keys.sent_marker(inbox, _batch_token([final]))
-            done.shares.append((len(pipe), final, target))
             done.markers.append(marker)
-            scripts.queue(
+            share = scripts.queue(
                 pipe,
                 scripts.send_to_inbox,
                 [keys.pool(target), inbox, marker],
                 [SENT_MARKER_TTL, *flat_fields(shared)],
             )
+            done.shares.append((share, final, target))
         if final.submitted_at is None or now - final.submitted_at > settings.result_ttl / 2:
             # the `task` hash got its TTL at submission: keep it as long as the result
             pipe.expire(keys.task(res.task_id), settings.result_ttl)
@@ -370,7 +372,7 @@ def announce(
 
 
 def _queue_dead_letters(
-    pipe: Any, scripts: Scripts, settings: Settings, dead: Sequence[FinalResult], token: str
+    pipe: Pipeline, scripts: Scripts, settings: Settings, dead: Sequence[FinalResult], token: str
 ) -> str:
     """Queue the dead letters of dead-lettered results (once per sent marker); the marker."""
     entries = [(final, _final_dead_letter(final)) for final in dead]
@@ -380,7 +382,7 @@ def _queue_dead_letters(
 
 
 def _queue_entries(
-    pipe: Any,
+    pipe: Pipeline,
     scripts: Scripts,
     settings: Settings,
     stream: str,
@@ -404,15 +406,15 @@ def _queue_entries(
     return marker
 
 
-Share = tuple[int, FinalResult, str]
-"""A share queued by `announce`: its position in the pipeline, the result, the target pool."""
+Share = tuple[Queued[object], FinalResult, str]
+"""A share queued by `announce`: its SEND_TO_INBOX call, the result, the target pool."""
 
 
 async def _report_share_failures(
     redis: Redis, settings: Settings, shares: Sequence[Share], replies: Sequence[Any]
 ) -> None:
     """Dead-letter (loudly) the shares an inbox refused; raise any other error of step 2."""
-    share_at = {position: (final, target) for position, final, target in shares}
+    share_at = {share.index: (final, target) for share, final, target in shares}
     pipe = redis.pipeline(transaction=False)
     for position, reply in enumerate(replies):
         if not isinstance(reply, Exception):
@@ -488,9 +490,9 @@ def dead_letter_record(
     raw: Mapping[Any, Any] | None = None,
     history: list[str] | None = None,
     spec: TaskSpec | None = None,
-) -> dict[str, str | bytes]:
+) -> Fields:
     """One dead-letter record: the task, its pool, why, and the raw entry if unreadable."""
-    record: dict[str, str | bytes] = {
+    record: Fields = {
         "task": task_id,
         "pool": pool_id or "",
         "reason": reason,
@@ -508,7 +510,7 @@ def dead_letter_record(
 
 def malformed_entry_record(
     stream: str, entry_id: bytes, fields: Mapping[Any, Any], reason: str, *, pool_id: str | None
-) -> dict[str, str | bytes]:
+) -> Fields:
     """The dead-letter record of a stream entry that could not be used, with its raw fields."""
     return dead_letter_record(
         task_id=text(fields.get(b"task")),
@@ -518,7 +520,7 @@ def malformed_entry_record(
     )
 
 
-def queue_dead_letter(pipe: Any, settings: Settings, record: Mapping[str, str | bytes]) -> None:
+def queue_dead_letter(pipe: Pipeline, settings: Settings, record: Fields) -> None:
     """Queue a dead-letter record (`dead_letter_record`) on the bounded dead-letter stream."""
     pipe.xadd(settings.keys.dlq, record, maxlen=settings.dlq_max_len, approximate=True)
 
@@ -542,12 +544,15 @@ def memory_record(settings: Settings, final: FinalResult, *, pool_id: str) -> di
     }
 
 
-def queue_memory_record(pipe: Any, settings: Settings, final: FinalResult, *, pool_id: str) -> None:
+def queue_memory_record(
+    pipe: Pipeline, settings: Settings, final: FinalResult, *, pool_id: str
+) -> None:
     """Queue the memory record of a result on a pool's memory stream (a shared result filed
     by the pool's worker; a pool's own results get theirs in COMPLETE_BATCH)."""
+    record: Fields = {k: v for k, v in memory_record(settings, final, pool_id=pool_id).items()}
     pipe.xadd(
         settings.keys.pool_memory(pool_id),
-        memory_record(settings, final, pool_id=pool_id),
+        record,
         maxlen=settings.memory_max_len,
         approximate=True,
     )

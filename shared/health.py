@@ -8,8 +8,9 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from shared.config import Settings
-from shared.connection import Redis, decode_hash, server_version, text
+from shared.connection import Redis, server_version
 from shared.models import PoolStatus
+from shared.replies import decode_hash, queued, text
 from shared.state import live_pool_ids, read_pools, worker_draining, worker_stuck
 
 
@@ -52,9 +53,9 @@ async def health_report(redis: Redis, settings: Settings) -> dict[str, Any]:
     for pool in pools:
         members = sorted(text(m) for m in await redis.smembers(keys.pool_workers(pool.spec.id)))
         pipe = redis.pipeline(transaction=False)
-        for worker_id in members:
-            pipe.hgetall(keys.worker(worker_id))
-        beats = [decode_hash(b) for b in await pipe.execute()] if members else []
+        reads = [queued(pipe, pipe.hgetall(keys.worker(worker_id))) for worker_id in members]
+        replies = await pipe.execute() if members else []
+        beats = [decode_hash(read.reply(replies)) for read in reads]
         beats_by_id = dict(zip(members, beats, strict=True))
         workers = {
             w: {

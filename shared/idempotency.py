@@ -20,10 +20,11 @@ import hashlib
 import json
 from collections.abc import Sequence
 
-from shared.connection import Redis, text
+from shared.connection import Redis
 from shared.errors import IdempotencyConflict
 from shared.keys import Keys
 from shared.models import TaskSpec
+from shared.replies import queued, text
 
 COMPARED_FIELDS = frozenset({"prompt", "command", "call", "args", "kwargs", "pool_id", "labels"})
 
@@ -63,17 +64,18 @@ async def claim_keys(
     if not first:
         return {}
     pipe = redis.pipeline(transaction=False)
+    reads = []
     for key, spec in first.items():
         # SET NX then GET, not SET NX GET: that form needs Redis 7, and 6.2 must keep working
-        pipe.set(keys.idempotency(key), f"{spec.id} {digests[spec.id]}", nx=True, ex=ttl)
-        pipe.get(keys.idempotency(key))
+        claim = f"{spec.id} {digests[spec.id]}"
+        was_set = queued(pipe, pipe.set(keys.idempotency(key), claim, nx=True, ex=ttl))
+        current = queued(pipe, pipe.get(keys.idempotency(key)))
+        reads.append((key, spec, was_set, current))
     replies = await pipe.execute()
     owner: dict[str, tuple[str, str | None]] = {}  # key -> (task id, its digest if known)
     won: list[str] = []  # keys this call set (the others were there before)
-    for (key, spec), was_set, current in zip(
-        first.items(), replies[::2], replies[1::2], strict=True
-    ):
-        stored = None if was_set else current
+    for key, spec, was_set, current in reads:
+        stored = None if was_set.reply(replies) else current.reply(replies)
         stored_id, _, stored_digest = text(stored).partition(" ")
         if stored is None:
             won.append(key)

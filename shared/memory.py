@@ -20,9 +20,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from shared.config import Settings
-from shared.connection import Redis, decode_hash, text
+from shared.connection import Redis
 from shared.errors import InvalidRequest, PoolNotFound
 from shared.models import ID_PATTERN
+from shared.replies import decode_hash, stream_entries, text
 from shared.state import live_pool_ids
 
 BM25_K1 = 1.2
@@ -192,7 +193,7 @@ async def read_pool_memory(
     upper = "+"
     while len(records) < scan_limit:
         count = min(_PAGE, scan_limit - len(records))
-        page = await redis.xrevrange(key, max=upper, min="-", count=count)
+        page = stream_entries(await redis.xrevrange(key, max=upper, min="-", count=count))
         if not page:
             break
         for entry_id, fields in page:

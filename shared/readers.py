@@ -16,9 +16,10 @@ from redis.exceptions import RedisError
 
 from shared.aio import stop_task
 from shared.codec import ResultShare, decode
-from shared.connection import Redis, flatten_read, text
+from shared.connection import Redis
 from shared.errors import MalformedMessage
 from shared.models import TaskResult
+from shared.replies import flatten_read, stream_entries, text
 
 MAX_UNCLAIMED = 50_000  # delivered results kept for a later result() call
 
@@ -146,7 +147,7 @@ class CompletionWatcher:
 
     async def _run(self) -> None:
         try:
-            newest = await self._redis.xrevrange(self._key, count=1)
+            newest = stream_entries(await self._redis.xrevrange(self._key, count=1))
             last = newest[0][0] if newest else b"0-0"
         except RedisError:
             last = b"$"  # the waiters' periodic look at the hash covers what this misses

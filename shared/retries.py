@@ -17,6 +17,7 @@ from typing import Any
 
 from shared.codec import TaskDelegate, decode, encode, pack, unpack
 from shared.config import Settings
+from shared.connection import Pipeline
 from shared.errors import MalformedMessage
 from shared.models import TaskStatus
 from shared.scripts import Scripts
@@ -67,7 +68,7 @@ def read_retry(member: bytes) -> tuple[str, str, Any]:
 
 
 def queue_retry(
-    pipe: Any,
+    pipe: Pipeline,
     settings: Settings,
     scripts: Scripts,
     msg: TaskDelegate,

@@ -19,12 +19,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.client import CommandStackT
+from redis.asyncio.cluster import ClusterPipeline, PipelineStrategy, RedisCluster
 from redis.exceptions import NoScriptError
 
-from shared.connection import Redis
+from shared.connection import Pipeline, Redis
 from shared.keys import hash_tag
 from shared.models import ACCEPTING_STATUSES, FINAL_STATUSES, PoolStatus, TaskStatus
+from shared.replies import Queued
 
 # the pool statuses in which a pool takes no work, as a Lua condition on `status`
 _POOL_DOWN = " or ".join(
@@ -540,15 +542,17 @@ class Scripts:
         self.release_lease = _Bound(self, lib["release_lease"])
 
     def queue(
-        self, pipe: Any, script: _Bound | Script, keys: Sequence[str], args: Sequence[Any]
-    ) -> None:
-        """Queue an EVALSHA of `script` on a pipeline that `execute` will run."""
+        self, pipe: Pipeline, script: _Bound | Script, keys: Sequence[str], args: Sequence[Any]
+    ) -> Queued[object]:
+        """Queue an EVALSHA of `script` on a pipeline that `execute` will run; its reply is
+        whatever the script returns."""
         found = script.script if isinstance(script, _Bound) else script
         check_one_slot(found.name, keys)
         # execute_command, not pipe.evalsha: a cluster pipeline refuses the latter
         pipe.execute_command("EVALSHA", found.sha, len(keys), *keys, *args)
+        return Queued(len(pipe) - 1)
 
-    def set_task(self, pipe: Any, state_key: str, **fields: str) -> None:
+    def set_task(self, pipe: Pipeline, state_key: str, **fields: str) -> None:
         """Queue a write of task-state fields that leaves a final task untouched."""
         self.queue(pipe, self.set_task_fields, [state_key], flat_fields(fields))
 
@@ -577,7 +581,7 @@ class Scripts:
             await self.load()
             return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
 
-    async def execute(self, pipe: Any, *, raise_on_error: bool = True) -> list[Any]:
+    async def execute(self, pipe: Pipeline, *, raise_on_error: bool = True) -> list[Any]:
         """Run a pipeline holding queued scripts.
 
         If the server lost its script cache (a restart, SCRIPT FLUSH, a failover), no script
@@ -601,17 +605,19 @@ class Scripts:
         return result
 
 
-def _queued(pipe: Any) -> list[Any]:
+def _queued(pipe: Pipeline) -> CommandStackT:
     """The commands queued on a pipeline (a standalone or a cluster one)."""
-    strategy = getattr(pipe, "_execution_strategy", None)
-    if strategy is not None:
+    if isinstance(pipe, ClusterPipeline):
+        strategy = pipe._execution_strategy
+        if not isinstance(strategy, PipelineStrategy):
+            raise TypeError(f"scripts run on non-transactional pipelines, not {strategy!r}")
         return [(cmd.args, cmd.kwargs) for cmd in strategy._command_queue]
     return list(pipe.command_stack)
 
 
-def _requeue(pipe: Any, stack: list[Any]) -> None:
+def _requeue(pipe: Pipeline, stack: CommandStackT) -> None:
     """Queue `_queued`'s commands again on the (reset) pipeline."""
-    if getattr(pipe, "_execution_strategy", None) is not None:
+    if isinstance(pipe, ClusterPipeline):
         for args, kwargs in stack:
             pipe.execute_command(*args, **kwargs)
     else:

@@ -9,7 +9,7 @@ from typing import Any
 
 from shared.codec import unpack
 from shared.config import Settings
-from shared.connection import Redis, decode_hash, text
+from shared.connection import Fields, Redis
 from shared.errors import MalformedMessage
 from shared.models import (
     LoadMetrics,
@@ -19,6 +19,7 @@ from shared.models import (
     TaskResult,
     TaskStatus,
 )
+from shared.replies import decode_hash, queued, text
 
 
 def worker_draining(beat: dict[str, str]) -> bool:
@@ -38,9 +39,9 @@ def worker_stuck(beat: dict[str, str], now: float) -> bool:
     return since > 0 and limit > 0 and now - since > limit
 
 
-def pool_hash_fields(spec: PoolSpec, status: PoolStatus, **extra: Any) -> dict[str, str]:
+def pool_hash_fields(spec: PoolSpec, status: PoolStatus, **extra: Any) -> Fields:
     """The pool hash: plain readable fields plus the whole spec as JSON."""
-    fields = {
+    fields: Fields = {
         "id": spec.id,
         "name": spec.name,
         "type": str(spec.pool_type),
@@ -117,15 +118,22 @@ async def read_pools(redis: Redis, settings: Settings, pool_ids: Sequence[str]) 
     """The pools with these ids (missing ones are left out), in one round trip."""
     keys = settings.keys
     pipe = redis.pipeline(transaction=False)
-    for pool_id in pool_ids:
-        pipe.hgetall(keys.pool(pool_id))
-        pipe.hgetall(keys.pool_load(pool_id))
-        pipe.exists(keys.pool_lease(pool_id))
+    reads = [
+        (
+            queued(pipe, pipe.hgetall(keys.pool(pool_id))),
+            queued(pipe, pipe.hgetall(keys.pool_load(pool_id))),
+            queued(pipe, pipe.exists(keys.pool_lease(pool_id))),
+        )
+        for pool_id in pool_ids
+    ]
     replies = await pipe.execute()
     pools = []
-    for i in range(0, len(replies), 3):
-        raw, load, leased = replies[i : i + 3]
-        info = parse_pool(decode_hash(raw), decode_hash(load), supervised=bool(leased))
+    for raw, load, leased in reads:
+        info = parse_pool(
+            decode_hash(raw.reply(replies)),
+            decode_hash(load.reply(replies)),
+            supervised=bool(leased.reply(replies)),
+        )
         if info is not None:
             pools.append(info)
     return pools

@@ -23,9 +23,10 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from shared.connection import Redis, text
+from shared.connection import Redis
 from shared.keys import Keys
 from shared.models import TaskSpec, TaskStatus
+from shared.replies import hash_reply, queued, text
 
 RawHash = dict[bytes, bytes]
 
@@ -53,13 +54,13 @@ def home_of(lookup: Mapping[bytes, bytes]) -> str:
 
 async def read_state(redis: Redis, keys: Keys, task_id: str) -> tuple[str, RawHash] | None:
     """(home, state hash) of a task, or None if its `task` hash is gone."""
-    lookup: RawHash = await redis.hgetall(keys.task(task_id))
+    lookup = hash_reply(await redis.hgetall(keys.task(task_id)))
     if not lookup:
         return None
     home = home_of(lookup)
     if not home:
         return "", lookup
-    state: RawHash = await redis.hgetall(keys.pool_task(home, task_id))
+    state = hash_reply(await redis.hgetall(keys.pool_task(home, task_id)))
     # empty while the move into the pool is under way: the `task` hash still says `pending`
     return home, state or lookup
 
@@ -72,24 +73,28 @@ async def read_state_fields(
     if not task_ids:
         return []
     pipe = redis.pipeline(transaction=False)
-    for task_id in task_ids:
-        pipe.hmget(keys.task(task_id), ["home", *fields])
-    lookups = await pipe.execute()
+    lookups = [queued(pipe, pipe.hmget(keys.task(t), ["home", *fields])) for t in task_ids]
+    replies = await pipe.execute()
     out: list[list[str] | None] = []
-    homed: list[tuple[int, str]] = []
-    for position, (task_id, values) in enumerate(zip(task_ids, lookups, strict=True)):
+    homed: list[tuple[int, str, str]] = []  # (position in `out`, task id, home)
+    for position, (task_id, lookup) in enumerate(zip(task_ids, lookups, strict=True)):
+        values = lookup.reply(replies)
         if values is None or all(v is None for v in values):
             out.append(None)
             continue
         home = text(values[0])
         out.append([text(v) for v in values[1:]])
         if home:
-            homed.append((position, task_id))
+            homed.append((position, task_id, home))
     if homed:
         pipe = redis.pipeline(transaction=False)
-        for position, task_id in homed:
-            pipe.hmget(keys.pool_task(text(lookups[position][0]), task_id), list(fields))
-        for (position, _), values in zip(homed, await pipe.execute(), strict=True):
+        states = [
+            (position, queued(pipe, pipe.hmget(keys.pool_task(home, task_id), list(fields))))
+            for position, task_id, home in homed
+        ]
+        replies = await pipe.execute()
+        for position, state in states:
+            values = state.reply(replies)
             if values and any(v is not None for v in values):
                 out[position] = [text(v) for v in values]
     return out

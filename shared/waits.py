@@ -29,10 +29,11 @@ from redis.exceptions import RedisError
 
 from shared.aio import stop_task
 from shared.config import Settings
-from shared.connection import Redis, text
+from shared.connection import Redis
 from shared.errors import OrchestratorNotRunning, state_lost
 from shared.keys import ORCHESTRATOR_GROUP
 from shared.models import TaskStatus
+from shared.replies import queued, text
 from shared.task_state import read_state_fields
 
 EXISTS_CHUNK = 1000  # keys per EXISTS command
@@ -52,18 +53,22 @@ async def live_orchestrators(redis: Redis, settings: Settings) -> list[str]:
     """
     keys = settings.keys
     pipe = redis.pipeline(transaction=False)
-    pipe.get(keys.scheduler_lease)
-    for stream in (keys.ingress, keys.control):
-        pipe.xinfo_consumers(stream, ORCHESTRATOR_GROUP)
-    holder, *groups = await pipe.execute(raise_on_error=False)
+    lease = queued(pipe, pipe.get(keys.scheduler_lease))
+    groups = [
+        queued(pipe, pipe.xinfo_consumers(stream, ORCHESTRATOR_GROUP))
+        for stream in (keys.ingress, keys.control)
+    ]
+    replies = await pipe.execute(raise_on_error=False)
     names = {
         text(c["name"])
-        for consumers in groups
-        if not isinstance(consumers, Exception)  # no stream or group: none started here
-        for c in consumers
+        for group in groups
+        if not isinstance(consumers := group.reply_or_error(replies), Exception)
+        for c in consumers  # (an error: no stream or group, none started here)
     }
-    if isinstance(holder, bytes | str):
-        names.add(text(holder))
+    found = lease.reply_or_error(replies)
+    holder = text(found) if isinstance(found, bytes | str) else None
+    if holder is not None:
+        names.add(holder)
     ordered = sorted(names)
     if not ordered:
         return []
@@ -71,7 +76,7 @@ async def live_orchestrators(redis: Redis, settings: Settings) -> list[str]:
     for name in ordered:
         pipe.exists(keys.orchestrator(name))
     beats = await pipe.execute()
-    return [n for n, live in zip(ordered, beats, strict=True) if live or n == text(holder)]
+    return [n for n, live in zip(ordered, beats, strict=True) if live or n == holder]
 
 
 async def orchestrator_alive(redis: Redis, settings: Settings) -> bool:

@@ -28,7 +28,6 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -44,15 +43,12 @@ from shared.codec import (
 from shared.config import Settings
 from shared.connection import (
     TRANSIENT_ERRORS,
-    Entry,
+    Pipeline,
     Redis,
     ack_and_delete,
     connect,
-    decode_hash,
     ensure_group,
-    flatten_read,
     read_own_pending,
-    text,
 )
 from shared.errors import MalformedMessage, PoolNotFound, PoolUnavailable
 from shared.finals import (
@@ -64,6 +60,7 @@ from shared.finals import (
 )
 from shared.keys import WORKER_GROUP
 from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, TaskResult, TaskStatus, new_id
+from shared.replies import Entry, decode_hash, flatten_read, queued, text
 from shared.retries import dead_letter_reason, queue_retry, with_line
 from shared.scripts import START_ANNOUNCE, START_CANCELLED, START_SKIP, Scripts
 from worker.executors import (
@@ -527,7 +524,7 @@ class Worker:
         ack_ids = [item.running.entry_id for item in done] + [d.entry_id for d in dead] + skipped
         ack_ids += [entry_id for entry_id, _ in unannounced]
 
-        def extra(pipe: Any) -> None:
+        def extra(pipe: Pipeline) -> None:
             self._queue_retries(pipe, retries)
             self._queue_dead_letters(pipe, dead)
 
@@ -580,7 +577,7 @@ class Worker:
         msg = item.running.message
         return f"attempt {msg.attempt} on {self.worker_id}: {item.outcome.error}"
 
-    def _queue_retries(self, pipe: Any, retries: list[_Done]) -> None:
+    def _queue_retries(self, pipe: Pipeline, retries: list[_Done]) -> None:
         for item in retries:
             msg = item.running.message
             queue_retry(
@@ -594,7 +591,7 @@ class Worker:
                 error=str(item.outcome.error),
             )
 
-    def _queue_dead_letters(self, pipe: Any, dead: list[_DeadLetter]) -> None:
+    def _queue_dead_letters(self, pipe: Pipeline, dead: list[_DeadLetter]) -> None:
         """Dead-letter entries that could not be decoded (failed tasks: `finalize_results`)."""
         for item in dead:
             log.warning("dead-lettered %s: %s", text(item.entry_id), item.reason)
@@ -605,7 +602,7 @@ class Worker:
 
     # ---------------------------------------------------------------- heartbeat
 
-    def _queue_heartbeat(self, pipe: Any) -> None:
+    def _queue_heartbeat(self, pipe: Pipeline) -> None:
         key = self.keys.worker(self.worker_id)
         now = time.time()
         pipe.hset(
@@ -629,7 +626,7 @@ class Worker:
         # every beat, not only at start: after a gap the orchestrator may have pruned us
         pipe.sadd(self.keys.pool_workers(self.pool_id), self.worker_id)
 
-    def _queue_status(self, pipe: Any, worker_status: str) -> None:
+    def _queue_status(self, pipe: Pipeline, worker_status: str) -> None:
         update = StatusUpdate(
             pool_id=self.pool_id,
             worker_id=self.worker_id,
@@ -659,13 +656,13 @@ class Worker:
                 return
             running = list(self._running.values())
             pipe = self.redis.pipeline(transaction=False)
-            self._queue_heartbeat(pipe)  # three commands
-            pipe.hget(self.keys.pool(self.pool_id), "status")
-            pipe.exists(self.keys.orchestrator(self.managed_by or "-"))
+            self._queue_heartbeat(pipe)
+            pool_status = queued(pipe, pipe.hget(self.keys.pool(self.pool_id), "status"))
+            manager = queued(pipe, pipe.exists(self.keys.orchestrator(self.managed_by or "-")))
+            cancels = []
             for item in running:
-                pipe.hget(
-                    self.keys.pool_task(self.pool_id, item.message.task.id), "cancel_requested"
-                )
+                state = self.keys.pool_task(self.pool_id, item.message.task.id)
+                cancels.append(queued(pipe, pipe.hget(state, "cancel_requested")))
             now = time.time()
             if now - last_event >= HEARTBEAT_EVENT_EVERY:
                 beat = Heartbeat(
@@ -683,10 +680,14 @@ class Worker:
             except RedisError as exc:  # any error: a worker without heartbeats loses its work
                 log.warning("heartbeat failed: %s", exc)
                 continue
-            status, manager_alive, *flags = replies[3 : 5 + len(running)]
+            status, manager_alive = pool_status.reply(replies), manager.reply(replies)
             self._check_pool(text(status), bool(manager_alive), now)
-            for item, flag in zip(running, flags, strict=True):
-                if text(flag) == "1" and not item.cancel_requested and item.task is not None:
+            for item, cancel in zip(running, cancels, strict=True):
+                if (
+                    text(cancel.reply(replies)) == "1"
+                    and not item.cancel_requested
+                    and item.task is not None
+                ):
                     item.cancel_requested = True
                     item.task.cancel()
 

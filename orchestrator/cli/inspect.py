@@ -12,14 +12,16 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from redis.exceptions import ResponseError
 
 from shared.codec import unpack
 from shared.config import Settings
-from shared.connection import Redis, text
+from shared.connection import Redis
 from shared.errors import InvalidRequest, MalformedMessage, NotFound
+from shared.replies import hash_reply, scored_members, stream_entries, text
 
 MSGPACK_FIELDS = frozenset({"result", "body", "raw", "member"})
 """Fields whose values are msgpack (a task's result, an entry's body, a dead letter's raw entry)."""
@@ -87,7 +89,7 @@ def to_jsonable(value: Any, field: str = "") -> Any:
     return value
 
 
-def decode_fields(raw: dict[Any, Any]) -> dict[str, Any]:
+def decode_fields(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
     """A hash or stream entry's fields with names as text and values decoded."""
     return {text(k): decode_value(v, text(k)) for k, v in raw.items()}
 
@@ -151,16 +153,16 @@ async def inspect_key(
 
 
 async def _read_hash(redis: Redis, name: str, count: int, last: bool) -> dict[str, Any]:
-    raw = await redis.hgetall(name)
+    raw = hash_reply(await redis.hgetall(name))
     return {"fields": dict(sorted(decode_fields(raw).items()))}
 
 
 async def _read_stream(redis: Redis, name: str, count: int, last: bool) -> dict[str, Any]:
     length = int(await redis.xlen(name))
     if last:
-        entries = list(reversed(await redis.xrevrange(name, count=count)))
+        entries = stream_entries(await redis.xrevrange(name, count=count))[::-1]
     else:
-        entries = await redis.xrange(name, count=count)
+        entries = stream_entries(await redis.xrange(name, count=count))
     try:
         groups_raw = await redis.xinfo_groups(name)
     except ResponseError:
@@ -185,12 +187,11 @@ async def _read_stream(redis: Redis, name: str, count: int, last: bool) -> dict[
 async def _read_zset(redis: Redis, name: str, count: int, last: bool) -> dict[str, Any]:
     size = int(await redis.zcard(name))
     if last:
-        pairs = list(reversed(await redis.zrevrange(name, 0, count - 1, withscores=True)))
+        pairs = scored_members(await redis.zrevrange(name, 0, count - 1, withscores=True))[::-1]
     else:
-        pairs = await redis.zrange(name, 0, count - 1, withscores=True)
+        pairs = scored_members(await redis.zrange(name, 0, count - 1, withscores=True))
     members = []
-    for member, score in pairs:
-        seconds = float(score)
+    for member, seconds in pairs:
         members.append(
             {
                 "member": decode_value(member, "member"),
