@@ -53,6 +53,7 @@ from shared.errors import (
     state_lost,
 )
 from shared.finals import announce_stored
+from shared.hooks import HOOKS, ROUTED
 from shared.idempotency import claim_keys
 from shared.memory import SearchOutcome, search_memory
 from shared.models import (
@@ -269,6 +270,10 @@ class PoolManager:
             lookups[1] = len(lookup_keys)
             self._scripts.queue(pipe, self._scripts.init_batch, lookup_keys, lookups)
         replies = await self._scripts.execute(pipe, raise_on_error=False)
+        if HOOKS:
+            for (pool_id, chunk, _), reply in zip(calls, replies, strict=False):
+                if not isinstance(reply, Exception):
+                    HOOKS.submitted(pool_id or ROUTED, len(chunk))
         if lookup_keys and isinstance(replies[-1], Exception):
             # the tasks are queued and will run; only finding them by id will fail
             log.error(

@@ -29,6 +29,7 @@ from shared.codec import encode_result, pack
 from shared.config import Settings
 from shared.connection import Redis, text
 from shared.errors import inbox_error
+from shared.hooks import HOOKS, NO_POOL, Finished
 from shared.keys import hash_tag
 from shared.models import TaskResult, TaskSpec, TaskStatus
 from shared.scripts import FINAL_DONE, FINAL_NEW, FINAL_STORED, Scripts, add_counted, flat_fields
@@ -94,6 +95,8 @@ async def finalize_results(
     """
     verdicts = await _record(redis, scripts, settings, finals) if finals else []
     fresh = [f for f, v in zip(finals, verdicts, strict=True) if v == FINAL_NEW]
+    if HOOKS and fresh:
+        HOOKS.finished([_finished(f) for f in fresh])
     pairs = list(zip(finals, verdicts, strict=True))
     again = [(f.state_home, f.result.task_id) for f, v in pairs if v == FINAL_STORED]
     recovered = await read_stored(redis, settings, [*again, *stored])
@@ -116,6 +119,19 @@ async def finalize_results(
     announced = [(f.state_home, f.result.task_id) for f in done]
     await acknowledge(redis, scripts, settings, announced, ack, markers)
     return [v == FINAL_NEW for v in verdicts]
+
+
+def _finished(final: FinalResult) -> Finished:
+    """What the `finished` hook is told of a result recorded now."""
+    res = final.result
+    end = res.finished_at or time.time()
+    submitted = final.submitted_at or (final.spec.submitted_at if final.spec else None)
+    return Finished(
+        pool=res.pool_id or NO_POOL,
+        status=res.status.value,
+        duration=res.duration,
+        end_to_end=end - submitted if submitted else None,
+    )
 
 
 async def _record(
