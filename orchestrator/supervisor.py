@@ -33,6 +33,7 @@ from shared.hooks import HOOKS, PoolFigures
 from shared.keys import WORKER_GROUP
 from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, PoolType, TaskStatus
 from shared.state import worker_draining, worker_stuck
+from shared.task_state import iso_time
 from worker.worker import drain_deadline
 
 log = logging.getLogger("mahavishnu.orchestrator")
@@ -355,7 +356,8 @@ class PoolSupervisor:
     async def write_load(self) -> None:
         """Write the load hash of every owned pool; forget workers that are gone."""
         pipe = self.redis.pipeline(transaction=False)
-        now = repr(time.time())
+        moment = time.time()
+        now, updated = repr(moment), iso_time(moment)
         owned = self.owned()
         for pool_id in owned:
             view = self.pools[pool_id]
@@ -374,6 +376,7 @@ class PoolSupervisor:
                     "in_flight": in_flight,
                     "queued": max(0, view.backlog - in_flight),
                     "updated_at": now,
+                    "updated": updated,
                 },
             )
             backend = self.backends.get(view.spec.pool_type)

@@ -69,7 +69,7 @@ from shared.models import (
 from shared.readers import CompletionWatcher, ReplyReader
 from shared.scripts import Scripts, add_counted, flat_fields
 from shared.state import live_pool_ids, parse_task_result, read_pools
-from shared.task_state import read_state, task_state_fields
+from shared.task_state import iso_time, read_state, task_state_fields
 from shared.waits import WaitGuard, live_workers
 
 log = logging.getLogger("mahavishnu.client")
@@ -434,9 +434,10 @@ class PoolManager:
         if home is None:
             raise TaskNotFound(f"no task with id {task_id!r} (never submitted, or expired)")
         state_key = self.keys.task_state(task_id, text(home))
+        now = time.time()
         before = text(
             await self._scripts.cancel_task(
-                keys=[state_key], args=[repr(time.time()), self.settings.result_ttl]
+                keys=[state_key], args=[repr(now), self.settings.result_ttl, iso_time(now)]
             )
         )
         if before == "moving":  # being moved into its pool, which finds the cancel there

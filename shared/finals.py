@@ -34,7 +34,7 @@ from shared.keys import hash_tag
 from shared.models import TaskResult, TaskSpec, TaskStatus
 from shared.scripts import FINAL_DONE, FINAL_NEW, FINAL_STORED, Scripts, add_counted, flat_fields
 from shared.state import parse_task_result
-from shared.task_state import RawHash, share_targets
+from shared.task_state import RawHash, iso_time, output_head, share_targets
 
 log = logging.getLogger("mahavishnu.finals")
 
@@ -238,12 +238,16 @@ def result_hash_fields(
     """The fields a final result sets on its task's state (`dump`: its dump without defaults)."""
     if dump is None:
         dump = res.model_dump(mode="json", exclude_defaults=True)
+    finished = res.finished_at or time.time()
     fields: dict[str, str | bytes] = {
         "status": str(res.status),
         "result": pack(dump),
-        "finished_at": repr(res.finished_at or time.time()),
+        "finished_at": repr(finished),
+        "finished": iso_time(finished),
         "attempts": str(res.attempts),
     }
+    if res.output is not None:
+        fields["output"] = output_head(res.output)
     if res.pool_id:
         fields["pool"] = res.pool_id
     if res.worker_id:

@@ -19,6 +19,7 @@ from shared.models import (
     TaskResult,
     TaskStatus,
 )
+from shared.task_state import iso_time
 
 
 def worker_draining(beat: dict[str, str]) -> bool:
@@ -56,6 +57,8 @@ def pool_hash_fields(spec: PoolSpec, status: PoolStatus, **extra: Any) -> dict[s
         "spec": spec.model_dump_json(),
     }
     fields.update({k: str(v) for k, v in extra.items()})
+    if "created_at" in extra:
+        fields["created"] = iso_time(float(extra["created_at"]))
     return fields
 
 

@@ -70,6 +70,7 @@ from shared.metrics import install as install_metrics
 from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, TaskResult, TaskStatus, new_id
 from shared.retries import dead_letter_reason, queue_retry, with_line
 from shared.scripts import START_ANNOUNCE, START_CANCELLED, START_RUN, START_SKIP, Scripts
+from shared.task_state import iso_time
 from worker.executors import Executor, Outcome, build_executor
 
 log = logging.getLogger("mahavishnu.worker")
@@ -406,7 +407,11 @@ class Worker:
             try:
                 verdicts = await self._scripts.start_batch(
                     keys=[self.keys.pool_task(self.pool_id, m.task.id) for _, m in candidates],
-                    args=[self.worker_id, repr(now), *(m.attempt for _, m in candidates)],
+                    args=[
+                        *(self.worker_id, repr(now)),
+                        *(m.attempt for _, m in candidates),
+                        iso_time(now),
+                    ],
                 )
                 return [int(v) for v in verdicts]
             except TRANSIENT_ERRORS as exc:
