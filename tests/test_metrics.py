@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.client import PoolManager
 from shared.config import Settings
 from shared.hooks import ROUTED
-from shared.metrics import MetricsServer, install
+from shared.metrics import MetricsServer, definitions, install
 from tests.conftest import CLI, REPO_ROOT, wait_until
 
 pytestmark = pytest.mark.integration
@@ -47,6 +47,7 @@ async def scrape(port: int) -> Samples:
     reply.raise_for_status()
     samples: Samples = {}
     for family in text_string_to_metric_families(reply.text):
+        samples[("family", (("name", family.name),))] = 1.0
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
@@ -169,6 +170,15 @@ async def test_metrics_after_a_known_run(
             assert value(o, "mahavishnu_pool_workers", pool=pool, kind="local") == 0
             assert value(o, "mahavishnu_pool_status", pool=pool, status="running") == 1
             assert value(o, "mahavishnu_pool_backlog", pool=pool) == 0
+        # every family of the definitions (the docs, the dashboard) is served by someone
+        served = {
+            labels[0][1]
+            for scraped in (o, a, b, mine)
+            for (kind, labels) in scraped
+            if kind == "family"
+        }
+        for metric in definitions.ALL:
+            assert metric.name.removesuffix("_total") in served, metric.name
     finally:
         for proc in reversed(procs):
             await stop(proc)
