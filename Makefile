@@ -6,6 +6,7 @@
 #   make test-unit  the unit tests alone (no Redis, seconds)
 #   make demo   run `mahavishnu up --demo`
 #   make bench  run the benchmark harness and regenerate docs/benchmarks.md
+#   make docs   regenerate docs/configuration.md and docs/metrics.md from the code
 #   make clean  remove caches and build output (keeps .venv and .mahavishnu data)
 #   make distclean  also stop the Redis `make redis` started and remove .venv and .mahavishnu
 
@@ -14,7 +15,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis redis-stop lint test test-unit demo bench clean distclean
+.PHONY: venv redis redis-stop lint test test-unit demo bench docs clean distclean
 
 venv: $(STAMP)
 
@@ -52,6 +53,9 @@ demo: venv
 
 bench: venv
 	$(BIN)/python -m bench
+
+docs: venv
+	$(BIN)/python -m shared.reference
 
 clean:
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache *.egg-info
