@@ -52,12 +52,13 @@ class MetricsServer:
 
 
 def install(settings: Settings, *, role: str, port: int | None = None) -> MetricsServer | None:
-    """Install the metrics and, when `port` (default: the `metrics_port` setting) is not 0,
-    serve them on `metrics_host:port`. Raises ConfigError naming the port when it is taken."""
-    metrics = installed()
+    """When `port` (default: the `metrics_port` setting) is not 0, install the metrics on the
+    hooks and serve them on `metrics_host:port` (with no port nothing is installed: nobody could
+    read them, and the hooks cost nothing). Raises ConfigError naming the port when it is taken."""
     port = settings.metrics_port if port is None else port
     if not port:
         return None
+    metrics = installed()
     try:
         server, thread = start_http_server(
             port, addr=settings.metrics_host, registry=metrics.registry
