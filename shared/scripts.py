@@ -212,10 +212,12 @@ for k = 1, #KEYS do
   elseif state[2] == '1' then
     out[k] = {START_CANCELLED}
   else
-    redis.call('HSET', KEYS[k], 'status', '{_RUNNING}', 'worker', ARGV[1], 'started_at', ARGV[2],
-      'attempts', ARGV[k + 2])
     if iso then
-      redis.call('HSET', KEYS[k], 'started', iso)
+      redis.call('HSET', KEYS[k], 'status', '{_RUNNING}', 'worker', ARGV[1], 'started_at', ARGV[2],
+        'attempts', ARGV[k + 2], 'started', iso)
+    else
+      redis.call('HSET', KEYS[k], 'status', '{_RUNNING}', 'worker', ARGV[1], 'started_at', ARGV[2],
+        'attempts', ARGV[k + 2])
     end
     out[k] = {START_RUN}
   end
