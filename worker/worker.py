@@ -563,16 +563,17 @@ class Worker:
         debug = log.isEnabledFor(logging.DEBUG)
         for final in finals:
             res = final.result
-            fields = {**task_fields(res.task_id, self.pool_id, self.worker_id)}
+            if res.status is TaskStatus.COMPLETED and not debug:
+                continue  # the common case costs one comparison
+            fields = task_fields(res.task_id, self.pool_id, self.worker_id)
             fields["attempt"] = str(res.attempts)
             if res.status is TaskStatus.COMPLETED:
-                if debug:
-                    log.debug("task %s completed in %.3fs", res.task_id, res.duration, extra=fields)
+                log.debug("task %s completed in %.3fs", res.task_id, res.duration, extra=fields)
             else:
                 log.warning("task %s %s: %s", res.task_id, res.status, res.error, extra=fields)
         for item in retries:
             msg = item.running.message
-            fields = {**task_fields(msg.task.id, self.pool_id, self.worker_id)}
+            fields = task_fields(msg.task.id, self.pool_id, self.worker_id)
             fields["attempt"] = str(msg.attempt)
             log.info(
                 "task %s attempt %d failed, will retry: %s",
