@@ -206,3 +206,28 @@ def test_metrics_port_taken_is_a_clear_error(settings: Settings) -> None:
         port = int(busy.getsockname()[1])
         with pytest.raises(ConfigError, match=f"cannot serve /metrics on .*:{port}"):
             install(settings, role="test", port=port)
+
+
+async def test_mcp_http_facade_serves_metrics_on_its_own_port(
+    settings: Settings, tmp_path: Path
+) -> None:
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    from tests.test_mcp_server import TOKEN, facade_process, ok
+
+    port = free_port()
+    extra = {"mcp_http_token": TOKEN, "metrics_port": str(port)}
+    async with facade_process(settings, tmp_path / "facade.log", **extra) as base:
+        async with (
+            httpx2.AsyncClient(headers={"authorization": f"Bearer {TOKEN}"}) as http_client,
+            Client(streamable_http_client(f"{base}/mcp", http_client=http_client)) as c,
+        ):
+            for _ in range(3):
+                await ok(c, "task_submit", {"call": "noop"})  # routed: no orchestrator needed
+        samples = await scrape(port)
+        assert value(samples, "mahavishnu_tasks_submitted_total", pool=ROUTED) == 3
+        async with httpx.AsyncClient() as http:  # not on the MCP port
+            assert (await http.get(f"{base}/metrics")).status_code in (401, 404)
+    assert TOKEN not in (tmp_path / "facade.log").read_text()
