@@ -65,7 +65,8 @@ from shared.finals import (
 from shared.hooks import HOOKS
 from shared.keys import WORKER_GROUP
 from shared.logs import bind as bind_log_context
-from shared.logs import in_task, task_fields
+from shared.logs import set_task as set_task_log_context
+from shared.logs import task_fields
 from shared.metrics import install as install_metrics
 from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, TaskResult, TaskStatus, new_id
 from shared.retries import dead_letter_reason, queue_retry, with_line
@@ -426,8 +427,8 @@ class Worker:
         task = running.message.task
         cancelled = False
         try:
-            with in_task(task.id):
-                outcome = await self._executor.run(task)
+            set_task_log_context(task.id)  # this asyncio task's own context
+            outcome = await self._executor.run(task)
         except asyncio.CancelledError:
             if running.handing_back:
                 raise  # drain: the entry goes back to the stream, no result
