@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.client import PoolManager
 from shared.config import Settings
 from shared.hooks import ROUTED
-from shared.metrics import MetricsServer, definitions, install
+from shared.metrics import MetricsServer, definitions, install, uninstall
 from tests.conftest import CLI, REPO_ROOT, wait_until
 
 pytestmark = pytest.mark.integration
@@ -81,6 +81,7 @@ async def local_metrics(settings: Settings) -> AsyncIterator[MetricsServer]:
     assert server is not None
     yield server
     server.close()
+    uninstall()
 
 
 async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -204,8 +205,11 @@ def test_metrics_port_taken_is_a_clear_error(settings: Settings) -> None:
         busy.bind((settings.metrics_host, 0))
         busy.listen()
         port = int(busy.getsockname()[1])
-        with pytest.raises(ConfigError, match=f"cannot serve /metrics on .*:{port}"):
-            install(settings, role="test", port=port)
+        try:
+            with pytest.raises(ConfigError, match=f"cannot serve /metrics on .*:{port}"):
+                install(settings, role="test", port=port)
+        finally:
+            uninstall()
 
 
 async def test_mcp_http_facade_serves_metrics_on_its_own_port(

@@ -34,6 +34,16 @@ def installed() -> Metrics:
         return _metrics
 
 
+def uninstall() -> None:
+    """Take this process's metrics off the hooks and forget them (tests running many roles in
+    one process)."""
+    global _metrics
+    with _lock:
+        if _metrics is not None:
+            HOOKS.remove(_metrics.observer)
+            _metrics = None
+
+
 @dataclass
 class MetricsServer:
     """A running `/metrics` endpoint (a thread of prometheus-client's WSGI server)."""
