@@ -135,6 +135,11 @@ def metrics_md() -> str:
         "- **Memory-sync lag** is set through the `memory_sync(target, lag_seconds)` hook by the",
         "  memory-sync aggregator (until one calls it, the family has no samples).",
         "",
+        "Cost: a process without a metrics port installs nothing (each hook call is then a truth",
+        "test of an empty list). With one, the observer keeps plain numbers updated once per batch",
+        "and builds the families only when scraped: about 4 µs of CPU per task for its start and",
+        "result together (measured on 2 loaded cores; a worker spends ~160 µs per task in all).",
+        "",
         "Labels: `pool` is a pool id; `(routed)` marks tasks submitted to the ingress (their pool",
         "is chosen later: see `mahavishnu_tasks_routed_total`), `(none)` results of tasks that",
         "never reached a pool. Histogram buckets (seconds): "

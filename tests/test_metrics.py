@@ -100,7 +100,7 @@ async def test_metrics_after_a_known_run(
     ]
     try:
         async with PoolManager(settings) as pm:
-            before = await scrape(local_metrics.port)  # the process-wide registry: other tests
+            before = await scrape(local_metrics.port)
             pool_a = await pm.spawn_pool("local", name="metrics-a", min_workers=0)
             pool_b = await pm.spawn_pool("local", name="metrics-b", min_workers=0)
             worker = [sys.executable, "-m", "worker", "--worker-id"]
