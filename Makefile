@@ -7,6 +7,7 @@
 #   make test-unit  the unit tests alone (no Redis, seconds)
 #   make demo   run `mahavishnu up --demo`
 #   make bench  run the benchmark harness and regenerate docs/benchmarks.md
+#   make docs   regenerate docs/configuration.md and docs/metrics.md from the code
 #   make clean  remove caches and build output (keeps .venv and .mahavishnu data)
 #   make distclean  also stop the Redis `make redis` started and remove .venv and .mahavishnu
 
@@ -18,7 +19,7 @@ STAMP := $(VENV)/.installed
 ARQ_VENV := .venv-arq
 ARQ_STAMP := $(ARQ_VENV)/.installed
 
-.PHONY: venv arq-venv redis redis-stop lint test test-unit demo bench clean distclean
+.PHONY: venv arq-venv redis redis-stop lint test test-unit demo bench docs clean distclean
 
 venv: $(STAMP)
 
@@ -65,6 +66,9 @@ demo: venv
 
 bench: venv
 	$(BIN)/python -m bench
+
+docs: venv
+	$(BIN)/python -m shared.reference
 
 clean:
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache *.egg-info

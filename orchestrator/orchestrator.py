@@ -47,7 +47,10 @@ from shared.connection import (
 )
 from shared.errors import MalformedMessage
 from shared.finals import announce_stored
+from shared.hooks import HOOKS
 from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
+from shared.logs import bind as bind_log_context
+from shared.metrics import install as install_metrics
 from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, PoolType, TaskStatus, new_id
 from shared.replies import Entry, decode_hash, flatten_read, text
 from shared.scripts import Scripts, add_counted
@@ -391,6 +394,8 @@ class Orchestrator:
             verdicts, backlog = reply
             accepted += [item for item, v in zip(items, verdicts, strict=True) if int(v)]
             self._backlogs[pool_id] = int(backlog)
+            if HOOKS:
+                HOOKS.routed(pool_id, sum(1 for v in verdicts if int(v) == 1))  # 1: taken now
         return accepted
 
     async def _candidates(self) -> list[Candidate]:
@@ -556,9 +561,15 @@ class Orchestrator:
 
 async def serve(settings: Settings, *, log_dir: Path | None = None) -> int:
     """Run an orchestrator until SIGTERM/SIGINT and return a process exit code."""
+    metrics = install_metrics(settings, role="orchestrator")
     orchestrator = Orchestrator(settings, log_dir=log_dir)
+    bind_log_context(orchestrator=orchestrator.id)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, orchestrator.request_stop)
-    await orchestrator.run()
+    try:
+        await orchestrator.run()
+    finally:
+        if metrics is not None:
+            metrics.close()
     return 0

@@ -20,6 +20,7 @@ from shared.codec import TaskDelegate, decode, encode
 from shared.connection import ack_and_delete
 from shared.errors import MalformedMessage
 from shared.finals import announce_stored, dead_letter_record, queue_dead_letter
+from shared.hooks import HOOKS
 from shared.keys import ORCHESTRATOR_GROUP, WORKER_GROUP
 from shared.models import ACCEPTING_STATUSES, TaskStatus
 from shared.replies import (
@@ -144,6 +145,7 @@ class Reclaimer:
             readable.append((entry_id, msg))
         finished = await self.records.finished(pool_id, [m for _, m in readable])
         unannounced: list[tuple[str, str]] = []
+        retried = 0
         for entry_id, msg in readable:
             announced = finished.get(msg.task.id)
             if announced is not None:  # its result is recorded: nothing runs again
@@ -156,6 +158,7 @@ class Reclaimer:
                 dead.append((msg, dead_letter_reason(msg.attempt, reason)))
             else:  # the same policy as a failed attempt's: backoff, then a direct task goes
                 # back to its pool and a routed one through the ingress
+                retried += 1
                 line = f"attempt {msg.attempt}: {reason}"
                 queue_retry(
                     pipe,
@@ -175,6 +178,9 @@ class Reclaimer:
             await announce_stored(self.redis, self.scripts, self.settings, unannounced)
         ack_and_delete(pipe, stream, WORKER_GROUP, done)
         await self.scripts.execute(pipe)
+        if HOOKS and claimed:
+            HOOKS.reclaimed(pool_id, len(claimed))
+            HOOKS.retried(pool_id, retried)
         if claimed:
             log.info("took back %d entr(ies) of pool %s", len(claimed), pool_id)
 

@@ -30,10 +30,12 @@ from shared.codec import PoolClosed, StatusUpdate, TaskDelegate, decode, encode
 from shared.connection import Fields
 from shared.errors import MalformedMessage
 from shared.finals import announce_stored
+from shared.hooks import HOOKS, PoolFigures
 from shared.keys import WORKER_GROUP
 from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, PoolType, TaskStatus
 from shared.replies import decode_hash, queued, stream_entries, text
 from shared.state import worker_draining, worker_stuck
+from shared.task_state import iso_time
 from worker.worker import drain_deadline
 
 log = logging.getLogger("mahavishnu.orchestrator")
@@ -360,10 +362,14 @@ class PoolSupervisor:
     async def write_load(self) -> None:
         """Write the load hash of every owned pool; forget workers that are gone."""
         pipe = self.redis.pipeline(transaction=False)
-        now = repr(time.time())
-        for pool_id in self.owned():
+        moment = time.time()
+        now, updated = repr(moment), iso_time(moment)
+        owned = self.owned()
+        for pool_id in owned:
             view = self.pools[pool_id]
             in_flight = view.in_flight
+            if HOOKS:
+                pipe.hmget(self.keys.pool_load(pool_id), ["completed", "failed"])
             pipe.hset(
                 self.keys.pool_load(pool_id),
                 mapping={
@@ -376,6 +382,7 @@ class PoolSupervisor:
                     "in_flight": in_flight,
                     "queued": max(0, view.backlog - in_flight),
                     "updated_at": now,
+                    "updated": updated,
                 },
             )
             backend = self.backends.get(view.spec.pool_type)
@@ -383,8 +390,31 @@ class PoolSupervisor:
             dead = view.members - set(view.live_workers) - starting
             if dead:
                 pipe.srem(self.keys.pool_workers(pool_id), *dead)
-        if len(pipe):
-            await pipe.execute()
+        replies = await pipe.execute() if len(pipe) else []
+        if HOOKS:
+            counters = [r for r in replies if isinstance(r, list)]  # the HMGETs, in order
+            HOOKS.pools(
+                [
+                    _figures(self.pools[pool_id], completed, failed)
+                    for pool_id, (completed, failed) in zip(owned, counters, strict=True)
+                ]
+            )
+
+
+def _figures(view: PoolView, completed: Any, failed: Any) -> PoolFigures:
+    """What the `pools` hook is told of a pool this orchestrator supervises."""
+    return PoolFigures(
+        pool=view.spec.id,
+        status=view.status.value,
+        backlog=view.backlog,
+        in_flight=view.in_flight,
+        local_workers=view.serving_local,
+        external_workers=view.external,
+        draining=view.draining,
+        capacity=view.capacity,
+        completed=int(float(text(completed) or 0)),
+        failed=int(float(text(failed) or 0)),
+    )
 
 
 def _count(beat: dict[str, str], field: str) -> int:

@@ -53,6 +53,7 @@ from shared.errors import (
     state_lost,
 )
 from shared.finals import announce_stored
+from shared.hooks import HOOKS, ROUTED
 from shared.idempotency import claim_keys
 from shared.memory import SearchOutcome, search_memory
 from shared.models import (
@@ -69,7 +70,7 @@ from shared.readers import CompletionWatcher, ReplyReader
 from shared.replies import Queued, decode_hash, flatten_read, stream_entries, text
 from shared.scripts import Scripts, add_counted, flat_fields
 from shared.state import live_pool_ids, parse_task_result, read_pools
-from shared.task_state import read_state, task_state_fields
+from shared.task_state import iso_time, read_state, task_state_fields
 from shared.waits import WaitGuard, live_workers
 
 log = logging.getLogger("mahavishnu.client")
@@ -273,6 +274,10 @@ class PoolManager:
             lookups[1] = len(lookup_keys)
             init = self._scripts.queue(pipe, self._scripts.init_batch, lookup_keys, lookups)
         replies = await self._scripts.execute(pipe, raise_on_error=False)
+        if HOOKS:
+            for (pool_id, chunk, _), (_, submit) in zip(calls, submits, strict=True):
+                if not isinstance(submit.reply_or_error(replies), Exception):
+                    HOOKS.submitted(pool_id or ROUTED, len(chunk))
         if init is not None and isinstance(error := init.reply_or_error(replies), Exception):
             # the tasks are queued and will run; only finding them by id will fail
             log.error(
@@ -432,9 +437,10 @@ class PoolManager:
         if home is None:
             raise TaskNotFound(f"no task with id {task_id!r} (never submitted, or expired)")
         state_key = self.keys.task_state(task_id, text(home))
+        now = time.time()
         before = text(
             await self._scripts.cancel_task(
-                keys=[state_key], args=[repr(time.time()), self.settings.result_ttl]
+                keys=[state_key], args=[repr(now), self.settings.result_ttl, iso_time(now)]
             )
         )
         if before == "moving":  # being moved into its pool, which finds the cancel there

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
@@ -32,6 +32,7 @@ from shared.models import PoolType, RoutingStrategy, parse_pool_type
 
 ENV_PREFIX = "MAHAVISHNU_"
 SETTINGS_DIR_ENV = "MAHAVISHNU_SETTINGS_DIR"
+LogFormat = Literal["text", "kv", "json"]
 
 NOT_SETTINGS_ENV: dict[str, str] = {
     SETTINGS_DIR_ENV: "the folder of the YAML files",
@@ -118,6 +119,10 @@ class Settings(BaseSettings):
     # with `pip install 'mahavishnu-pools[arq]'`); None: .venv-arq/bin/python of the current
     # folder or of this checkout
     arq_python: Path | None = None
+    # metrics and logs (docs/metrics.md)
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # /metrics of this process; 0: off
+    metrics_host: str = "0.0.0.0"  # the address /metrics binds (scraped from other hosts)
+    log_format: LogFormat = "text"
 
     @field_validator("default_pool_type", mode="before")
     @classmethod

@@ -29,12 +29,13 @@ from shared.codec import encode_result, pack
 from shared.config import Settings
 from shared.connection import Fields, Pipeline, Redis
 from shared.errors import inbox_error
+from shared.hooks import HOOKS, NO_POOL, Finished
 from shared.keys import hash_tag
 from shared.models import TaskResult, TaskSpec, TaskStatus
 from shared.replies import Queued, hash_reply, queued, text
 from shared.scripts import FINAL_DONE, FINAL_NEW, FINAL_STORED, Scripts, add_counted, flat_fields
 from shared.state import parse_task_result
-from shared.task_state import RawHash, share_targets
+from shared.task_state import RawHash, iso_time, output_head, share_targets
 
 log = logging.getLogger("mahavishnu.finals")
 
@@ -95,6 +96,8 @@ async def finalize_results(
     """
     verdicts = await _record(redis, scripts, settings, finals) if finals else []
     fresh = [f for f, v in zip(finals, verdicts, strict=True) if v == FINAL_NEW]
+    if HOOKS and fresh:
+        HOOKS.finished([_finished(f) for f in fresh])
     pairs = list(zip(finals, verdicts, strict=True))
     again = [(f.state_home, f.result.task_id) for f, v in pairs if v == FINAL_STORED]
     recovered = await read_stored(redis, settings, [*again, *stored])
@@ -117,6 +120,19 @@ async def finalize_results(
     announced = [(f.state_home, f.result.task_id) for f in done]
     await acknowledge(redis, scripts, settings, announced, ack, markers)
     return [v == FINAL_NEW for v in verdicts]
+
+
+def _finished(final: FinalResult) -> Finished:
+    """What the `finished` hook is told of a result recorded now."""
+    res = final.result
+    end = res.finished_at or time.time()
+    submitted = final.submitted_at or (final.spec.submitted_at if final.spec else None)
+    return Finished(
+        pool=res.pool_id or NO_POOL,
+        status=res.status.value,
+        duration=res.duration,
+        end_to_end=end - submitted if submitted else None,
+    )
 
 
 async def _record(
@@ -223,12 +239,16 @@ def result_hash_fields(
     """The fields a final result sets on its task's state (`dump`: its dump without defaults)."""
     if dump is None:
         dump = res.model_dump(mode="json", exclude_defaults=True)
+    finished = res.finished_at or time.time()
     fields: dict[str, str | bytes] = {
         "status": str(res.status),
         "result": pack(dump),
-        "finished_at": repr(res.finished_at or time.time()),
+        "finished_at": repr(finished),
+        "finished": iso_time(finished),
         "attempts": str(res.attempts),
     }
+    if res.output is not None:
+        fields["output"] = output_head(res.output)
     if res.pool_id:
         fields["pool"] = res.pool_id
     if res.worker_id:

@@ -200,11 +200,12 @@ START_RUN, START_SKIP, START_CANCELLED, START_ANNOUNCE = 1, 0, 2, 3
 (a cancel was asked); announce its stored result (final, but its writer died before announcing
 it), then acknowledge the entry."""
 
-# KEYS = the tasks' `pool_task` hashes. ARGV: worker, started_at, then each task's attempt.
-# Marks tasks running unless final or a cancel was asked; see START_RUN and the rest for what
-# it answers per task.
+# KEYS = the tasks' `pool_task` hashes. ARGV: worker, started_at, then each task's attempt, then
+# (optional) started_at in ISO 8601 for `started`. Marks tasks running unless final or a cancel
+# was asked; see START_RUN and the rest for what it answers per task.
 START_BATCH = f"""
 local out = {{}}
+local iso = ARGV[#KEYS + 3]
 for k = 1, #KEYS do
   local state = redis.call('HMGET', KEYS[k], 'status', 'cancel_requested', 'announced')
   local status = state[1]
@@ -213,8 +214,13 @@ for k = 1, #KEYS do
   elseif state[2] == '1' then
     out[k] = {START_CANCELLED}
   else
-    redis.call('HSET', KEYS[k], 'status', '{_RUNNING}', 'worker', ARGV[1], 'started_at', ARGV[2],
-      'attempts', ARGV[k + 2])
+    if iso then
+      redis.call('HSET', KEYS[k], 'status', '{_RUNNING}', 'worker', ARGV[1], 'started_at', ARGV[2],
+        'attempts', ARGV[k + 2], 'started', iso)
+    else
+      redis.call('HSET', KEYS[k], 'status', '{_RUNNING}', 'worker', ARGV[1], 'started_at', ARGV[2],
+        'attempts', ARGV[k + 2])
+    end
     out[k] = {START_RUN}
   end
 end
@@ -368,7 +374,8 @@ redis.call('HSET', KEYS[1], 'cancel_requested', '1')
 return redis.call('HGET', KEYS[1], 'home') or ''
 """
 
-# KEYS[1] = the task's state hash. ARGV[1] = now, ARGV[2] = ttl. Returns the task's status
+# KEYS[1] = the task's state hash. ARGV[1] = now, ARGV[2] = ttl, ARGV[3] (optional) = now in
+# ISO 8601. Returns the task's status
 # before the call; a task that was not yet running becomes 'cancelled' here, a running one is
 # flagged for its worker to stop. A state not written yet (the task is being moved into its
 # pool) is created with the flag, which the move keeps: 'moving' is returned.
@@ -388,6 +395,9 @@ if status == '{_RUNNING}' then
 end
 redis.call('HSET', KEYS[1], 'status', '{_CANCELLED}', 'cancel_requested', '1',
   'finished_at', ARGV[1])
+if ARGV[3] then
+  redis.call('HSET', KEYS[1], 'finished', ARGV[3])
+end
 return status
 """
 

@@ -20,6 +20,7 @@ from shared.models import (
     TaskStatus,
 )
 from shared.replies import decode_hash, queued, text
+from shared.task_state import iso_time
 
 
 def worker_draining(beat: dict[str, str]) -> bool:
@@ -57,6 +58,8 @@ def pool_hash_fields(spec: PoolSpec, status: PoolStatus, **extra: Any) -> Fields
         "spec": spec.model_dump_json(),
     }
     fields.update({k: str(v) for k, v in extra.items()})
+    if "created_at" in extra:
+        fields["created"] = iso_time(float(extra["created_at"]))
     return fields
 
 

@@ -23,6 +23,7 @@ from shared.finals import FinalResult
 from shared.keys import WORKER_GROUP
 from shared.models import PoolSpec, PoolStatus, TaskSpec, TaskStatus
 from shared.scripts import Scripts
+from shared.task_state import iso_time
 from tests import unit_fakes
 from tests.unit_fakes import FakeRedis, as_reply
 
@@ -366,6 +367,7 @@ async def test_the_load_hash_says_who_serves_and_what_waits(
         "in_flight": 6,
         "queued": 4,  # the backlog less what is running
         "updated_at": repr(clock.now),
+        "updated": iso_time(clock.now),  # the same moment, readable
     }
 
 

@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from shared.config import load_settings
 from shared.errors import MahavishnuError
+from shared.logs import configure_logging, register_settings_secrets
 from worker.worker import serve
 
 
@@ -28,12 +29,24 @@ def main(argv: list[str] | None = None) -> int:
         help="id of the orchestrator supervising this process (set by local pools; a worker "
         "started without it is an external worker that adds capacity)",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve /metrics on this port (0: off; default: the metrics_port setting)",
+    )
     args = parser.parse_args(argv)
     if args.concurrency is not None and args.concurrency < 1:
         parser.error(f"--concurrency must be at least 1, got {args.concurrency}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        parser.error(f"--metrics-port must be 0 to 65535, got {args.metrics_port}")
+    configure_logging(logging.INFO, "text")
     try:
         settings = load_settings()
+        if args.metrics_port is not None:
+            settings = settings.model_copy(update={"metrics_port": args.metrics_port})
+        register_settings_secrets(settings)
+        configure_logging(logging.INFO, settings.log_format)
         return asyncio.run(
             serve(
                 settings,

@@ -58,11 +58,17 @@ from shared.finals import (
     queue_dead_letter,
     queue_memory_record,
 )
+from shared.hooks import HOOKS
 from shared.keys import WORKER_GROUP
+from shared.logs import bind as bind_log_context
+from shared.logs import set_task as set_task_log_context
+from shared.logs import task_fields
+from shared.metrics import install as install_metrics
 from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, TaskResult, TaskStatus, new_id
 from shared.replies import Entry, decode_hash, flatten_read, queued, text
 from shared.retries import dead_letter_reason, queue_retry, with_line
-from shared.scripts import START_ANNOUNCE, START_CANCELLED, START_SKIP, Scripts
+from shared.scripts import START_ANNOUNCE, START_CANCELLED, START_RUN, START_SKIP, Scripts
+from shared.task_state import iso_time
 from worker.executors import (
     HAND_BACK,
     TASK_ATTEMPT,
@@ -371,6 +377,15 @@ class Worker:
         now = time.time()
         loop = asyncio.get_running_loop()
         verdicts = await self._mark_started(candidates, now) if candidates else []
+        if HOOKS and candidates:
+            HOOKS.started(
+                self.pool_id,
+                [
+                    now - m.task.submitted_at
+                    for (_, m), v in zip(candidates, verdicts, strict=True)
+                    if v == START_RUN
+                ],
+            )
         for (entry_id, msg), verdict in zip(candidates, verdicts, strict=True):
             if verdict == START_SKIP:  # already final (e.g. cancelled while queued)
                 self._skipped.append(entry_id)
@@ -398,7 +413,11 @@ class Worker:
             try:
                 verdicts = await self._scripts.start_batch(
                     keys=[self.keys.pool_task(self.pool_id, m.task.id) for _, m in candidates],
-                    args=[self.worker_id, repr(now), *(m.attempt for _, m in candidates)],
+                    args=[
+                        *(self.worker_id, repr(now)),
+                        *(m.attempt for _, m in candidates),
+                        iso_time(now),
+                    ],
                 )
                 return [int(v) for v in verdicts]
             except TRANSIENT_ERRORS as exc:
@@ -414,6 +433,7 @@ class Worker:
         cancelled = False
         TASK_ATTEMPT.set(running.message.attempt)  # this run's own context
         try:
+            set_task_log_context(task.id)  # this asyncio task's own context
             outcome = await self._executor.run(task)
         except asyncio.CancelledError:
             if running.handing_back:
@@ -428,7 +448,11 @@ class Worker:
         except (SystemExit, KeyboardInterrupt) as exc:  # a function must not end the worker
             outcome = Outcome(output=None, error=f"the task raised {type(exc).__name__}")
         except Exception as exc:  # an executor bug must not kill the worker
-            log.exception("executor crashed on task %s", task.id)
+            log.exception(
+                "executor crashed on task %s",
+                task.id,
+                extra=task_fields(task.id, self.pool_id, self.worker_id),
+            )
             outcome = Outcome(output=None, error=f"executor error: {type(exc).__name__}: {exc}")
         self._done.append(_Done(running, outcome, time.time(), cancelled))
         self._flush_wanted.set()
@@ -537,6 +561,32 @@ class Worker:
             extra=extra if retries or dead else None,
             stored=[(self.pool_id, task_id) for _, task_id in unannounced],
         )
+        if HOOKS and retries:
+            HOOKS.retried(self.pool_id, len(retries))
+        self._log_outcomes(finals, retries)
+
+    def _log_outcomes(self, finals: list[FinalResult], retries: list[_Done]) -> None:
+        """One line per task that failed, was retried or (at DEBUG) completed."""
+        debug = log.isEnabledFor(logging.DEBUG)
+        for final in finals:
+            res = final.result
+            if res.status is TaskStatus.COMPLETED and not debug:
+                continue  # the common case costs one comparison
+            fields = task_fields(res.task_id, self.pool_id, self.worker_id)
+            fields["attempt"] = str(res.attempts)
+            if res.status is TaskStatus.COMPLETED:
+                log.debug("task %s completed in %.3fs", res.task_id, res.duration, extra=fields)
+            else:
+                log.warning("task %s %s: %s", res.task_id, res.status, res.error, extra=fields)
+        for item in retries:
+            msg = item.running.message
+            fields = task_fields(msg.task.id, self.pool_id, self.worker_id)
+            fields["attempt"] = str(msg.attempt)
+            log.info(
+                "task %s attempt %d failed, will retry: %s",
+                *(msg.task.id, msg.attempt, item.outcome.error),
+                extra=fields,
+            )
 
     def _final(self, item: _Done, status: TaskStatus) -> FinalResult:
         msg = item.running.message
@@ -821,8 +871,14 @@ async def serve(
         managed_by=managed_by,
         exit_when_overdue=True,
     )
+    bind_log_context(pool=pool_id, worker=worker.worker_id)
+    metrics = install_metrics(settings, role=f"worker {worker.worker_id}")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop)
-    await worker.run()
+    try:
+        await worker.run()
+    finally:
+        if metrics is not None:
+            metrics.close()
     return 0

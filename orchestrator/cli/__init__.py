@@ -24,11 +24,13 @@ from orchestrator.cli import render
 from orchestrator.cli import up as cli_up
 from orchestrator.cli.common import (
     JsonOpt,
+    MetricsPortOpt,
     cli_settings,
     fail,
     guard,
     run_async,
     setup_logging,
+    with_metrics_port,
 )
 from orchestrator.cli.pools import pool_app
 from orchestrator.cli.tasks import task_app
@@ -61,7 +63,7 @@ def up(
 ) -> None:
     """Start everything on this machine: broker if needed, an orchestrator and a pool."""
     settings = cli_settings()
-    setup_logging(log_level)
+    setup_logging(log_level, settings)
     code = run_async(
         settings, cli_up.run_up, settings, workers=workers, demo=demo, tasks=tasks, timeout=timeout,
         json_out=json_out,
@@ -72,12 +74,13 @@ def up(
 @app.command("orchestrator")
 def orchestrator_cmd(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Run an orchestrator until SIGTERM or Ctrl-C (it routes, supervises and scales pools)."""
     from orchestrator.orchestrator import serve
 
-    settings = cli_settings()
-    setup_logging(log_level)
+    settings = with_metrics_port(cli_settings(), metrics_port)
+    setup_logging(log_level, settings)
     logging.getLogger("mahavishnu").info(
         "orchestrator on %s, prefix %s", settings.redis_url_redacted, settings.key_prefix
     )
@@ -91,12 +94,13 @@ def worker_cmd(
     burst: Annotated[bool, typer.Option(help="Exit when the queue is empty.")] = False,
     worker_id: Annotated[str | None, typer.Option(help="Consumer name (default: new).")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Run one worker of a pool until SIGTERM or Ctrl-C (it drains first)."""
     from worker.worker import serve
 
-    settings = cli_settings()
-    setup_logging(log_level)
+    settings = with_metrics_port(cli_settings(), metrics_port)
+    setup_logging(log_level, settings)
     code = run_async(
         settings, serve, settings, pool, concurrency=concurrency, burst=burst, worker_id=worker_id
     )
@@ -112,13 +116,14 @@ def mcp_cmd(
         bool,
         typer.Option("--no-auth", help="HTTP without a bearer token (loopback addresses only)."),
     ] = False,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Run the MCP facade (stdio by default) with the pool tools.
 
     HTTP needs a bearer token (MAHAVISHNU_MCP_HTTP_TOKEN) unless bound to loopback with
     --no-auth (or mcp_http_require_auth: false).
     """
-    settings = cli_settings()
+    settings = with_metrics_port(cli_settings(), metrics_port)
     from orchestrator.mcp.server import run_mcp
 
     require_auth = settings.mcp_http_require_auth and not no_auth

@@ -4,7 +4,6 @@ running async work from typer's plain functions."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine
@@ -171,12 +170,26 @@ def client(settings: Settings) -> PoolManager:
     return PoolManager(settings)
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, settings: Settings | None = None) -> None:
+    """Log to stderr at `level`, in the settings' `log_format` (text without settings)."""
+    from shared.logs import configure_logging, register_settings_secrets
+
+    if settings is not None:
+        register_settings_secrets(settings)
     try:
-        logging.basicConfig(
-            level=level.upper(),
-            stream=sys.stderr,
-            format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        )
+        configure_logging(level, "text" if settings is None else settings.log_format)
     except ValueError:
         fail(f"--log-level {level!r}: use DEBUG, INFO, WARNING or ERROR")
+
+
+MetricsPortOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=0, max=65535, help="Serve /metrics on this port (0: off; default: metrics_port)."
+    ),
+]
+
+
+def with_metrics_port(settings: Settings, port: int | None) -> Settings:
+    """The settings with `--metrics-port`, when given, as their `metrics_port`."""
+    return settings if port is None else settings.model_copy(update={"metrics_port": port})

@@ -299,6 +299,7 @@ async def run_up(
     """
     from orchestrator.broker import ensure_broker
     from orchestrator.orchestrator import Orchestrator
+    from shared.metrics import install as install_metrics
 
     info = stderr_console() if json_out else stdout_console()
     stop = stop_event()
@@ -308,7 +309,11 @@ async def run_up(
     if broker:
         where["broker_data"] = str(broker.data_dir)
     where["key_prefix"] = settings.key_prefix
+    metrics = None
     try:
+        metrics = install_metrics(settings, role="orchestrator")
+        if metrics is not None:
+            where["metrics"] = f"http://{settings.metrics_host}:{metrics.port}/metrics"
         orch = Orchestrator(settings)
         runner = asyncio.create_task(orch.run(), name="orchestrator")
         try:
@@ -339,6 +344,8 @@ async def run_up(
             orch.request_stop()
             await asyncio.gather(runner, return_exceptions=True)
     finally:
+        if metrics is not None:
+            metrics.close()
         if broker is not None:
             await broker.stop()
 

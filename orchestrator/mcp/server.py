@@ -31,6 +31,7 @@ from orchestrator.mcp.tools_pools import register_pool_tools
 from orchestrator.mcp.tools_tasks import register_task_tools
 from shared.client import PoolManager
 from shared.config import Settings, load_settings
+from shared.metrics import install as install_metrics
 
 log = logging.getLogger("mahavishnu.mcp")
 
@@ -139,12 +140,18 @@ def run_mcp(
     or unusable token raises ConfigError before anything starts.
     """
     resolved = settings or load_settings()
-    if not http:
-        build_server(resolved).run("stdio")
-        return
-    secret = resolved.mcp_http_token.get_secret_value() if resolved.mcp_http_token else None
-    check_token(secret, require_auth=require_auth, host=host)
-    anyio.run(_serve_http_from_sync, resolved, host, port, require_auth)
+    if http:
+        secret = resolved.mcp_http_token.get_secret_value() if resolved.mcp_http_token else None
+        check_token(secret, require_auth=require_auth, host=host)
+    metrics = install_metrics(resolved, role="MCP facade")  # its own port: metrics_port
+    try:
+        if not http:
+            build_server(resolved).run("stdio")
+            return
+        anyio.run(_serve_http_from_sync, resolved, host, port, require_auth)
+    finally:
+        if metrics is not None:
+            metrics.close()
 
 
 async def _serve_http_from_sync(

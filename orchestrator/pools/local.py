@@ -85,6 +85,8 @@ class LocalBackend(PoolBackend):
         self.on_exit = on_exit  # called when any worker process exits
         self.pools: dict[str, LocalPool] = {}
         self._env = {**os.environ, **settings_env(settings)}
+        # its workers share this host: the orchestrator's metrics port is not theirs
+        self._env["MAHAVISHNU_METRICS_PORT"] = "0"
         self._watchers: set[asyncio.Task[None]] = set()
 
     def pool(self, pool_id: str) -> LocalPool:
