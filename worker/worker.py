@@ -67,6 +67,7 @@ from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, TaskResult, 
 from shared.retries import dead_letter_reason, queue_retry, with_line
 from shared.scripts import START_ANNOUNCE, START_CANCELLED, START_SKIP, Scripts
 from worker.executors import Executor, Outcome, build_executor
+from worker.progress import ProgressPublisher, set_output_sink
 
 log = logging.getLogger("mahavishnu.worker")
 
@@ -137,6 +138,7 @@ class Worker:
         self._scripts = Scripts(self.redis)
         self.spec: PoolSpec | None = None
         self._executor: Executor | None = None
+        self._progress: ProgressPublisher | None = None  # made in `start`, on the running loop
         self._running: dict[bytes, _Running] = {}
         self._done: list[_Done] = []
         self._dead: list[_DeadLetter] = []
@@ -212,6 +214,7 @@ class Worker:
         if self._concurrency_override is None:
             self.concurrency = self.spec.concurrency
         self._executor = build_executor(self.spec)
+        self._progress = ProgressPublisher(self.redis, self.settings, self.pool_id)
         await ensure_group(self.redis, self.stream, WORKER_GROUP)
         await ensure_group(self.redis, self.inbox, WORKER_GROUP)
         pipe = self.redis.pipeline(transaction=False)
@@ -237,6 +240,8 @@ class Worker:
         heart = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         deadlines = asyncio.create_task(self._deadline_loop(), name="deadlines")
         flusher = asyncio.create_task(self._flush_loop(), name="flusher")
+        assert self._progress is not None
+        progress = asyncio.create_task(self._progress.run(self._loops_done), name="progress")
         try:
             await self._read_loop()
             await self._drain()
@@ -246,7 +251,7 @@ class Worker:
             self._flush_wanted.set()
             await flusher
             self._loops_done.set()
-            await stop_loops(heart, deadlines, timeout=LOOP_STOP_WAIT)
+            await stop_loops(heart, deadlines, progress, timeout=LOOP_STOP_WAIT)
             await self._leave()
             if self._executor is not None:
                 await self._executor.aclose()
@@ -391,9 +396,17 @@ class Worker:
         backoff = 0.1
         while True:
             try:
+                ids = [m.task.id for _, m in candidates]
                 verdicts = await self._scripts.start_batch(
-                    keys=[self.keys.pool_task(self.pool_id, m.task.id) for _, m in candidates],
-                    args=[self.worker_id, repr(now), *(m.attempt for _, m in candidates)],
+                    keys=[self.keys.pool_task(self.pool_id, t) for t in ids]
+                    + [self.keys.task_progress(self.pool_id, t) for t in ids],
+                    args=[
+                        self.worker_id,
+                        repr(now),
+                        int(self.settings.progress_ttl * 1000),
+                        self.settings.progress_max_len,
+                        *(m.attempt for _, m in candidates),
+                    ],
                 )
                 return [int(v) for v in verdicts]
             except TRANSIENT_ERRORS as exc:
@@ -407,6 +420,8 @@ class Worker:
         assert self._executor is not None
         task = running.message.task
         cancelled = False
+        if self._progress is not None:  # this asyncio task's context: its executor's output
+            set_output_sink(self._progress.sink(task.id, running.message.attempt))
         try:
             outcome = await self._executor.run(task)
         except asyncio.CancelledError:
@@ -477,6 +492,9 @@ class Worker:
             unannounced, self._unannounced = self._unannounced, []
         if not done and not dead and not skipped and not unannounced:
             return
+        finished = [item.running.message.task.id for item in done]
+        if self._progress is not None and self._progress.has_pending(finished):
+            await self._progress.flush(finished)  # a task's last output before its result
         try:
             await self._write(done, dead, skipped, unannounced)
         except BaseException:
