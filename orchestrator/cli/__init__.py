@@ -41,6 +41,28 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from shared.version import package_version
+
+        print(f"mahavishnu {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Mahavishnu pools: a distributed task system on Redis Streams."""
+
+
 app.add_typer(pool_app, name="pool")
 app.add_typer(task_app, name="task")
 

@@ -20,6 +20,7 @@ from orchestrator.cli.common import (
     AttemptsOpt,
     CallOpt,
     CommandOpt,
+    FollowOpt,
     IdemOpt,
     JsonOpt,
     KwargOpt,
@@ -36,6 +37,7 @@ from orchestrator.cli.common import (
     read_prompt,
     run_async,
 )
+from orchestrator.cli.follow import follow_result, show_followed
 from shared.config import Settings
 from shared.errors import PoolNotFound, PoolUnavailable
 from shared.models import ACCEPTING_STATUSES, PoolInfo, PoolStatus
@@ -137,12 +139,13 @@ def pool_exec(
     max_attempts: AttemptsOpt = None,
     idempotency_key: IdemOpt = None,
     tag: TagOpt = None,
+    follow: FollowOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Run a task on one pool and print its result (exit 1 unless it completed)."""
     settings = cli_settings()
 
-    async def execute() -> TaskResult:
+    async def execute() -> tuple[TaskResult, bool]:
         task = render.build_task(
             settings, prompt=read_prompt(prompt, prompt_file), call=call, args=arg,
             kwargs=kwarg, command=command,
@@ -151,9 +154,16 @@ def pool_exec(
         )  # fmt: skip
         async with client(settings) as pools:
             task_id = await pools.submit(task)
-            return await pools.result(task_id, render.wait_bound(settings, task, routed=False))
+            bound = render.wait_bound(settings, task, routed=False)
+            if follow:
+                return await follow_result(pools, task_id, bound, json_out=json_out)
+            return await pools.result(task_id, bound), False
 
-    render.show_result(run_async(settings, execute), json_out)
+    result, printed = run_async(settings, execute)
+    if follow:
+        show_followed(result, printed, json_out)
+    else:
+        render.show_result(result, json_out)
 
 
 @pool_app.command("route")
@@ -173,12 +183,13 @@ def pool_route(
     max_attempts: AttemptsOpt = None,
     idempotency_key: IdemOpt = None,
     tag: TagOpt = None,
+    follow: FollowOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Let the orchestrators pick a pool for a task; print its result."""
     settings = cli_settings()
 
-    async def route() -> TaskResult:
+    async def route() -> tuple[TaskResult, bool]:
         task = render.build_task(
             settings, prompt=read_prompt(prompt, prompt_file), call=call, args=arg,
             kwargs=kwarg, command=command,
@@ -189,9 +200,16 @@ def pool_route(
         )  # fmt: skip
         async with client(settings) as pools:
             task_id = await pools.submit(task)
-            return await pools.result(task_id, render.wait_bound(settings, task, routed=True))
+            bound = render.wait_bound(settings, task, routed=True)
+            if follow:
+                return await follow_result(pools, task_id, bound, json_out=json_out)
+            return await pools.result(task_id, bound), False
 
-    render.show_result(run_async(settings, route), json_out)
+    result, printed = run_async(settings, route)
+    if follow:
+        show_followed(result, printed, json_out)
+    else:
+        render.show_result(result, json_out)
 
 
 @pool_app.command("scale")

@@ -21,16 +21,27 @@ from shared.progress import follow_task
 MAX_MESSAGE_CHARS = 4000  # of one output chunk in a notification (the result has the whole)
 
 
-def progress_token(ctx: ToolContext) -> str | int | None:
-    """The caller's progress token for this request, if it sent one."""
-    meta: Any = ctx.request_context.meta
-    if isinstance(meta, Mapping):
-        token = meta.get("progress_token", meta.get("progressToken"))
-        if isinstance(token, str | int) and not isinstance(token, bool):
-            return token
-    params = ctx.request_context.params
-    found = ((params or {}).get("_meta") or {}).get("progressToken")
-    return found if isinstance(found, str | int) and not isinstance(found, bool) else None
+def wants_progress(ctx: ToolContext) -> bool:
+    """Whether the caller asked for progress on this request.
+
+    On the wire that is `params._meta.progressToken`. The SDK's in-process dispatcher (a
+    `Client(server)`) carries a callback instead of a token, and the SDK has no public way to
+    ask for either, so the request's dispatch context is looked at as well (mcp 2.3: a
+    `progress_token`, `_progress_token` or `_on_progress` attribute that is set, on it or on
+    the context it wraps)."""
+    request = ctx.request_context
+    meta = (request.params or {}).get("_meta")
+    if isinstance(meta, Mapping) and meta.get("progressToken") is not None:
+        return True
+    outbound = getattr(request.session, "_request_outbound", None)
+    for _ in range(4):  # the runner wraps the dispatcher's context (`_inner`)
+        if any(
+            getattr(outbound, name, None) is not None
+            for name in ("progress_token", "_progress_token", "_on_progress")
+        ):
+            return True
+        outbound = getattr(outbound, "_inner", None)
+    return False
 
 
 async def wait_reporting(
@@ -38,7 +49,7 @@ async def wait_reporting(
 ) -> ExecuteResult:
     """Await `waiting` (the tool's wait for `task_id`); report the task's steps meanwhile when the
     caller asked for progress."""
-    if progress_token(ctx) is None:
+    if not wants_progress(ctx):
         return await waiting
     done = asyncio.ensure_future(waiting)
     step = 0
