@@ -78,6 +78,14 @@ EXIT_DRAIN_OVERDUE = 3  # exit code of a worker whose drain did not end in time
 LOOP_STOP_WAIT = 5.0  # seconds a background loop gets to notice its stop event
 
 
+def heartbeat_kind(managed_by: str) -> str:
+    """The `kind` a worker names in its heartbeat (`mahavishnu top`): pod inside Kubernetes,
+    local when an orchestrator started it, external when started by hand."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return "pod"
+    return "local" if managed_by else "external"
+
+
 def drain_deadline(settings: Settings) -> float:
     """Seconds from a stop request after which a worker exits whatever it is doing."""
     return settings.drain_grace + DRAIN_EXIT_MARGIN
@@ -126,6 +134,7 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.managed_by = managed_by  # the orchestrator that started this process, if any
+        self._kind = heartbeat_kind(managed_by)
         self._exit_when_overdue = exit_when_overdue  # a worker process: yes; in-process: no
         self.keys = settings.keys
         self.pool_id = pool_id
@@ -632,6 +641,7 @@ class Worker:
                 "draining_since": repr(self._stop_requested_at or 0.0),
                 "drain_deadline": repr(drain_deadline(self.settings)),
                 "managed_by": self.managed_by,
+                "kind": self._kind,
             },
         )
         pipe.pexpire(key, int(self.settings.heartbeat_ttl * 1000))

@@ -150,12 +150,16 @@ def mcp_cmd(
 @app.command("top")
 def top(
     interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes.")] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
-    """Watch every pool's load live (like `pool monitor --watch`)."""
+    """Watch the pools live: rates, p50/p99 sparklines, workers, dead letters (Ctrl-C stops).
+
+    With --json (or --once) it prints one snapshot and exits."""
+    from orchestrator.cli.top import run_top
+
     settings = cli_settings()
-    run_async(
-        settings, cli_up.monitor, settings, None, watch=True, interval=interval, json_out=False
-    )
+    run_async(settings, run_top, settings, interval=interval, once=once, json_out=json_out)
 
 
 @app.command(
