@@ -126,8 +126,8 @@ class Keys:
         return f"{self.prefix}pool:{{{pool_id}}}:task:{task_id}"
 
     def task_progress(self, pool_id: str, task_id: str) -> str:
-        """Stream with TTL, in the pool's slot: the live progress of a task running on the pool
-        (`running` when a worker starts it, then `output` chunks; bounded, rate-limited)."""
+        """Stream with TTL, in the pool's slot: the live output of a task running on the pool
+        (`output` chunks, bounded and rate-limited; only tasks that print something have one)."""
         return f"{self.prefix}pool:{{{pool_id}}}:progress:{task_id}"
 
     def task_state(self, task_id: str, home: str | None) -> str:

@@ -1,10 +1,10 @@
 """Following a task as it moves: queued → routed → running → output chunks → its result.
 
-The states come from the task's state (`shared/task_state.py`), looked at every `POLL` seconds;
-`running` and the output come from the task's progress stream (`Keys.task_progress`, written by
-the worker: `worker/progress.py`), read with a blocking XREAD in between, so output shows as it
-arrives. A follow ends when `finished` (the caller's wait for the result) is done: the rest of
-the stream is read first, so every chunk written before the result comes out, in order.
+The steps come from the task's state (`shared/task_state.py`), looked at every `POLL` seconds;
+the output comes from the task's progress stream (`Keys.task_progress`, written by the worker:
+`worker/progress.py`), read with a blocking XREAD in between, so output shows as it arrives. A
+follow ends when `finished` (the caller's wait for the result) is done: the rest of the stream
+is read first, so every chunk written before the result comes out, in order.
 
     async for event in follow_task(pools, task_id, finished):
         print(event.message())
@@ -114,11 +114,11 @@ class _Tracker:
     def from_entry(self, pool_id: str, fields: dict[bytes, bytes]) -> list[ProgressEvent]:
         kind = text(fields.get(b"kind"))
         attempt = int(text(fields.get(b"attempt")) or 0)
-        if kind == "running":
-            return self.step("running", pool_id, attempt, text(fields.get(b"worker")))
-        if kind == "output":
+        if kind == "output":  # output means it runs, whether or not a look saw it running
             body = fields.get(b"text", b"").decode("utf-8", "replace")
-            return [ProgressEvent("output", pool_id, "", attempt, body)]
+            worker = text(fields.get(b"worker"))
+            running = self.step("running", pool_id, attempt, worker)
+            return [*running, ProgressEvent("output", pool_id, worker, attempt, body)]
         return []
 
 

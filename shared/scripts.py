@@ -198,15 +198,12 @@ START_RUN, START_SKIP, START_CANCELLED, START_ANNOUNCE = 1, 0, 2, 3
 (a cancel was asked); announce its stored result (final, but its writer died before announcing
 it), then acknowledge the entry."""
 
-# KEYS = the tasks' `pool_task` hashes, then (optionally) their `task_progress` streams.
-# ARGV: worker, started_at, progress ttl ms, progress max length, then each task's attempt.
-# Marks tasks running unless final or a cancel was asked, and adds a `running` entry to the
-# progress stream of each task it starts (the one progress write a task without output costs);
-# see START_RUN and the rest for what it answers per task.
+# KEYS = the tasks' `pool_task` hashes. ARGV: worker, started_at, then each task's attempt.
+# Marks tasks running unless final or a cancel was asked; see START_RUN and the rest for what
+# it answers per task.
 START_BATCH = f"""
-local n = #ARGV - 4
 local out = {{}}
-for k = 1, n do
+for k = 1, #KEYS do
   local state = redis.call('HMGET', KEYS[k], 'status', 'cancel_requested', 'announced')
   local status = state[1]
   if {_FINAL} then
@@ -215,13 +212,7 @@ for k = 1, n do
     out[k] = {START_CANCELLED}
   else
     redis.call('HSET', KEYS[k], 'status', '{_RUNNING}', 'worker', ARGV[1], 'started_at', ARGV[2],
-      'attempts', ARGV[k + 4])
-    local progress = KEYS[n + k]
-    if progress then
-      redis.call('XADD', progress, 'MAXLEN', '~', ARGV[4], '*', 'kind', 'running',
-        'worker', ARGV[1], 'attempt', ARGV[k + 4], 'at', ARGV[2])
-      redis.call('PEXPIRE', progress, ARGV[3])
-    end
+      'attempts', ARGV[k + 2])
     out[k] = {START_RUN}
   end
 end

@@ -55,7 +55,7 @@ async def test_a_result_recorded_but_never_announced_is_announced_by_the_next_wr
         assert await _replies(redis, settings) == []
         # the next attempt's worker reads the entry again: START says announce what is stored
         state = settings.keys.pool_task(POOL, task_id)
-        verdicts = await scripts.start_batch(keys=[state], args=["w-2", "1.0", 1000, 10, 2])
+        verdicts = await scripts.start_batch(keys=[state], args=["w-2", "1.0", 2])
         assert verdicts == [START_ANNOUNCE]
         # a second writer (reclaim, another attempt) finds it final: the stored result goes out
         second = _final("w-2/2-0", task_id, output="second")

@@ -161,6 +161,6 @@ async def test_task_result_follow_prints_output_in_order(
     docs = [json.loads(line) for line in out.splitlines()]  # every line is JSON
     kinds = [d["kind"] for d in docs]
     assert kinds[-1] == "result" and docs[-1]["status"] == "completed"
-    check_order(kinds[:-1] + ["completed"])
+    check_order([*kinds[:-1], "completed"])
     assert "".join(d["text"] for d in docs if d["kind"] == "output") == OUTPUT
     assert docs[kinds.index("running")]["pool_id"] == pool_id

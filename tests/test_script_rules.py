@@ -29,12 +29,12 @@ async def test_start_and_set_skip_exactly_the_final_statuses(
     scripts = Scripts(redis)
     key = settings.keys.pool_task("p1", f"t-{status}")
     await redis.hset(key, mapping={"status": str(status), "announced": "1"})
-    verdict = (await scripts.start_batch(keys=[key], args=["w1", "1.0", 1000, 10, 1]))[0]
+    verdict = (await scripts.start_batch(keys=[key], args=["w1", "1.0", 1]))[0]
     assert verdict == (START_SKIP if status in FINAL_STATUSES else START_RUN), status
     after = (await redis.hget(key, "status")) or b""
     assert after.decode() == (str(status) if status in FINAL_STATUSES else "running")
     await redis.hset(key, mapping={"status": str(status), "announced": "0"})
-    verdict = (await scripts.start_batch(keys=[key], args=["w1", "1.0", 1000, 10, 1]))[0]
+    verdict = (await scripts.start_batch(keys=[key], args=["w1", "1.0", 1]))[0]
     assert verdict == (START_ANNOUNCE if status in FINAL_STATUSES else START_RUN), status
     await redis.hset(key, mapping={"status": str(status)})
     written = await scripts.set_task_fields(keys=[key], args=["status", "queued"])

@@ -1,16 +1,17 @@
 """Live progress of running tasks: the output chunks a worker publishes while a task runs.
 
-Each task has a progress stream in its pool's slot (`Keys.task_progress`). `START_BATCH` adds its
-`running` entry in the same script that marks it running, so a task that prints nothing costs no
-extra round trip. Executors hand text to the sink of the task they run (`output_sink()`; the
-worker sets it around each run through a context variable, so the Executor interface needs no
-new parameter); `ProgressPublisher` writes what came in, one entry per task at most every
-`progress_interval` seconds, in one pipeline for all tasks, and the stream is trimmed to
-`progress_max_len` entries and expires `progress_ttl` seconds after its last write. Progress is a
-view: a write that fails is logged and dropped (the task's result keeps its whole output).
+Each task that prints something gets a progress stream in its pool's slot
+(`Keys.task_progress`). Executors hand text to the sink of the task they run (`output_sink()`;
+the worker sets it around each run through a context variable, so the Executor interface needs
+no new parameter); `ProgressPublisher` writes what came in, one entry per task at most every
+`progress_interval` seconds, in one pipeline for all tasks; the stream is trimmed to
+`progress_max_len` entries and expires `progress_ttl` seconds after its last write. A task that
+prints nothing costs no write at all: its steps (queued, routed, running) are read from its
+state hash by whoever follows it (`shared/progress.py`). Progress is a view: a write that fails
+is logged and dropped (the task's result keeps its whole output).
 
-Entries are plain fields, readable with `redis-cli XRANGE`: `kind` (`running` or `output`),
-`attempt`, `at` (epoch seconds), `worker` (running) or `text` (output).
+Entries are plain fields, readable with `redis-cli XRANGE`: `kind` (`output`), `worker`,
+`attempt`, `at` (epoch seconds) and `text`.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ class _Pending:
 class ProgressPublisher:
     """Buffers each running task's output and writes it to the task's progress stream."""
 
-    def __init__(self, redis: Redis, settings: Settings, pool_id: str) -> None:
+    def __init__(self, redis: Redis, settings: Settings, pool_id: str, worker_id: str) -> None:
         self._redis, self._settings, self._pool_id = redis, settings, pool_id
+        self._worker_id = worker_id
         self._pending: dict[str, _Pending] = {}
         self._wanted = asyncio.Event()
         self._lock = asyncio.Lock()  # one write at a time: a task's entries stay in order
@@ -142,7 +144,13 @@ class ProgressPublisher:
                 if pending.hidden:
                     text += f"\n[{pending.hidden} more characters not shown live]"
                 stream = keys.task_progress(self._pool_id, task_id)
-                fields = {"kind": "output", "attempt": pending.attempt, "at": now, "text": text}
+                fields = {
+                    "kind": "output",
+                    "worker": self._worker_id,
+                    "attempt": pending.attempt,
+                    "at": now,
+                    "text": text,
+                }
                 pipe.xadd(stream, fields, maxlen=settings.progress_max_len, approximate=True)
                 pipe.pexpire(stream, ttl_ms)
             try:

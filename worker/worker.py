@@ -223,7 +223,7 @@ class Worker:
         if self._concurrency_override is None:
             self.concurrency = self.spec.concurrency
         self._executor = build_executor(self.spec)
-        self._progress = ProgressPublisher(self.redis, self.settings, self.pool_id)
+        self._progress = ProgressPublisher(self.redis, self.settings, self.pool_id, self.worker_id)
         await ensure_group(self.redis, self.stream, WORKER_GROUP)
         await ensure_group(self.redis, self.inbox, WORKER_GROUP)
         pipe = self.redis.pipeline(transaction=False)
@@ -405,17 +405,9 @@ class Worker:
         backoff = 0.1
         while True:
             try:
-                ids = [m.task.id for _, m in candidates]
                 verdicts = await self._scripts.start_batch(
-                    keys=[self.keys.pool_task(self.pool_id, t) for t in ids]
-                    + [self.keys.task_progress(self.pool_id, t) for t in ids],
-                    args=[
-                        self.worker_id,
-                        repr(now),
-                        int(self.settings.progress_ttl * 1000),
-                        self.settings.progress_max_len,
-                        *(m.attempt for _, m in candidates),
-                    ],
+                    keys=[self.keys.pool_task(self.pool_id, m.task.id) for _, m in candidates],
+                    args=[self.worker_id, repr(now), *(m.attempt for _, m in candidates)],
                 )
                 return [int(v) for v in verdicts]
             except TRANSIENT_ERRORS as exc:
