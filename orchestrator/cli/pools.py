@@ -13,6 +13,7 @@ from rich.table import Table
 
 from orchestrator.cli import render
 from orchestrator.cli import up as cli_up
+from orchestrator.cli.bars import stderr_progress
 from orchestrator.cli.common import (
     AffinityOpt,
     ArgOpt,
@@ -43,6 +44,7 @@ from shared.errors import PoolNotFound, PoolUnavailable
 from shared.models import ACCEPTING_STATUSES, PoolInfo, PoolStatus
 
 if TYPE_CHECKING:
+    from shared.client import PoolManager
     from shared.models import TaskResult
 
 CLOSE_POLL = 0.5  # seconds between looks at a closing pool
@@ -344,13 +346,32 @@ def pool_close_all(
 
     async def close_all() -> None:
         async with client(settings) as pools:
-            closed = await pools.close_all(wait=not no_wait, timeout=timeout)
+            if no_wait:
+                closed = await pools.close_all(wait=False)
+            else:
+                closed = await close_all_with_progress(pools, timeout)
         if json_out:
             render.emit_json({"closed": closed})
         else:
             render.stdout_console().print(f"closed {len(closed)} pool(s): {' '.join(closed)}")
 
     run_async(settings, close_all)
+
+
+async def close_all_with_progress(pools: PoolManager, timeout: float | None) -> list[str]:
+    """`close_all` with a bar on stderr counting the pools that finished draining."""
+    from shared.state import live_pool_ids
+
+    ids = await live_pool_ids(pools.redis, pools.settings)
+    with stderr_progress() as progress:
+        bar = progress.add_task("closing pools (draining)", total=len(ids))
+
+        async def close(pool_id: str) -> None:
+            await pools.close_pool(pool_id, wait=True, timeout=timeout)
+            progress.advance(bar)
+
+        await asyncio.gather(*(close(pool_id) for pool_id in ids))
+    return ids
 
 
 @pool_app.command("health")
