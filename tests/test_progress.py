@@ -15,13 +15,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 from orchestrator.mcp.server import build_server
 from shared.client import PoolManager
 from shared.config import Settings
 from tests.conftest import CLI
+from tests.test_mcp_server import TOKEN, facade_process
 
 FAKE_CLAUDE = str(Path(__file__).with_name("fake_claude.py"))
 FIRST = "Looking at: the repo"
@@ -79,10 +82,10 @@ def check_order(kinds: list[str]) -> None:
     assert all(k == "output" for k in kinds[kinds.index("output") : -1]), kinds
 
 
-async def test_mcp_progress_notifications_in_order(
-    settings: Settings, orchestrator: Any, manager: PoolManager, gate: Gate
-) -> None:
-    pool_id = await claude_pool(manager, gate)
+async def execute_with_progress(
+    client: Client, pool_id: str, gate: Gate
+) -> tuple[dict[str, Any], list[tuple[float, str]]]:
+    """pool_execute with a progress callback; the CLI goes on once its first chunk came."""
     seen: list[tuple[float, str]] = []
     first_chunk = asyncio.Event()
 
@@ -91,25 +94,22 @@ async def test_mcp_progress_notifications_in_order(
         if message and message.startswith(FIRST):
             first_chunk.set()
 
-    async with Client(build_server(settings)) as client:
-        assert client.server_capabilities.logging is None  # no logging/setLevel: not declared
-        call = asyncio.create_task(
-            client.call_tool(
-                "pool_execute",
-                {"pool_id": pool_id, "prompt": "the repo", "timeout": WAIT},
-                progress_callback=on_progress,
-            )
+    call = asyncio.create_task(
+        client.call_tool(
+            "pool_execute",
+            {"pool_id": pool_id, "prompt": "the repo", "timeout": WAIT},
+            progress_callback=on_progress,
         )
-        await asyncio.wait_for(first_chunk.wait(), WAIT)
-        assert not call.done()  # the chunk came while the CLI was still running
-        await gate.open_next()
-        result = await asyncio.wait_for(call, WAIT)
-        plain = await client.call_tool(  # no progress token: no notifications, same answer
-            "task_result", {"task_id": result.structured_content["task_id"], "timeout": 5}
-        )
-    assert not result.is_error and result.structured_content["status"] == "completed"
-    assert result.structured_content["output"] == "Done: two files."
-    assert plain.structured_content["status"] == "completed"
+    )
+    await asyncio.wait_for(first_chunk.wait(), WAIT)
+    assert not call.done()  # the chunk came while the CLI was still running
+    await gate.open_next()
+    result = await asyncio.wait_for(call, WAIT)
+    assert not result.is_error and isinstance(result.structured_content, dict)
+    return result.structured_content, seen
+
+
+def check_notifications(seen: list[tuple[float, str]], pool_id: str) -> None:
     progress = [p for p, _ in seen]
     assert progress == sorted(set(progress)), seen
     messages = [m for _, m in seen]
@@ -123,6 +123,37 @@ async def test_mcp_progress_notifications_in_order(
     check_order([kind(m) for m in messages])
     assert "".join(m for m in messages if kind(m) == "output") == OUTPUT
     assert f"queued on pool {pool_id}" in messages or messages[0].startswith("running")
+
+
+async def test_mcp_progress_notifications_in_order(
+    settings: Settings, orchestrator: Any, manager: PoolManager, gate: Gate
+) -> None:
+    pool_id = await claude_pool(manager, gate)
+    async with Client(build_server(settings)) as client:
+        assert client.server_capabilities.logging is None  # no logging/setLevel: not declared
+        result, seen = await execute_with_progress(client, pool_id, gate)
+        plain = await client.call_tool(  # no progress token: no notifications, same answer
+            "task_result", {"task_id": result["task_id"], "timeout": 5}
+        )
+    assert result["status"] == "completed" and result["output"] == "Done: two files."
+    assert isinstance(plain.structured_content, dict)
+    assert plain.structured_content["status"] == "completed"
+    check_notifications(seen, pool_id)
+
+
+async def test_mcp_progress_over_http(
+    settings: Settings, orchestrator: Any, manager: PoolManager, gate: Gate, tmp_path: Path
+) -> None:
+    pool_id = await claude_pool(manager, gate)
+    async with facade_process(settings, tmp_path / "facade.log", mcp_http_token=TOKEN) as base:
+        headers = {"authorization": f"Bearer {TOKEN}"}
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(WAIT)) as http,
+            Client(streamable_http_client(f"{base}/mcp", http_client=http)) as client,
+        ):
+            result, seen = await execute_with_progress(client, pool_id, gate)
+    assert result["status"] == "completed"
+    check_notifications(seen, pool_id)
 
 
 async def read_lines(stream: asyncio.StreamReader, lines: list[str], until: str) -> None:
