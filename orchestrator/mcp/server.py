@@ -45,7 +45,9 @@ pool_route_execute lets the orchestrators pick one; both wait up to `wait` (defa
 seconds and otherwise return done=false with a task_id to poll with task_result. task_submit
 queues without waiting. pool_list / pool_monitor / pool_health show the pools; pool_spawn,
 pool_scale and pool_close change them. pool_search_memory searches finished tasks;
-pool_dead_letters lists tasks that ran out of attempts and can requeue them."""
+pool_dead_letters lists tasks that ran out of attempts and can requeue them. Send a
+progressToken with pool_execute, pool_route_execute or task_result to get notifications/progress
+as the task moves (queued, routed, running, then each output chunk as the message)."""
 
 
 def build_server(settings: Settings | None = None) -> MCPServer[FacadeState]:
