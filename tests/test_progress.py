@@ -195,3 +195,21 @@ async def test_task_result_follow_prints_output_in_order(
     check_order([*kinds[:-1], "completed"])
     assert "".join(d["text"] for d in docs if d["kind"] == "output") == OUTPUT
     assert docs[kinds.index("running")]["pool_id"] == pool_id
+
+
+async def test_pool_exec_follow_streams_a_shell_command(
+    settings: Settings, orchestrator: Any, manager: PoolManager
+) -> None:
+    pool_id = await manager.spawn_pool(
+        "local", name="sh", worker_type="shell", allowed_commands=["printf"], min_workers=1
+    )
+    args = ["pool", "exec", pool_id, "--follow", "--json", "--command", "--", "printf", "a\\nb"]
+    proc = await asyncio.create_subprocess_exec(
+        CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), WAIT)
+    assert proc.returncode == 0, err.decode()
+    docs = [json.loads(line) for line in out.decode().splitlines()]
+    # the output came live, before the result, written by the worker ahead of the result
+    assert "".join(d["text"] for d in docs if d["kind"] == "output") == "a\nb"
+    assert docs[-1]["kind"] == "result" and docs[-1]["output"] == "a\nb"
