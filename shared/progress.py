@@ -19,7 +19,7 @@ from typing import Any
 
 from shared.connection import Redis, connect, flatten_read, text
 from shared.keys import Keys
-from shared.models import TaskStatus
+from shared.models import FINAL_STATUSES, TaskStatus
 
 POLL = 0.25
 """Seconds between looks at the task's state (and the longest XREAD block)."""
@@ -98,18 +98,24 @@ class _Tracker:
         return [ProgressEvent(kind, pool_id, worker, attempt)]
 
     def from_state(self, state: _State) -> list[ProgressEvent]:
-        status, home = state.status, state.home
-        if status == TaskStatus.PENDING:
-            return self.step("queued", "", state.attempt)
-        if status == TaskStatus.QUEUED and home:
-            if state.routed:
-                return self.step("queued", "", 0) + self.step("routed", home, state.attempt)
-            return self.step("queued", home, state.attempt)
-        if status == TaskStatus.RUNNING:
-            return self.step("running", home, state.attempt, state.worker)
+        """The steps up to the state seen, those a look between missed included (a task that
+        runs was queued; one that finished on a worker ran), so the steps always come in
+        order: queued, routed (a routed task), running, retrying."""
+        status, home, attempt = state.status, state.home, state.attempt
+        if not home:  # waiting to be routed (or ended before it was)
+            return self.step("queued", "", 0) if status == TaskStatus.PENDING else []
+        if state.routed:
+            events = self.step("queued", "", 0) + self.step("routed", home, 0)
+        else:
+            events = self.step("queued", home, 0)
+        ran = status in (TaskStatus.RUNNING, TaskStatus.RETRYING) or (
+            bool(state.worker) and status in FINAL_STATUSES
+        )
+        if ran and attempt:
+            events += self.step("running", home, attempt, state.worker)
         if status == TaskStatus.RETRYING:
-            return self.step("retrying", home, state.attempt)
-        return []
+            events += self.step("retrying", home, attempt)
+        return events
 
     def from_entry(self, pool_id: str, fields: dict[bytes, bytes]) -> list[ProgressEvent]:
         kind = text(fields.get(b"kind"))
