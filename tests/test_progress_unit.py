@@ -137,3 +137,30 @@ def test_version() -> None:
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0
     assert result.stdout == f"mahavishnu {package_version()}\n"
+
+
+def talker(n: int) -> str:
+    """A pool function that reports live output from its thread."""
+    from worker.progress import report_output
+
+    for i in range(n):
+        report_output(f"step {i}\n")
+    return "done"
+
+
+async def test_a_python_function_reports_output_from_its_thread() -> None:
+    from shared.config import Settings
+    from worker.executors import PythonExecutor
+    from worker.progress import ProgressPublisher
+
+    spec = PoolSpec(name="py", functions={"talker": f"{__name__}:talker"})
+    publisher = ProgressPublisher(None, Settings(), "p", "w")  # type: ignore[arg-type]
+
+    async def run() -> Any:
+        set_output_sink(publisher.sink("t", 1))
+        return await PythonExecutor(spec).run(TaskSpec(call="talker", args=[2]))
+
+    # the thread hands each call to the loop before its own completion: they ran first
+    outcome = await asyncio.create_task(run())
+    assert outcome.output == "done"
+    assert publisher._pending["t"].parts == ["step 0\n", "step 1\n"]
