@@ -134,7 +134,8 @@ async def follow_task(
     """Yield the task's steps and output until `finished` (e.g. `pools.result(task_id)`) is done.
 
     `pools` is a `shared.client.PoolManager`. The follow reads with a connection of its own;
-    `finished` is awaited by the caller afterwards for its result or error.
+    `finished` belongs to the caller, who awaits it afterwards for its result or error (and
+    cancels it if the follow is abandoned).
     """
     done = asyncio.ensure_future(finished)
     settings = pools.settings
@@ -166,5 +167,3 @@ async def follow_task(
                 return
     finally:
         await reader.aclose()
-        if not done.done():
-            done.cancel()

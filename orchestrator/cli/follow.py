@@ -42,10 +42,14 @@ async def follow_result(
     """Show the task's steps and output until its result; return it and whether output came."""
     waiting = asyncio.ensure_future(pools.result(task_id, timeout))
     ends_line = None  # None: no output came; else whether it ended with a newline
-    async for event in follow_task(pools, task_id, waiting):
-        _show(event, json_out)
-        if event.kind == "output" and event.text:
-            ends_line = event.text.endswith("\n")
+    try:
+        async for event in follow_task(pools, task_id, waiting):
+            _show(event, json_out)
+            if event.kind == "output" and event.text:
+                ends_line = event.text.endswith("\n")
+    finally:
+        if not waiting.done():
+            waiting.cancel()
     result: TaskResult = await waiting  # done by now: its result, or the wait's error
     if ends_line is False and not json_out:
         sys.stdout.write("\n")

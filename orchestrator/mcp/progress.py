@@ -11,12 +11,17 @@ call costs nothing more.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Mapping
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from orchestrator.mcp.models import ExecuteResult
 from orchestrator.mcp.params import ToolContext
 from shared.progress import follow_task
+
+log = logging.getLogger("mahavishnu.mcp")
 
 MAX_MESSAGE_CHARS = 4000  # of one output chunk in a notification (the result has the whole)
 
@@ -48,14 +53,23 @@ async def wait_reporting(
     ctx: ToolContext, pools: Any, task_id: str, waiting: Awaitable[ExecuteResult]
 ) -> ExecuteResult:
     """Await `waiting` (the tool's wait for `task_id`); report the task's steps meanwhile when the
-    caller asked for progress."""
+    caller asked for progress. Progress is a view: if following fails (Redis trouble), the
+    wait goes on without it."""
     if not wants_progress(ctx):
         return await waiting
     done = asyncio.ensure_future(waiting)
     step = 0
-    async for event in follow_task(pools, task_id, done):
-        step += 1
-        await ctx.report_progress(step, None, event.message()[:MAX_MESSAGE_CHARS])
-    result = await done
-    await ctx.report_progress(step + 1, None, result.status if result.done else "still waiting")
+    try:
+        try:
+            async for event in follow_task(pools, task_id, done):
+                step += 1
+                await ctx.report_progress(step, None, event.message()[:MAX_MESSAGE_CHARS])
+        except RedisError as exc:
+            log.warning("following task %s for progress failed: %s", task_id, exc)
+        result = await done
+    finally:
+        if not done.done():  # the call was cancelled (the caller went away)
+            done.cancel()
+    final = result.status if result.done else f"not done yet ({result.status})"
+    await ctx.report_progress(step + 1, None, final)
     return result
