@@ -24,6 +24,7 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from rich.console import Console
+from rich.progress import Progress
 
 from bench import arq_bench, ours, raw
 from bench.config import ROOT, RunConfig
@@ -39,6 +40,7 @@ from bench.report import (
 )
 from bench.stats import Figure, client, unavailable
 from orchestrator.broker import EmbeddedBroker, free_port, start_redis_server
+from orchestrator.cli.bars import stderr_progress
 from shared.models import new_id
 
 BASELINES = {
@@ -174,10 +176,15 @@ class Runner:
         self.url = ""
         self.work = Path()
         self._t0 = time.monotonic()
+        self._bar: Progress | None = None  # figures measured, on stderr (a terminal only)
 
     def log(self, text: str) -> None:
-        """A progress line with the elapsed time."""
-        self.console.print(f"[dim]{time.monotonic() - self._t0:6.1f}s[/dim] {text}")
+        """A progress line with the elapsed time (above the bar while one is drawn)."""
+        line = f"[dim]{time.monotonic() - self._t0:6.1f}s[/dim] {text}"
+        if self._bar is not None and not self._bar.disable:
+            self._bar.console.print(line)
+        else:
+            self.console.print(line)
 
     def prefix(self, name: str) -> str:
         """A key prefix no other figure or run uses."""
@@ -190,6 +197,8 @@ class Runner:
             if pattern is not None:
                 fig.baseline = pattern.format(n=fig.key.rsplit("/", 1)[-1])
         self.figures.append(fig)
+        if self._bar is not None:
+            self._bar.advance(self._bar.task_ids[0])
         colour = "green" if fig.ok else "yellow"
         self.log(f"[{colour}]{fig.key}[/{colour}]: {result_text(fig)}")
         return fig
@@ -557,6 +566,15 @@ class Runner:
 
     async def run(self) -> Report:
         """Measure every wanted figure and build the report."""
+        with stderr_progress() as bar:
+            bar.add_task("bench: figures measured", total=None)
+            self._bar = bar
+            try:
+                return await self._run()
+            finally:
+                self._bar = None
+
+    async def _run(self) -> Report:
         cfg = self.cfg
         started = datetime.now(UTC)
         machine = machine_info()

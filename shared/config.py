@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     memory_max_len: int = Field(default=10_000, ge=10)
     events_max_len: int = Field(default=10_000, ge=100)
     dlq_max_len: int = Field(default=100_000, ge=100)
+    # live progress of running tasks: a stream per task (Keys.task_progress) that a worker
+    # writes at most once per `progress_interval` s per task, trimmed to `progress_max_len`
+    # entries, expiring `progress_ttl` s after its last write
+    progress_interval: float = Field(default=0.25, ge=0.01, le=10)
+    progress_ttl: float = Field(default=3600.0, ge=1)
+    progress_max_len: int = Field(default=200, ge=10)
 
     # orchestrator
     ingress_max_len: int = Field(default=100_000, ge=1)

@@ -125,6 +125,11 @@ class Keys:
         """Hash with TTL: the state and result of a task queued on the pool, in its slot."""
         return f"{self.prefix}pool:{{{pool_id}}}:task:{task_id}"
 
+    def task_progress(self, pool_id: str, task_id: str) -> str:
+        """Stream with TTL, in the pool's slot: the live output of a task running on the pool
+        (`output` chunks, bounded and rate-limited; only tasks that print something have one)."""
+        return f"{self.prefix}pool:{{{pool_id}}}:progress:{task_id}"
+
     def task_state(self, task_id: str, home: str | None) -> str:
         """The hash holding a task's state: its `pool_task` in `home`, or its `task` hash while
         it has no pool (`home` empty)."""
@@ -154,6 +159,8 @@ class Keys:
             tail = rest.split("}", 1)[1] if "}" in rest else ""
             if tail.startswith(":task:"):
                 return "pool_task"
+            if tail.startswith(":progress:"):
+                return "task_progress"
             return f"pool{tail.replace(':', '_')}" if tail else "pool"
         if rest.startswith(INGRESS_TAG + ":"):  # "tasks" (the ingress), "control" or "task"
             return rest[len(INGRESS_TAG) + 1 :].split(":", 1)[0]

@@ -58,6 +58,7 @@ def test_every_key_is_documented() -> None:
         "orchestrator": keys.orchestrator("<orchestrator>"),
         "task": keys.task("<task>"),
         "pool_task": keys.pool_task("<pool>", "<task>"),
+        "task_progress": keys.task_progress("<pool>", "<task>"),
         "replies": keys.replies("<client>"),
         "idempotency": keys.idempotency("<key>"),
     }

@@ -12,6 +12,7 @@ stragglers left in the group are killed too; only a process that calls setsid ca
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import errno
 import inspect
@@ -30,6 +31,7 @@ from shared.config import Settings
 from shared.errors import ExecutorError
 from shared.models import PoolSpec, PoolType, TaskSpec, WorkerType
 from worker.builtins import INLINE, function_table
+from worker.progress import OutputSink, output_sink
 
 log = logging.getLogger(__name__)
 
@@ -395,8 +397,17 @@ class ShellExecutor(_ProcessExecutor):
             return Outcome(None, refusal, retryable=False)
         stdout, stderr = _Capture(), _Capture(tail=True)
         argv = [path, *task.command[1:]]
+        out: _Sink = stdout.feed
+        sink = output_sink()
+        if sink is not None:  # stdout goes out live as well, decoded across chunk boundaries
+            decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+            def out(data: bytes) -> None:
+                stdout.feed(data)
+                sink(decoder.decode(data))
+
         try:
-            code = await self._execute(argv, None, stdout.feed, stderr.feed)
+            code = await self._execute(argv, None, out, stderr.feed)
         except OSError as exc:
             return Outcome(None, _start_error(program, exc, argv))
         output = stdout.text()
@@ -413,12 +424,23 @@ class StreamJsonCollector:
     of `assistant` messages are collected, and a `result` event ends the run (its `result` is
     the final output, `is_error` marks failure; later lines are ignored). Other lines are kept
     as plain text, so a CLI that prints plain text works too.
+
+    `on_text` receives the live output as it arrives: each assistant text block (or, when the
+    CLI streams partial messages, each `stream_event` text delta instead), a `[tool: NAME]` line
+    per tool call, and plain lines; `system`, `user` (tool results) and `result` events show
+    nothing live.
     """
 
-    def __init__(self, on_result: Callable[[], None] | None = None, limit: int = MAX_CAPTURE_BYTES):
+    def __init__(
+        self,
+        on_result: Callable[[], None] | None = None,
+        limit: int = MAX_CAPTURE_BYTES,
+        on_text: OutputSink | None = None,
+    ) -> None:
         self.result: dict[str, Any] | None = None
         self.truncated, self._parts, self._size = 0, list[str](), 0
-        self._limit, self._on_result = limit, on_result
+        self._limit, self._on_result, self._on_text = limit, on_result, on_text
+        self._deltas = False  # partial messages seen: their text went out live already
 
     def feed_line(self, raw: bytes) -> None:
         """Take one line of stdout (without its newline)."""
@@ -430,6 +452,7 @@ class StreamJsonCollector:
                 event = json.loads(line)
         if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             self._add(line)
+            self._show(line + "\n")
         elif event["type"] == "assistant":
             message = event.get("message")
             content = message.get("content") if isinstance(message, dict) else None
@@ -437,10 +460,30 @@ class StreamJsonCollector:
             for block in blocks if isinstance(blocks, list) else []:
                 if isinstance(block, dict) and isinstance(text := block.get("text"), str):
                     self._add(text)
+                    if not self._deltas:
+                        self._show(text + "\n")
+                elif isinstance(block, dict) and block.get("type") == "tool_use":
+                    self._show(f"[tool: {block.get('name')}]\n")
+            self._deltas = False
+        elif event["type"] == "stream_event":
+            self._show_delta(event.get("event"))
         elif event["type"] == "result":
             self.result = event
             if self._on_result is not None:
                 self._on_result()
+
+    def _show(self, text: str) -> None:
+        if self._on_text is not None:
+            self._on_text(text)
+
+    def _show_delta(self, inner: Any) -> None:
+        """A partial message's text delta (`--include-partial-messages`)."""
+        delta = inner.get("delta") if isinstance(inner, dict) else None
+        if isinstance(delta, dict) and delta.get("type") == "text_delta":
+            text = delta.get("text")
+            if isinstance(text, str):
+                self._deltas = True
+                self._show(text)
 
     def _add(self, text: str) -> None:
         room = max(self._limit - self._size, 0)
@@ -510,7 +553,7 @@ class TerminalExecutor(_ProcessExecutor):
         if task.prompt is None:
             return _wrong_kind(self._spec, task, "'prompt'")
         wake = asyncio.Event()
-        collector = StreamJsonCollector(on_result=wake.set)
+        collector = StreamJsonCollector(on_result=wake.set, on_text=output_sink())
         lines, stderr = _Lines(collector.feed_line), _Capture(tail=True)
         argv = self.argv(task.prompt)
         try:

@@ -77,6 +77,7 @@ from worker.executors import (
     build_executor,
     open_executor,
 )
+from worker.progress import ProgressPublisher, set_output_sink
 
 log = logging.getLogger("mahavishnu.worker")
 
@@ -85,6 +86,14 @@ DEADLINE_TICK = 0.05  # timeouts are enforced to within this many seconds
 DRAIN_EXIT_MARGIN = 10.0  # seconds past drain_grace for handing back and writing results
 EXIT_DRAIN_OVERDUE = 3  # exit code of a worker whose drain did not end in time
 LOOP_STOP_WAIT = 5.0  # seconds a background loop gets to notice its stop event
+
+
+def heartbeat_kind(managed_by: str) -> str:
+    """The `kind` a worker names in its heartbeat (`mahavishnu top`): pod inside Kubernetes,
+    local when an orchestrator started it, external when started by hand."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return "pod"
+    return "local" if managed_by else "external"
 
 
 def drain_deadline(settings: Settings) -> float:
@@ -135,6 +144,7 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.managed_by = managed_by  # the orchestrator that started this process, if any
+        self._kind = heartbeat_kind(managed_by)
         self._exit_when_overdue = exit_when_overdue  # a worker process: yes; in-process: no
         self.keys = settings.keys
         self.pool_id = pool_id
@@ -147,6 +157,7 @@ class Worker:
         self._scripts = Scripts(self.redis)
         self.spec: PoolSpec | None = None
         self._executor: Executor | None = None
+        self._progress: ProgressPublisher | None = None  # made in `start`, on the running loop
         self._running: dict[bytes, _Running] = {}
         self._done: list[_Done] = []
         self._dead: list[_DeadLetter] = []
@@ -223,6 +234,7 @@ class Worker:
             self.concurrency = self.spec.concurrency
         self._executor = build_executor(self.spec, self.settings)
         await open_executor(self._executor)
+        self._progress = ProgressPublisher(self.redis, self.settings, self.pool_id, self.worker_id)
         await ensure_group(self.redis, self.stream, WORKER_GROUP)
         await ensure_group(self.redis, self.inbox, WORKER_GROUP)
         pipe = self.redis.pipeline(transaction=False)
@@ -248,6 +260,8 @@ class Worker:
         heart = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         deadlines = asyncio.create_task(self._deadline_loop(), name="deadlines")
         flusher = asyncio.create_task(self._flush_loop(), name="flusher")
+        assert self._progress is not None
+        progress = asyncio.create_task(self._progress.run(self._loops_done), name="progress")
         try:
             await self._read_loop()
             await self._drain()
@@ -257,7 +271,7 @@ class Worker:
             self._flush_wanted.set()
             await flusher
             self._loops_done.set()
-            await stop_loops(heart, deadlines, timeout=LOOP_STOP_WAIT)
+            await stop_loops(heart, deadlines, progress, timeout=LOOP_STOP_WAIT)
             await self._leave()
             if self._executor is not None:
                 await self._executor.aclose()
@@ -432,6 +446,8 @@ class Worker:
         task = running.message.task
         cancelled = False
         TASK_ATTEMPT.set(running.message.attempt)  # this run's own context
+        if self._progress is not None:  # this asyncio task's context: its executor's output
+            set_output_sink(self._progress.sink(task.id, running.message.attempt))
         try:
             set_task_log_context(task.id)  # this asyncio task's own context
             outcome = await self._executor.run(task)
@@ -507,6 +523,9 @@ class Worker:
             unannounced, self._unannounced = self._unannounced, []
         if not done and not dead and not skipped and not unannounced:
             return
+        finished = [item.running.message.task.id for item in done]
+        if self._progress is not None and self._progress.has_pending(finished):
+            await self._progress.flush(finished)  # a task's last output before its result
         try:
             await self._write(done, dead, skipped, unannounced)
         except BaseException:
@@ -670,6 +689,7 @@ class Worker:
                 "draining_since": repr(self._stop_requested_at or 0.0),
                 "drain_deadline": repr(drain_deadline(self.settings)),
                 "managed_by": self.managed_by,
+                "kind": self._kind,
             },
         )
         pipe.pexpire(key, int(self.settings.heartbeat_ttl * 1000))

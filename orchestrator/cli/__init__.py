@@ -43,6 +43,28 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from shared.version import package_version
+
+        print(f"mahavishnu {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Mahavishnu pools: a distributed task system on Redis Streams."""
+
+
 app.add_typer(pool_app, name="pool")
 app.add_typer(task_app, name="task")
 
@@ -133,12 +155,16 @@ def mcp_cmd(
 @app.command("top")
 def top(
     interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes.")] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
-    """Watch every pool's load live (like `pool monitor --watch`)."""
+    """Watch the pools live: rates, p50/p99 sparklines, workers, dead letters (Ctrl-C stops).
+
+    With --json (or --once) it prints one snapshot and exits."""
+    from orchestrator.cli.top import run_top
+
     settings = cli_settings()
-    run_async(
-        settings, cli_up.monitor, settings, None, watch=True, interval=interval, json_out=False
-    )
+    run_async(settings, run_top, settings, interval=interval, once=once, json_out=json_out)
 
 
 @app.command(

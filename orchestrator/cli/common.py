@@ -64,6 +64,14 @@ StrategyOpt = Annotated[
     str | None, typer.Option(help="round_robin, least_loaded, random or affinity.")
 ]
 AffinityOpt = Annotated[str | None, typer.Option(help="Same key, same pool (with affinity).")]
+FollowOpt = Annotated[
+    bool,
+    typer.Option(
+        "--follow",
+        "-f",
+        help="Stream the task's output and steps as they come (with --json: JSON Lines).",
+    ),
+]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

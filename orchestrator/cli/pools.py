@@ -13,6 +13,7 @@ from rich.table import Table
 
 from orchestrator.cli import render
 from orchestrator.cli import up as cli_up
+from orchestrator.cli.bars import stderr_progress
 from orchestrator.cli.common import (
     AffinityOpt,
     ArgOpt,
@@ -20,6 +21,7 @@ from orchestrator.cli.common import (
     AttemptsOpt,
     CallOpt,
     CommandOpt,
+    FollowOpt,
     IdemOpt,
     JsonOpt,
     KwargOpt,
@@ -36,11 +38,13 @@ from orchestrator.cli.common import (
     read_prompt,
     run_async,
 )
+from orchestrator.cli.follow import follow_result, show_followed
 from shared.config import Settings
 from shared.errors import InvalidRequest, PoolNotFound, PoolUnavailable
 from shared.models import ACCEPTING_STATUSES, PoolInfo, PoolStatus, PoolType
 
 if TYPE_CHECKING:
+    from shared.client import PoolManager
     from shared.models import TaskResult
 
 CLOSE_POLL = 0.5  # seconds between looks at a closing pool
@@ -170,12 +174,13 @@ def pool_exec(
     max_attempts: AttemptsOpt = None,
     idempotency_key: IdemOpt = None,
     tag: TagOpt = None,
+    follow: FollowOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Run a task on one pool and print its result (exit 1 unless it completed)."""
     settings = cli_settings()
 
-    async def execute() -> TaskResult:
+    async def execute() -> tuple[TaskResult, bool]:
         task = render.build_task(
             settings, prompt=read_prompt(prompt, prompt_file), call=call, args=arg,
             kwargs=kwarg, command=command,
@@ -184,9 +189,16 @@ def pool_exec(
         )  # fmt: skip
         async with client(settings) as pools:
             task_id = await pools.submit(task)
-            return await pools.result(task_id, render.wait_bound(settings, task, routed=False))
+            bound = render.wait_bound(settings, task, routed=False)
+            if follow:
+                return await follow_result(pools, task_id, bound, json_out=json_out)
+            return await pools.result(task_id, bound), False
 
-    render.show_result(run_async(settings, execute), json_out)
+    result, printed = run_async(settings, execute)
+    if follow:
+        show_followed(result, printed, json_out)
+    else:
+        render.show_result(result, json_out)
 
 
 @pool_app.command("route")
@@ -206,12 +218,13 @@ def pool_route(
     max_attempts: AttemptsOpt = None,
     idempotency_key: IdemOpt = None,
     tag: TagOpt = None,
+    follow: FollowOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Let the orchestrators pick a pool for a task; print its result."""
     settings = cli_settings()
 
-    async def route() -> TaskResult:
+    async def route() -> tuple[TaskResult, bool]:
         task = render.build_task(
             settings, prompt=read_prompt(prompt, prompt_file), call=call, args=arg,
             kwargs=kwarg, command=command,
@@ -222,9 +235,16 @@ def pool_route(
         )  # fmt: skip
         async with client(settings) as pools:
             task_id = await pools.submit(task)
-            return await pools.result(task_id, render.wait_bound(settings, task, routed=True))
+            bound = render.wait_bound(settings, task, routed=True)
+            if follow:
+                return await follow_result(pools, task_id, bound, json_out=json_out)
+            return await pools.result(task_id, bound), False
 
-    render.show_result(run_async(settings, route), json_out)
+    result, printed = run_async(settings, route)
+    if follow:
+        show_followed(result, printed, json_out)
+    else:
+        render.show_result(result, json_out)
 
 
 @pool_app.command("scale")
@@ -359,13 +379,32 @@ def pool_close_all(
 
     async def close_all() -> None:
         async with client(settings) as pools:
-            closed = await pools.close_all(wait=not no_wait, timeout=timeout)
+            if no_wait:
+                closed = await pools.close_all(wait=False)
+            else:
+                closed = await close_all_with_progress(pools, timeout)
         if json_out:
             render.emit_json({"closed": closed})
         else:
             render.stdout_console().print(f"closed {len(closed)} pool(s): {' '.join(closed)}")
 
     run_async(settings, close_all)
+
+
+async def close_all_with_progress(pools: PoolManager, timeout: float | None) -> list[str]:
+    """`close_all` with a bar on stderr counting the pools that finished draining."""
+    from shared.state import live_pool_ids
+
+    ids = await live_pool_ids(pools.redis, pools.settings)
+    with stderr_progress() as progress:
+        bar = progress.add_task("closing pools (draining)", total=len(ids))
+
+        async def close(pool_id: str) -> None:
+            await pools.close_pool(pool_id, wait=True, timeout=timeout)
+            progress.advance(bar)
+
+        await asyncio.gather(*(close(pool_id) for pool_id in ids))
+    return ids
 
 
 @pool_app.command("health")

@@ -17,6 +17,7 @@ from orchestrator.cli.common import (
     AttemptsOpt,
     CallOpt,
     CommandOpt,
+    FollowOpt,
     IdemOpt,
     JsonOpt,
     KwargOpt,
@@ -32,6 +33,7 @@ from orchestrator.cli.common import (
     read_prompt,
     run_async,
 )
+from orchestrator.cli.follow import follow_result, show_followed
 
 if TYPE_CHECKING:
     from shared.models import TaskResult
@@ -131,16 +133,23 @@ def task_result(
     timeout: Annotated[
         float | None, typer.Option(help="Seconds to wait (default: forever).")
     ] = None,
+    follow: FollowOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Wait for a task's final result and print it (exit 1 unless it completed)."""
     settings = cli_settings()
 
-    async def result() -> TaskResult:
+    async def result() -> tuple[TaskResult, bool]:
         async with client(settings) as pools:
-            return await pools.result(task_id, timeout)
+            if follow:
+                return await follow_result(pools, task_id, timeout, json_out=json_out)
+            return await pools.result(task_id, timeout), False
 
-    render.show_result(run_async(settings, result), json_out)
+    found, printed = run_async(settings, result)
+    if follow:
+        show_followed(found, printed, json_out)
+    else:
+        render.show_result(found, json_out)
 
 
 @task_app.command("cancel")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib.metadata import PackageNotFoundError, version
 
 import anyio
 from mcp.server.mcpserver import MCPServer
@@ -32,6 +31,7 @@ from orchestrator.mcp.tools_tasks import register_task_tools
 from shared.client import PoolManager
 from shared.config import Settings, load_settings
 from shared.metrics import install as install_metrics
+from shared.version import package_version
 
 log = logging.getLogger("mahavishnu.mcp")
 
@@ -46,14 +46,9 @@ pool_route_execute lets the orchestrators pick one; both wait up to `wait` (defa
 seconds and otherwise return done=false with a task_id to poll with task_result. task_submit
 queues without waiting. pool_list / pool_monitor / pool_health show the pools; pool_spawn,
 pool_scale and pool_close change them. pool_search_memory searches finished tasks;
-pool_dead_letters lists tasks that ran out of attempts and can requeue them."""
-
-
-def _version() -> str:
-    try:
-        return version("mahavishnu-pools")
-    except PackageNotFoundError:
-        return "0.0.0"
+pool_dead_letters lists tasks that ran out of attempts and can requeue them. Send a
+progressToken with pool_execute, pool_route_execute or task_result to get notifications/progress
+as the task moves (queued, routed, running, then each output chunk as the message)."""
 
 
 def build_server(settings: Settings | None = None) -> MCPServer[FacadeState]:
@@ -75,7 +70,7 @@ def build_server(settings: Settings | None = None) -> MCPServer[FacadeState]:
         "mahavishnu",
         title="Mahavishnu pools",
         instructions=INSTRUCTIONS,
-        version=_version(),
+        version=package_version(),
         lifespan=lifespan,
         tools=tools.tools,
     )

@@ -34,6 +34,7 @@ from orchestrator.mcp.params import (
     Wait,
     state_of,
 )
+from orchestrator.mcp.progress import wait_reporting
 from orchestrator.mcp.support import (
     ToolSet,
     parse_labels,
@@ -162,7 +163,8 @@ def register_task_tools(mcp: ToolSet) -> None:
             )
             await check_pool_runs(state.pools, task, pool_id)
             task_id = await state.pools.submit(task, pool_id=pool_id)
-            return await wait_result(state.pools, task_id, task.timeout if wait is None else wait)
+            waiting = wait_result(state.pools, task_id, task.timeout if wait is None else wait)
+            return await wait_reporting(ctx, state.pools, task_id, waiting)
 
     @mcp.tool()
     async def pool_route_execute(
@@ -203,7 +205,8 @@ def register_task_tools(mcp: ToolSet) -> None:
             )
             task = routed_task(state.settings, payload, pool_selector, affinity_key, labels)
             task_id = await state.pools.submit(task)
-            return await wait_result(state.pools, task_id, task.timeout if wait is None else wait)
+            waiting = wait_result(state.pools, task_id, task.timeout if wait is None else wait)
+            return await wait_reporting(ctx, state.pools, task_id, waiting)
 
     @mcp.tool()
     async def task_submit(
@@ -284,7 +287,8 @@ def register_task_tools(mcp: ToolSet) -> None:
         returns its current state with done=false (call again to keep waiting)."""
         state = state_of(ctx)
         with tool_errors(state.settings):
-            return await wait_result(state.pools, task_id, timeout)
+            waiting = wait_result(state.pools, task_id, timeout)
+            return await wait_reporting(ctx, state.pools, task_id, waiting)
 
     @mcp.tool()
     async def task_cancel(ctx: ToolContext, task_id: TaskId) -> TaskCancelResult:
