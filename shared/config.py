@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
@@ -29,6 +29,8 @@ from pydantic_settings import (
 from shared.errors import ConfigError
 from shared.keys import DEFAULT_PREFIX, Keys
 from shared.models import PoolType, RoutingStrategy, parse_pool_type
+
+MemoryDestination = Literal["session-buddy", "akosha"]
 
 ENV_PREFIX = "MAHAVISHNU_"
 SETTINGS_DIR_ENV = "MAHAVISHNU_SETTINGS_DIR"
@@ -75,7 +77,7 @@ class Settings(BaseSettings):
     pool_routing_strategy: RoutingStrategy = RoutingStrategy.LEAST_LOADED
     pool_default_min_workers: int = Field(default=1, ge=0, le=1000)
     pool_default_max_workers: int = Field(default=10, ge=1, le=1000)
-    memory_aggregation_enabled: bool = True
+    memory_aggregation_enabled: bool = False  # off until the services run (README)
     memory_sync_interval: float = Field(default=60.0, gt=0)
     session_buddy_pool_url: str = "http://localhost:8678/mcp"
     akosha_url: str = "http://localhost:8682/mcp"
@@ -113,6 +115,23 @@ class Settings(BaseSettings):
     mcp_http_require_auth: bool = True  # False is honoured on loopback addresses only
     mcp_allow_pool_code: bool = False  # may MCP callers name functions/commands for a pool?
     mcp_allowed_hosts: list[str] = Field(default_factory=list)
+
+    # memory sync (orchestrator/memory/): `memory_aggregation_enabled` starts the aggregator
+    # in every orchestrator; it sends each pool's memory records to these destinations
+    memory_sync_destinations: list[MemoryDestination] = ["session-buddy", "akosha"]
+    session_buddy_token_env: str | None = None  # name of the env var holding its bearer token
+    akosha_token_env: str | None = None
+    memory_sync_project: str | None = Field(
+        default=None, pattern=r"^[a-zA-Z0-9._-]{1,128}$"
+    )  # Session-Buddy `project`; default derived from key_prefix
+    memory_sync_batch: int = Field(default=100, ge=1, le=1000)  # records per read and send
+    memory_sync_burst: int = Field(default=50, ge=1)  # finished tasks that trigger a sync soon
+    memory_sync_timeout: float = Field(default=30.0, gt=0, le=600)  # one remote call
+    memory_sync_backoff_max: float = Field(default=60.0, gt=0)  # retry cap for a failing service
+    memory_search_threshold: float = Field(default=0.7, ge=0, le=1)  # Akosha's similarity floor
+    # tool names (canonical name -> the service's) and argument names (tool -> ours -> theirs)
+    memory_sync_tools: dict[str, str] = Field(default_factory=dict)
+    memory_sync_tool_args: dict[str, dict[str, str]] = Field(default_factory=dict)
 
     @field_validator("default_pool_type", mode="before")
     @classmethod
