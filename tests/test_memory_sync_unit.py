@@ -15,6 +15,7 @@ from orchestrator.memory.destinations import (
     SyncFailure,
     ToolCaller,
     artifact_uri,
+    batch_stored,
     default_project,
     held_artifacts,
     record_tags,
@@ -271,3 +272,18 @@ def test_destination_totals_add_up() -> None:
     total.add(DestinationStats(synced=2, pending=1, lag_s=3.0, last_success=5.0))
     total.add(DestinationStats(synced=1, pending=4, lag_s=1.0, last_success=9.0))
     assert (total.synced, total.pending, total.lag_s, total.last_success) == (3, 5, 3.0, 9.0)
+
+
+def test_a_resent_akosha_batch_is_held_already() -> None:
+    dup = 'Constraint Error: Duplicate key "conversation_id: t-1" violates primary key constraint.'
+    assert batch_stored({"status": "completed", "stored": 2}, 2)
+    assert batch_stored(
+        {"status": "partial", "stored": 1, "errors": [{"memory_id": "t-1", "error": dup}]}, 2
+    )
+    assert batch_stored(
+        {"status": "failed", "stored": 0, "errors": [{"error": dup}, {"error": dup}]}, 2
+    )
+    other = {"memory_id": "t-2", "error": "Embedding is required: must be a 384-dimensional vector"}
+    assert not batch_stored({"status": "partial", "stored": 1, "errors": [other]}, 2)
+    assert not batch_stored(AKOSHA_NO_EMBEDDING, 2)
+    assert not batch_stored("Unknown tool: batch_store_memories", 2)

@@ -18,7 +18,8 @@ Re-send window: Session-Buddy has no record id, so a record it stored whose ackn
 lost (the orchestrator was killed between the two) is sent again by whoever takes over the dead
 orchestrator's entries: at most one record per pool, and none when its
 `search_by_source_session` shows the record's artifact URI (checked before such a re-send).
-Akosha re-sends at most the batch in flight, under the same `memory_id`s.
+Akosha gets at most the batch in flight again, under the same `memory_id`s: it refuses those
+it holds as duplicate keys, which counts as stored, so it keeps each task once.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@
   batch): `memory_id` is the task id (a re-send overwrites, it does not duplicate), 384-float
   embeddings from Akosha itself, `metadata.source = "mahavishnu"` plus pool, task, status and
   times. A reply with `"status": "failed"`, or any reply that is not a completed store of the
-  whole batch, is a failure.
+  whole batch, is a failure — except memories refused as duplicate keys: Akosha holds those
+  already (a re-sent batch), so they count as stored.
 
 Tool names and argument names are configurable (`memory_sync_tools`: our name -> theirs;
 `memory_sync_tool_args`: tool -> our argument -> theirs); `ToolCaller` applies both.
@@ -35,6 +36,7 @@ DESTINATIONS = (SESSION_BUDDY, AKOSHA)
 EMBEDDING_DIM = 384
 STORED_MARKER = "Reflection stored successfully"
 SOURCE = "mahavishnu"
+DUPLICATE = "Duplicate key"  # Akosha's refusal of a memory_id it holds already
 PROJECT_RE = re.compile(r"^[a-zA-Z0-9._-]{1,128}$")
 HEADER_RE = re.compile(
     r"mahavishnu task (?P<task>[A-Za-z0-9._:-]+) in pool (?P<pool>[A-Za-z0-9._:-]+)"
@@ -241,11 +243,25 @@ async def store_memories(
         for (_, record), body, vector in zip(entries, texts, vectors, strict=True)
     ]
     reply = await caller.call("batch_store_memories", {"memories": memories})
-    status = reply.get("status") if isinstance(reply, dict) else None
-    stored = reply.get("stored", len(memories)) if isinstance(reply, dict) else None
-    if status not in ("completed", "stored", "success") or stored != len(memories):
+    if not batch_stored(reply, len(memories)):
         raise SyncFailure(
             f"{caller.name('batch_store_memories')} did not store the batch of "
             f"{len(memories)}: it answered {_shown(reply)}"
         )
     await ack([entry_id for entry_id, _ in entries])
+
+
+def batch_stored(reply: Any, count: int) -> bool:
+    """Whether Akosha holds every memory of the batch: all stored now, or refused only because
+    it holds that `memory_id` already (a re-sent batch: its memory ids are primary keys)."""
+    if not isinstance(reply, dict):
+        return False
+    status, stored = reply.get("status"), reply.get("stored")
+    if status == "completed":
+        return stored is None or stored == count
+    if status not in ("partial", "failed") or not isinstance(stored, int):
+        return False
+    errors = reply.get("errors")
+    if not isinstance(errors, list) or stored + len(errors) != count:
+        return False
+    return all(isinstance(e, dict) and DUPLICATE in str(e.get("error", "")) for e in errors)

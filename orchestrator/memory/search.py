@@ -178,13 +178,11 @@ def parse_akosha(reply: Any) -> list[SourceHit]:
         raw_meta = item.get("metadata")
         meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
         body = str(item.get("text") or item.get("content") or "")
-        task = str(meta.get("task") or "")
-        pool = str(meta.get("pool") or "")
-        if not task:
-            header = HEADER_RE.search(body)
-            if header is None:
-                continue
-            task, pool = header["task"], header["pool"]
+        header = HEADER_RE.search(body)
+        task = str(meta.get("task") or (header["task"] if header else ""))
+        pool = str(meta.get("pool") or (header["pool"] if header else ""))
+        if not task:  # another producer's memory, or the placeholder of an empty result
+            continue
         score = item.get("similarity", item.get("score", 0.0))
         hits.append(
             SourceHit(
@@ -239,6 +237,9 @@ async def search_all(
             records[r.task_id] = r
             ranked[LOCAL].append(SourceHit(r.task_id, r.pool_id, r.prompt, hit.score, r.status))
     services = [s for s in sources if s != LOCAL]
+    if services and not query.strip():
+        warnings.append("the memory services were not asked: an empty query lists local records")
+        services = []
     replies = await asyncio.gather(
         *(
             asyncio.wait_for(_service_hits(settings, s, query, limit), SERVICE_TIMEOUT)
