@@ -89,6 +89,7 @@ class Aggregator:
         self.project = default_project(settings)
         self._backoff = {d: _Backoff(settings.memory_sync_backoff_max) for d in self.destinations}
         self._soon = asyncio.Event()
+        self._pass_lock = asyncio.Lock()
         self.passes = 0
         self.sent: dict[str, int] = dict.fromkeys(self.destinations, 0)
 
@@ -156,7 +157,12 @@ class Aggregator:
         return sorted(known | set(live))
 
     async def sync_once(self) -> dict[str, int]:
-        """One pass: every pool, every destination not backing off. Returns records sent."""
+        """One pass: every pool, every destination not backing off. Returns records sent.
+        Passes of one aggregator never overlap (they would read the same own-pending entries)."""
+        async with self._pass_lock:
+            return await self._pass()
+
+    async def _pass(self) -> dict[str, int]:
         pool_ids = await self.pool_ids()
         sent: dict[str, int] = {}
         now = time.monotonic()
