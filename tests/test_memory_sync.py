@@ -244,7 +244,7 @@ async def add_records(redis: Redis, settings: Settings, pool_id: str, count: int
         fields = memory_record(
             settings, FinalResult(result, summary=f"record {i}"), pool_id=pool_id
         )
-        pipe.xadd(settings.keys.pool_memory(pool_id), fields)  # type: ignore[arg-type]
+        pipe.xadd(settings.keys.pool_memory(pool_id), fields)
     await pipe.execute()
     return task_ids
 
