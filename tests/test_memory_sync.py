@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mcp import Client
 
 from orchestrator.mcp.client import RemoteMCP
+from orchestrator.mcp.server import build_server
 from orchestrator.memory.destinations import record_text, reply_text
 from orchestrator.memory.search import search_all
 from orchestrator.memory.stats import memory_report
@@ -225,8 +227,11 @@ async def test_an_outage_delays_records_and_loses_none(
     await assert_synced(redis, sync_settings, pool_id, len(before) + len(during))
 
 
-async def add_records(redis: Redis, settings: Settings, pool_id: str, count: int) -> list[str]:
-    """`count` memory records written as a worker writes them (for pools with no workers)."""
+async def add_records(
+    redis: Redis, settings: Settings, pool_id: str, count: int, *, maxlen: int | None = None
+) -> list[str]:
+    """`count` memory records written as a worker writes them (for pools with no workers);
+    `maxlen` trims the stream exactly, as a full stream is trimmed."""
     await redis.sadd(settings.keys.memory_sync_pools, pool_id)
     pipe = redis.pipeline(transaction=False)
     task_ids = []
@@ -244,7 +249,7 @@ async def add_records(redis: Redis, settings: Settings, pool_id: str, count: int
         fields = memory_record(
             settings, FinalResult(result, summary=f"record {i}"), pool_id=pool_id
         )
-        pipe.xadd(settings.keys.pool_memory(pool_id), fields)
+        pipe.xadd(settings.keys.pool_memory(pool_id), fields, maxlen=maxlen, approximate=False)
     await pipe.execute()
     return task_ids
 
@@ -404,3 +409,34 @@ async def test_a_service_down_leaves_a_warning_never_a_failed_search(
     assert all(h.sources == [LOCAL_LABEL] for h in found.hits)
     assert len(found.warnings) == 2
     assert all("left out" in w for w in found.warnings), found.warnings
+
+    async with Client(build_server(sync_settings)) as client:  # the MCP tools say the same
+        result = await client.call_tool(
+            "pool_search_memory", {"query": "record", "pool_ids": [pool_id], "source": "all"}
+        )
+        found_mcp = result.structured_content or {}
+        assert not result.is_error and found_mcp["count"] == 5
+        assert len(found_mcp["warnings"]) == 2 and found_mcp["hits"][0]["sources"] == ["local"]
+        refused = await client.call_tool("pool_search_memory", {"query": "x", "source": "web"})
+        assert refused.is_error
+        monitor = (await client.call_tool("pool_monitor", {})).structured_content or {}
+        assert set(monitor["memory_sync"]) == {"session-buddy", "akosha"}
+
+
+async def test_records_trimmed_before_they_were_sent_are_counted_lost(
+    sync_settings: Settings, redis: Redis, session_buddy: Counterpart, tmp_path: Path
+) -> None:
+    pool_id = new_id("trimmed")
+    await add_records(redis, sync_settings, pool_id, 5)
+    async with Running(sync_settings, tmp_path) as orch:
+        await sync(orch)
+        assert await synced(redis, sync_settings, pool_id) == both(5)
+        kept = (await add_records(redis, sync_settings, pool_id, 30, maxlen=10))[-10:]
+        # before the next pass the monitor counts what is left as pending
+        assert await synced(redis, sync_settings, pool_id) == both(5, 10)
+        await sync(orch)
+    _, stats = await memory_report(redis, sync_settings, [pool_id])
+    for name, d in stats[0].destinations.items():
+        assert (d.synced, d.lost, d.pending) == (15, 20, 0), name
+    held = await reflections_of(session_buddy, pool_id)
+    assert uris(pool_id, kept) <= set(held) and set(held.values()) == {1}
