@@ -43,7 +43,7 @@ from orchestrator.memory.destinations import (
     store_reflections,
 )
 from orchestrator.memory.watermark import Batch, Watermark
-from shared.aio import wait_any
+from shared.aio import stop_loops, wait_any
 from shared.codec import MessageType
 from shared.config import Settings
 from shared.connection import Redis, flatten_read, text
@@ -57,6 +57,7 @@ log = logging.getLogger("mahavishnu.memory")
 BACKOFF_BASE = 1.0  # seconds before the first retry of a failing service (doubling, jittered)
 HELD_LOOKUP = 200  # reflections of a pool looked at before re-sending taken-over entries
 BURST_BLOCK_MS = 1000
+WATCH_STOP_MARGIN = 5.0  # seconds beyond its block the burst watcher gets to end by itself
 
 
 class _Backoff:
@@ -90,6 +91,7 @@ class Aggregator:
         self._backoff = {d: _Backoff(settings.memory_sync_backoff_max) for d in self.destinations}
         self._soon = asyncio.Event()
         self._pass_lock = asyncio.Lock()
+        self._stop = asyncio.Event()  # run's stop event: a pass ends early once it is set
         self.passes = 0
         self.sent: dict[str, int] = dict.fromkeys(self.destinations, 0)
 
@@ -99,7 +101,9 @@ class Aggregator:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sync until `stop` is set."""
-        watcher = asyncio.create_task(self._burst_loop(stop), name="memory-burst")
+        self._stop = stop
+        ended = asyncio.Event()
+        watcher = asyncio.create_task(self._burst_loop(stop, ended), name="memory-burst")
         try:
             while not stop.is_set():
                 self._soon.clear()
@@ -109,8 +113,10 @@ class Aggregator:
                     log.warning("memory sync pass failed on Redis: %s", exc)
                 await wait_any(stop, self._soon, timeout=self._next_wait())
         finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            # the watcher ends by itself within one blocking read: a cancel landing inside
+            # redis-py (a cluster client setting up its nodes) could leave connections open
+            ended.set()
+            await stop_loops(watcher, timeout=BURST_BLOCK_MS / 1000 + WATCH_STOP_MARGIN)
 
     def _next_wait(self) -> float:
         wait = self.settings.memory_sync_interval
@@ -120,20 +126,20 @@ class Aggregator:
                 wait = min(wait, max(0.0, backoff.next_try - now))
         return wait
 
-    async def _burst_loop(self, stop: asyncio.Event) -> None:
+    async def _burst_loop(self, stop: asyncio.Event, ended: asyncio.Event) -> None:
         """Wake a pass once `memory_sync_burst` tasks finished since the last pass."""
         reader = connect_redis(self.settings, blocking=True, retries=0)
         seen, last_id = 0, "$"
         passes = self.passes
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not ended.is_set():
                 try:
                     reply = await reader.xread(
                         {self.keys.events: last_id}, count=1000, block=BURST_BLOCK_MS
                     )
                 except RedisError as exc:
                     log.debug("memory burst watch: %s", exc)
-                    await wait_any(stop, timeout=1.0)
+                    await wait_any(stop, ended, timeout=1.0)
                     continue
                 if self.passes != passes:
                     seen, passes = 0, self.passes
@@ -218,11 +224,12 @@ class Aggregator:
                 destination,
             )
         sent = 0
-        while True:
+        while not self._stop.is_set():
             batch = await mark.next_batch(pool_id, self.settings.memory_sync_batch)
             if not batch.entries:
                 return sent
             sent += await self._send(caller, mark, destination, pool_id, batch)
+        return sent
 
     async def _send(
         self, caller: ToolCaller, mark: Watermark, destination: str, pool_id: str, batch: Batch
