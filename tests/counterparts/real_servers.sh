@@ -147,18 +147,20 @@ stop_server() {  # PID
 run() {
     [[ $# -gt 0 ]] || die "usage: $0 run COMMAND [ARGS...]"
     build
-    local states sb_port ak_port sb_pid="" ak_pid=""
+    local states sb_port ak_port
     states="$(mktemp -d "$CACHE/state.XXXXXX")"
-    trap 'stop_server "${sb_pid:-0}"; stop_server "${ak_pid:-0}"' EXIT
+    SB_PID="" AK_PID=""  # global: the EXIT trap runs after this function's locals are gone
+    trap 'stop_server "$SB_PID"; stop_server "$AK_PID"' EXIT
+    trap 'exit 130' INT TERM
     sb_port="$(free_port)"
     ak_port="$(free_port)"
-    sb_pid="$(start_server session-buddy "$sb_port" "$states/session-buddy" \
+    SB_PID="$(start_server session-buddy "$sb_port" "$states/session-buddy" \
         ONEIRIC_MCP_HTTP_PORT="$sb_port" MAHAVISHNU__LLAMA_SERVER_URL=http://127.0.0.1:9/v1 \
         session-buddy server start)"
-    ak_pid="$(start_server akosha "$ak_port" "$states/akosha" \
+    AK_PID="$(start_server akosha "$ak_port" "$states/akosha" \
         akosha start --host 127.0.0.1 --port "$ak_port" --mode lite)"
-    wait_ready session-buddy "$sb_pid" "$sb_port" "$states/session-buddy.log"
-    wait_ready akosha "$ak_pid" "$ak_port" "$states/akosha.log"
+    wait_ready session-buddy "$SB_PID" "$sb_port" "$states/session-buddy.log"
+    wait_ready akosha "$AK_PID" "$ak_port" "$states/akosha.log"
     log "Session-Buddy 0.36.0 at http://127.0.0.1:$sb_port/mcp (log $states/session-buddy.log)"
     log "Akosha 0.24.5 at http://127.0.0.1:$ak_port/mcp (log $states/akosha.log)"
     MAHAVISHNU_REAL_SESSION_BUDDY_URL="http://127.0.0.1:$sb_port/mcp" \
