@@ -318,3 +318,41 @@ async def test_reflect_tasks_stores_each_completed_task(session_buddy: Counterpa
         assert line_labels(listing) == recorded_labels("search_by_source_session", 1)[:7]
         assert f"    📁 Project: {pool}" in listing.splitlines()
         assert f"    🔗 Artifact: pool://{pool}/task/{pool}-task-0" in listing.splitlines()
+
+
+async def test_a_cancelled_call_leaves_its_task_to_run(session_buddy: Counterpart) -> None:
+    """Cancelling `execute_on_pool` (MCP cancellation, as a task timeout does) ends the wait
+    only: the remote task stays queued, runs, and counts neither as completed nor as failed."""
+    pool = unique("sbpool")
+    async with connected(session_buddy) as client, connected(session_buddy) as observer:
+        await call(client, "create_pool", pool_id=pool)
+        backlog = asyncio.create_task(
+            call(
+                client, "execute_batch_on_pool", pool_id=pool, prompts=[f"b{i}" for i in range(30)]
+            )
+        )
+        waiting = asyncio.create_task(
+            client.call_tool(
+                "execute_on_pool", {"pool_id": pool, "prompt": "cancelled", "timeout": 60}
+            )
+        )
+
+        async def status() -> dict[str, Any]:
+            reply = await call(observer, "get_pool_status", pool_id=pool)
+            return dict(reply["status"])
+
+        deadline = time.monotonic() + 20
+        while (await status())["tasks_submitted"] < 31:  # no event tells when the call arrived
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        waiting.cancel()  # ~1 s of backlog ahead of it: cancelled while queued
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert len((await backlog)["results"]) == 30
+        while True:
+            final = await status()
+            if sum(w["tasks_processed"] for w in final["workers"]) == 31:
+                break
+            assert time.monotonic() < deadline, final
+            await asyncio.sleep(0.05)
+        assert (final["tasks_completed"], final["tasks_failed"]) == (30, 0)
