@@ -31,7 +31,6 @@ import math
 import random
 import re
 import struct
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -139,11 +138,13 @@ def _validated(model: type[Request], **values: Any) -> Request:
         raise ValueError(f"Input validation failed: {exc}") from None
 
 
-@dataclass
-class Memory:
+class HotRecord(BaseModel):
+    """Akosha's hot-tier record (the same pydantic model: its validation messages are the real
+    ones)."""
+
     system_id: str
-    memory_id: str
-    text: str
+    conversation_id: str
+    content: str
     embedding: list[float]
     timestamp: datetime
     metadata: dict[str, Any]
@@ -153,7 +154,7 @@ class HotStore:
     """Akosha's in-memory hot store of one stand-in process (lite mode keeps it in memory)."""
 
     def __init__(self) -> None:
-        self.memories: dict[str, Memory] = {}
+        self.memories: dict[str, HotRecord] = {}
 
     def store(
         self, memory_id: Any, text: Any, embedding: Any, metadata: dict[str, Any] | None
@@ -171,7 +172,7 @@ class HotStore:
             memory = self._memory(str(memory_id), str(text), embedding, metadata)
         except (AttributeError, TypeError, ValueError) as exc:
             return {"status": "failed", "memory_id": memory_id, "error": str(exc)}
-        self.memories[memory.memory_id] = memory
+        self.memories[memory.conversation_id] = memory
         return {
             "status": "stored",
             "memory_id": memory_id,
@@ -182,22 +183,9 @@ class HotStore:
 
     def _memory(
         self, memory_id: str, text: str, embedding: Any, metadata: dict[str, Any] | None
-    ) -> Memory:
-        if not isinstance(embedding, list) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in embedding
-        ):
-            raise ValueError(
-                "1 validation error for HotRecord\nembedding\n  Input should be a valid list of numbers"
-            )
-        if len(embedding) != DIMENSION:
-            raise ValueError(
-                f"DuckdbHotStore.insert: embedding dim mismatch "
-                f"(expected {DIMENSION}, got {len(embedding)})"
-            )
+    ) -> HotRecord:
+        """The record as the real server builds and inserts it, failing where it fails."""
         meta = metadata or {}
-        when = datetime.fromisoformat(meta.get("created_at", datetime.now(UTC).isoformat()))
-        if when.tzinfo is not None:
-            when = when.astimezone(UTC)
         normalized = {
             "source": meta.get("source", "unknown"),
             "original_id": meta.get("original_id"),
@@ -206,19 +194,32 @@ class HotStore:
         }
         if meta.get("correlation_id"):
             normalized["correlation_id"] = meta["correlation_id"]
+        when = (
+            datetime.fromisoformat(meta.get("created_at", datetime.now(UTC).isoformat()))
+            if metadata
+            else datetime.now(UTC)
+        )
+        record = HotRecord(
+            system_id=normalized["source"],
+            conversation_id=memory_id,
+            content=text,
+            embedding=embedding,
+            timestamp=when,
+            metadata=normalized,
+        )
+        if len(record.embedding) != DIMENSION:
+            raise ValueError(
+                f"DuckdbHotStore.insert: embedding dim mismatch "
+                f"(expected {DIMENSION}, got {len(record.embedding)})"
+            )
         if memory_id in self.memories:
             raise ValueError(
                 f'Constraint Error: Duplicate key "conversation_id: {memory_id}" violates '
                 "primary key constraint."
             )
-        return Memory(
-            str(normalized["source"]),
-            memory_id,
-            text,
-            [float(v) for v in embedding],
-            when.replace(tzinfo=None),
-            normalized,
-        )
+        if record.timestamp.tzinfo is not None:  # stored naive UTC, as DuckDB's TIMESTAMP
+            record.timestamp = record.timestamp.astimezone(UTC).replace(tzinfo=None)
+        return record
 
     def search(self, query: list[float], limit: int, threshold: float) -> list[dict[str, Any]]:
         scored = [
@@ -231,8 +232,8 @@ class HotStore:
         return [
             {
                 "system_id": memory.system_id,
-                "conversation_id": memory.memory_id,
-                "content": memory.text,
+                "conversation_id": memory.conversation_id,
+                "content": memory.content,
                 "similarity": score,
                 "timestamp": memory.timestamp.isoformat(),
             }

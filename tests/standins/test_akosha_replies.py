@@ -73,6 +73,11 @@ async def test_a_store_without_a_384_float_embedding_fails(akosha: Counterpart) 
         assert (
             short["error"] == "DuckdbHotStore.insert: embedding dim mismatch (expected 384, got 2)"
         )
+        nested = await call(
+            client, "store_memory", memory_id=f"n-{token}", text="x", embedding=[vector]
+        )
+        assert nested["status"] == "failed"
+        assert nested["error"].startswith("1 validation error for HotRecord\nembedding.0\n")
         stored = await call(
             client, "store_memory", memory_id=f"ok-{token}", text="x", embedding=vector,
             metadata={"source": "mahavishnu"},
