@@ -61,7 +61,7 @@ async def sync_settings(
             "akosha_url": akosha.url,
             "memory_sync_interval": 3600.0,
             "memory_sync_burst": 1_000_000,
-            "memory_sync_timeout": 10.0,
+            "memory_sync_timeout": 30.0,
             "memory_sync_backoff_max": 1.0,
             "memory_sync_batch": 50,
         }
