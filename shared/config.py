@@ -40,6 +40,8 @@ NOT_SETTINGS_ENV: dict[str, str] = {
     "MAHAVISHNU_TEST_REDIS_URL": "the Redis the test suite uses (tests/conftest.py)",
     "MAHAVISHNU_TEST_BROKERS": "where the integration suites run: standalone,cluster",
     "MAHAVISHNU_WRITE_RELIABILITY": "1 makes the chaos suite rewrite docs/reliability.md",
+    "MAHAVISHNU_REAL_SESSION_BUDDY_URL": "the real Session-Buddy `make test-counterparts` runs",
+    "MAHAVISHNU_REAL_AKOSHA_URL": "the real Akosha `make test-counterparts` runs",
 }
 """`MAHAVISHNU_*` variables that are not settings: the only ones the unknown-name check lets by."""
 
