@@ -254,21 +254,23 @@ async def add_records(
     return task_ids
 
 
+@pytest.mark.counterparts
 async def test_two_orchestrators_share_the_work_and_never_send_twice(
     sync_settings: Settings, redis: Redis, session_buddy: Counterpart, tmp_path: Path
 ) -> None:
     pool_id = new_id("shared")
-    task_ids = await add_records(redis, sync_settings, pool_id, 150)
+    task_ids = await add_records(redis, sync_settings, pool_id, 80)
     async with (
         Running(sync_settings, tmp_path / "a") as one,
         Running(sync_settings, tmp_path / "b") as two,
     ):
         await asyncio.gather(sync(one), sync(two), sync(one), sync(two))
-    assert await synced(redis, sync_settings, pool_id) == both(150)
+    assert await synced(redis, sync_settings, pool_id) == both(80)
     held = await reflections_of(session_buddy, pool_id)
     assert set(held) == uris(pool_id, task_ids) and set(held.values()) == {1}
 
 
+@pytest.mark.counterparts
 async def test_an_orchestrator_killed_mid_batch_resends_nothing(
     sync_settings: Settings,
     redis: Redis,
@@ -277,12 +279,12 @@ async def test_an_orchestrator_killed_mid_batch_resends_nothing(
     tmp_path: Path,
 ) -> None:
     pool_id = new_id("killed")
-    task_ids = await add_records(redis, sync_settings, pool_id, 250)
+    task_ids = await add_records(redis, sync_settings, pool_id, 150)
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO_ROOT),
         "MAHAVISHNU_MEMORY_SYNC_INTERVAL": "0.2",
-        "MAHAVISHNU_MEMORY_SYNC_BATCH": "200",
+        "MAHAVISHNU_MEMORY_SYNC_BATCH": "100",
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "orchestrator", "orchestrator",
@@ -293,7 +295,7 @@ async def test_an_orchestrator_killed_mid_batch_resends_nothing(
 
     async def under_way() -> bool:
         synced = await redis.hget(counters, "session-buddy:synced")
-        return int(synced or 0) >= 20
+        return int(synced or 0) >= 10
 
     try:
         await wait_until(under_way, timeout=60, what="the orchestrator to start sending")
@@ -423,6 +425,7 @@ async def test_a_service_down_leaves_a_warning_never_a_failed_search(
         assert set(monitor["memory_sync"]) == {"session-buddy", "akosha"}
 
 
+@pytest.mark.counterparts
 async def test_records_trimmed_before_they_were_sent_are_counted_lost(
     sync_settings: Settings, redis: Redis, session_buddy: Counterpart, tmp_path: Path
 ) -> None:
