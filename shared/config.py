@@ -31,6 +31,11 @@ from shared.keys import DEFAULT_PREFIX, Keys
 from shared.models import PoolType, RoutingStrategy, parse_pool_type
 
 MemoryDestination = Literal["session-buddy", "akosha"]
+MEMORY_TOOLS = (
+    *("store_reflection", "search_by_source_session", "quick_search"),  # Session-Buddy
+    *("generate_batch_embeddings", "batch_store_memories", "search_all_systems"),  # Akosha
+)
+"""The tools memory sync and search call, by the names `memory_sync_tools` may change."""
 
 ENV_PREFIX = "MAHAVISHNU_"
 SETTINGS_DIR_ENV = "MAHAVISHNU_SETTINGS_DIR"
@@ -156,6 +161,17 @@ class Settings(BaseSettings):
             parts.port  # noqa: B018 -- parsing the port is the check
         except ValueError:
             raise ValueError("has a malformed port; use e.g. redis://127.0.0.1:6379/0") from None
+        return value
+
+    @field_validator("memory_sync_tools", "memory_sync_tool_args")
+    @classmethod
+    def _known_memory_tools(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - set(MEMORY_TOOLS))
+        if unknown:
+            raise ValueError(
+                f"names unknown tool(s) {', '.join(unknown)}; the tools memory sync calls are "
+                + ", ".join(MEMORY_TOOLS)
+            )
         return value
 
     @field_validator("key_prefix")

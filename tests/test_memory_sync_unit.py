@@ -287,3 +287,8 @@ def test_a_resent_akosha_batch_is_held_already() -> None:
     assert not batch_stored({"status": "partial", "stored": 1, "errors": [other]}, 2)
     assert not batch_stored(AKOSHA_NO_EMBEDDING, 2)
     assert not batch_stored("Unknown tool: batch_store_memories", 2)
+
+
+def test_unknown_tool_names_are_refused() -> None:
+    with pytest.raises(Exception, match=r"memory_sync_tools.*unknown tool.*store_memory"):
+        load_settings(memory_sync_tools={"store_memory": "x"})

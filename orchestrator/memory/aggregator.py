@@ -266,6 +266,7 @@ class Aggregator:
         """Stop following a closed pool whose memory stream expired."""
         if not await self.redis.sismember(self.keys.pools, pool_id):
             await self.redis.srem(self.keys.memory_sync_pools, pool_id)
+            await self.redis.delete(self.keys.pool_memory_sync(pool_id))
 
     async def _record_error(self, destination: str, exc: BaseException) -> None:
         try:
