@@ -443,3 +443,21 @@ async def test_records_trimmed_before_they_were_sent_are_counted_lost(
         assert (d.synced, d.lost, d.pending) == (15, 20, 0), name
     held = await reflections_of(session_buddy, pool_id)
     assert uris(pool_id, kept) <= set(held) and set(held.values()) == {1}
+
+
+async def test_a_burst_of_finished_tasks_is_synced_without_waiting_for_the_interval(
+    sync_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    bursty = sync_settings.model_copy(update={"memory_sync_burst": 5})
+    async with PoolManager(bursty) as pools, Running(bursty, tmp_path) as orch:
+        pool_id = await pools.spawn_pool("local", name="burst", min_workers=1)
+        assert orch.aggregator is not None
+        passes = orch.aggregator.passes
+        await run_tasks(pools, pool_id, [f"burst {i}" for i in range(5)])
+
+        async def sent() -> bool:
+            return await synced(redis, bursty, pool_id) == both(5)
+
+        await wait_until(sent, timeout=30, what="a pass after the burst")
+        assert orch.aggregator.passes > passes  # the interval is an hour: the burst woke it
+        await pools.close_pool(pool_id)

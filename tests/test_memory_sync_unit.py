@@ -23,6 +23,7 @@ from orchestrator.memory.destinations import (
     reply_text,
     store_memories,
     store_reflections,
+    token_from_env,
 )
 from orchestrator.memory.search import (
     LOCAL,
@@ -292,3 +293,13 @@ def test_a_resent_akosha_batch_is_held_already() -> None:
 def test_unknown_tool_names_are_refused() -> None:
     with pytest.raises(Exception, match=r"memory_sync_tools.*unknown tool.*store_memory"):
         load_settings(memory_sync_tools={"store_memory": "x"})
+
+
+def test_a_token_comes_from_the_named_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SB_TOKEN_FOR_TEST", "secret-value")
+    assert token_from_env("SB_TOKEN_FOR_TEST", "session_buddy_token_env") == "secret-value"
+    assert token_from_env(None, "session_buddy_token_env") is None
+    with pytest.raises(SyncFailure, match=r"akosha_token_env names .*NOT_SET_HERE"):
+        token_from_env("NOT_SET_HERE", "akosha_token_env")
