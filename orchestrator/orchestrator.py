@@ -162,7 +162,8 @@ class Orchestrator:
             asyncio.create_task(self._supervise_loop(), name="supervise"),
         ]
         if self.aggregator is not None:
-            loops.append(asyncio.create_task(self.aggregator.run(self._stopping), name="memory"))
+            memory = self.aggregator.run(self._stopping, ready=self._ticked)
+            loops.append(asyncio.create_task(memory, name="memory"))
         stopped = asyncio.create_task(self._stopping.wait())
         try:
             done, _ = await asyncio.wait([*loops, stopped], return_when=asyncio.FIRST_COMPLETED)

@@ -99,9 +99,12 @@ class Aggregator:
         """Run a pass now (tests, a burst of finished tasks)."""
         self._soon.set()
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Sync until `stop` is set."""
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        """Sync until `stop` is set; the first pass waits for `ready` (the orchestrator's first
+        heartbeat: before it, another orchestrator would take this one for dead)."""
         self._stop = stop
+        if ready is not None:
+            await wait_any(stop, ready)
         ended = asyncio.Event()
         watcher = asyncio.create_task(self._burst_loop(stop, ended), name="memory-burst")
         try:
@@ -225,6 +228,10 @@ class Aggregator:
             )
         sent = 0
         while not self._stop.is_set():
+            if not await self.redis.exists(self.keys.orchestrator(self.consumer)):
+                # without a live heartbeat others take this consumer's entries: sending them
+                # now could send them twice; the next pass (after a tick) goes on
+                raise SyncFailure(f"orchestrator {self.consumer} has no live heartbeat")
             batch = await mark.next_batch(pool_id, self.settings.memory_sync_batch)
             if not batch.entries:
                 return sent

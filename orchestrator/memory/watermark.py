@@ -156,8 +156,11 @@ class Watermark:
 
     async def _claim_dead(self, pool_id: str, count: int) -> list[Entry]:
         key = self.keys.pool_memory(pool_id)
-        summary = await self.redis.xpending(key, self.group)
-        consumers = _pending_consumers(summary)
+        consumers = [
+            text({text(k): v for k, v in c.items()}.get("name"))
+            for c in await self.redis.xinfo_consumers(key, self.group)
+        ]
+        # every dead consumer goes: its pending entries to this one, then itself (CLAIM_DEAD)
         others = [c for c in consumers if c != self.consumer]
         if not others:
             return []
@@ -187,23 +190,6 @@ class Watermark:
         return int(
             await run_script(self.redis, "memsync_ack", ACK_COUNTED, self._keys(pool_id), args)
         )
-
-
-def _pending_consumers(summary: Any) -> list[str]:
-    """Consumer names from an XPENDING summary (RESP2 list or redis-py's parsed dict)."""
-    if isinstance(summary, dict):
-        raw = summary.get("consumers") or summary.get(b"consumers") or []
-    elif isinstance(summary, list | tuple) and len(summary) >= 4:
-        raw = summary[3] or []
-    else:
-        raw = []
-    names: list[str] = []
-    for item in raw:
-        if isinstance(item, dict):
-            names.append(text(item.get("name") or item.get(b"name")))
-        else:
-            names.append(text(item[0]))
-    return names
 
 
 def _fields(raw: Any) -> dict[bytes, bytes]:
