@@ -15,9 +15,10 @@ stream, bounded by `memory_max_len`: records trimmed before a destination took t
 as `lost` for it, logged and shown, never silently skipped.
 
 Re-send window: Session-Buddy has no record id, so a record it stored whose acknowledgement was
-lost (the orchestrator was killed between the two) is sent again by whoever takes over the dead
-orchestrator's entries: at most one record per pool, and none when its
-`search_by_source_session` shows the record's artifact URI (checked before such a re-send).
+lost (the orchestrator was killed between the two, or the reply was lost) is sent again by
+whoever retries it: at most one record per pool and destination, and none when its
+`search_by_source_session` shows the record's artifact URI (checked before any batch that was
+delivered before: a retry, or a dead orchestrator's entries).
 Akosha gets at most the batch in flight again, under the same `memory_id`s: it refuses those
 it holds as duplicate keys, which counts as stored, so it keeps each task once.
 """
@@ -262,7 +263,7 @@ class Aggregator:
 
         if destination == SESSION_BUDDY:
             held: set[str] = set()
-            if batch.reclaimed:
+            if batch.again:
                 held = await held_artifacts(caller, pool_id, HELD_LOOKUP)
             await store_reflections(caller, self.project, pool_id, records, ack, held=held)
         elif destination == AKOSHA:

@@ -186,8 +186,8 @@ async def store_reflections(
 
 async def held_artifacts(caller: ToolCaller, pool_id: str, limit: int) -> set[str]:
     """Artifact URIs Session-Buddy already holds for the pool's most recent reflections (its
-    `search_by_source_session` is an index look-up): checked before re-sending entries taken
-    over from a dead orchestrator. Empty when the look-up fails (then they are re-sent)."""
+    `search_by_source_session` is an index look-up): checked before sending entries delivered
+    before (a retry, a dead orchestrator's). Empty when the look-up fails (then they are sent)."""
     try:
         reply = await caller.call(
             "search_by_source_session", {"session_id": pool_id, "limit": limit}

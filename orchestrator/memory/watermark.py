@@ -104,11 +104,12 @@ async def run_script(redis: Redis, name: str, source: str, keys: list[str], args
 
 @dataclass
 class Batch:
-    """Entries read for one destination from one pool's stream; `reclaimed` when they were
-    taken over from a dead orchestrator (one of them may have been sent already)."""
+    """Entries read for one destination from one pool's stream; `again` when they were
+    delivered before (this consumer's failed send, or a dead orchestrator's): one of them may
+    have reached the service already."""
 
     entries: list[Entry]
-    reclaimed: bool = False
+    again: bool = False
 
 
 class Watermark:
@@ -145,10 +146,10 @@ class Watermark:
             await self.redis.xreadgroup(self.group, self.consumer, {key: "0"}, count=count)
         )
         if own:
-            return Batch([entry for _, entry in own])
+            return Batch([entry for _, entry in own], again=True)
         claimed = await self._claim_dead(pool_id, count)
         if claimed:
-            return Batch(claimed, reclaimed=True)
+            return Batch(claimed, again=True)
         new = flatten_read(
             await self.redis.xreadgroup(self.group, self.consumer, {key: ">"}, count=count)
         )
