@@ -71,6 +71,8 @@ async def monitor(
 
         def view(found: list[PoolInfo], health: dict[str, Any] | None, memory: Any) -> Any:
             enabled = settings.memory_aggregation_enabled
+            if not enabled and not any(d.synced for d in memory[0].values()):
+                return monitor_view(found, health)  # memory sync was never used: no noise
             return Group(monitor_view(found, health), memory_view(*memory, enabled=enabled))
 
         found, health, memory = await snapshot()
