@@ -20,6 +20,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from orchestrator.epoch import Epoch
+from orchestrator.memory.aggregator import Aggregator
 from orchestrator.pools import PoolBackend, build_backends, unavailable
 from orchestrator.pools.local import LocalBackend
 from orchestrator.reclaim import Reclaimer
@@ -124,6 +125,9 @@ class Orchestrator:
         self._stopping = asyncio.Event()
         self._ticked = asyncio.Event()
         self.routed = 0
+        self.aggregator: Aggregator | None = None
+        if settings.memory_aggregation_enabled:
+            self.aggregator = Aggregator(settings, self.redis, self.id)
 
     @property
     def pools(self) -> dict[str, PoolView]:
@@ -158,6 +162,9 @@ class Orchestrator:
             asyncio.create_task(self._ingress_loop(), name="ingress"),
             asyncio.create_task(self._supervise_loop(), name="supervise"),
         ]
+        if self.aggregator is not None:
+            memory = self.aggregator.run(self._stopping, ready=self._ticked)
+            loops.append(asyncio.create_task(memory, name="memory"))
         stopped = asyncio.create_task(self._stopping.wait())
         try:
             done, _ = await asyncio.wait([*loops, stopped], return_when=asyncio.FIRST_COMPLETED)

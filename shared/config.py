@@ -30,6 +30,13 @@ from shared.errors import ConfigError
 from shared.keys import DEFAULT_PREFIX, Keys
 from shared.models import PoolType, RoutingStrategy, parse_pool_type
 
+MemoryDestination = Literal["session-buddy", "akosha"]
+MEMORY_TOOLS = (
+    *("store_reflection", "search_by_source_session", "quick_search"),  # Session-Buddy
+    *("generate_batch_embeddings", "batch_store_memories", "search_all_systems"),  # Akosha
+)
+"""The tools memory sync and search call, by the names `memory_sync_tools` may change."""
+
 ENV_PREFIX = "MAHAVISHNU_"
 SETTINGS_DIR_ENV = "MAHAVISHNU_SETTINGS_DIR"
 LogFormat = Literal["text", "kv", "json"]
@@ -39,6 +46,8 @@ NOT_SETTINGS_ENV: dict[str, str] = {
     "MAHAVISHNU_TEST_REDIS_URL": "the Redis the test suite uses (tests/conftest.py)",
     "MAHAVISHNU_TEST_BROKERS": "where the integration suites run: standalone,cluster",
     "MAHAVISHNU_WRITE_RELIABILITY": "1 makes the chaos suite rewrite docs/reliability.md",
+    "MAHAVISHNU_REAL_SESSION_BUDDY_URL": "the real Session-Buddy `make test-counterparts` runs",
+    "MAHAVISHNU_REAL_AKOSHA_URL": "the real Akosha `make test-counterparts` runs",
 }
 """`MAHAVISHNU_*` variables that are not settings: the only ones the unknown-name check lets by."""
 
@@ -76,7 +85,7 @@ class Settings(BaseSettings):
     pool_routing_strategy: RoutingStrategy = RoutingStrategy.LEAST_LOADED
     pool_default_min_workers: int = Field(default=1, ge=0, le=1000)
     pool_default_max_workers: int = Field(default=10, ge=1, le=1000)
-    memory_aggregation_enabled: bool = True
+    memory_aggregation_enabled: bool = False  # off until the services run (README)
     memory_sync_interval: float = Field(default=60.0, gt=0)
     session_buddy_pool_url: str = "http://localhost:8678/mcp"
     akosha_url: str = "http://localhost:8682/mcp"
@@ -129,6 +138,22 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)  # /metrics of this process; 0: off
     metrics_host: str = "0.0.0.0"  # the address /metrics binds (scraped from other hosts)
     log_format: LogFormat = "text"
+    # memory sync (orchestrator/memory/): `memory_aggregation_enabled` starts the aggregator
+    # in every orchestrator; it sends each pool's memory records to these destinations
+    memory_sync_destinations: list[MemoryDestination] = ["session-buddy", "akosha"]
+    session_buddy_token_env: str | None = None  # name of the env var holding its bearer token
+    akosha_token_env: str | None = None
+    memory_sync_project: str | None = Field(
+        default=None, pattern=r"^[a-zA-Z0-9._-]{1,128}$"
+    )  # Session-Buddy `project`; default derived from key_prefix
+    memory_sync_batch: int = Field(default=100, ge=1, le=1000)  # records per read and send
+    memory_sync_burst: int = Field(default=50, ge=1)  # finished tasks that trigger a sync soon
+    memory_sync_timeout: float = Field(default=30.0, gt=0, le=600)  # one remote call
+    memory_sync_backoff_max: float = Field(default=60.0, gt=0)  # retry cap for a failing service
+    memory_search_threshold: float = Field(default=0.7, ge=0, le=1)  # Akosha's similarity floor
+    # tool names (canonical name -> the service's) and argument names (tool -> ours -> theirs)
+    memory_sync_tools: dict[str, str] = Field(default_factory=dict)
+    memory_sync_tool_args: dict[str, dict[str, str]] = Field(default_factory=dict)
 
     @field_validator("default_pool_type", mode="before")
     @classmethod
@@ -151,6 +176,17 @@ class Settings(BaseSettings):
             parts.port  # noqa: B018 -- parsing the port is the check
         except ValueError:
             raise ValueError("has a malformed port; use e.g. redis://127.0.0.1:6379/0") from None
+        return value
+
+    @field_validator("memory_sync_tools", "memory_sync_tool_args")
+    @classmethod
+    def _known_memory_tools(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - set(MEMORY_TOOLS))
+        if unknown:
+            raise ValueError(
+                f"names unknown tool(s) {', '.join(unknown)}; the tools memory sync calls are "
+                + ", ".join(MEMORY_TOOLS)
+            )
         return value
 
     @field_validator("key_prefix")

@@ -98,6 +98,24 @@ class Keys:
         """Stream: memory records of the pool's finished tasks."""
         return f"{self.prefix}pool:{{{pool_id}}}:memory"
 
+    def pool_memory_sync(self, pool_id: str) -> str:
+        """Hash: memory sync counters of the pool per destination (`<dest>:synced`, `:lost`,
+        `:skipped`, `:last_success`, `:last_error`, `:last_error_at`); the watermark itself
+        is the consumer group `memsync:<dest>` on the pool's memory stream."""
+        return f"{self.prefix}pool:{{{pool_id}}}:memsync"
+
+    @property
+    def memory_sync_pools(self) -> str:
+        """Set: pools whose memory streams the aggregator syncs, closed ones included until
+        their stream expired and nothing of it is left to send."""
+        return f"{self.prefix}memsync:pools"
+
+    @property
+    def memory_sync_status(self) -> str:
+        """Hash: per memory-sync destination `<dest>:last_success`, `:last_error`,
+        `:last_error_at` (a failure to reach a service belongs to no pool)."""
+        return f"{self.prefix}memsync:status"
+
     def pool_workers(self, pool_id: str) -> str:
         """Set: ids of the workers that joined the pool (the orchestrator prunes dead ones)."""
         return f"{self.prefix}pool:{{{pool_id}}}:workers"

@@ -59,6 +59,9 @@ def test_every_key_is_documented() -> None:
         "task": keys.task("<task>"),
         "pool_task": keys.pool_task("<pool>", "<task>"),
         "task_progress": keys.task_progress("<pool>", "<task>"),
+        "pool_memory_sync": keys.pool_memory_sync("<pool>"),
+        "memory_sync_pools": keys.memory_sync_pools,
+        "memory_sync_status": keys.memory_sync_status,
         "replies": keys.replies("<client>"),
         "idempotency": keys.idempotency("<key>"),
     }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import sys
 import time
 from typing import TYPE_CHECKING, Annotated, Any
@@ -39,6 +38,7 @@ from orchestrator.cli.common import (
     run_async,
 )
 from orchestrator.cli.follow import follow_result, show_followed
+from orchestrator.memory.search import search_all
 from shared.config import Settings
 from shared.errors import InvalidRequest, PoolNotFound, PoolUnavailable
 from shared.models import ACCEPTING_STATUSES, PoolInfo, PoolStatus, PoolType
@@ -432,26 +432,54 @@ def pool_search(
     pool: Annotated[
         list[str] | None, typer.Option("--pool", help="Search these pools only (repeatable).")
     ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="local, session-buddy, akosha or all (default: all when memory sync is "
+            "enabled, else local)."
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Search the memory records of finished tasks across pools, best match first."""
+    """Search finished tasks in the local memory records and the memory services, best first."""
     settings = cli_settings()
+    chosen = source or ("all" if settings.memory_aggregation_enabled else "local")
 
     async def search() -> Any:
         async with client(settings) as pools:
-            return await pools.search_memory(query, limit=limit, pool_ids=pool or None)
+            return await search_all(
+                pools.redis, settings, query, limit=limit, pool_ids=pool or None, source=chosen
+            )
 
     found = run_async(settings, search)
-    hits = [{"score": round(h.score, 4), **dataclasses.asdict(h.record)} for h in found.hits]
+    for warning in found.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    hits = [h.as_dict() for h in found.hits]
     if json_out:
-        render.emit_json({"query": query, "scanned": found.scanned, "hits": hits})
+        render.emit_json(
+            {
+                "query": query,
+                "sources": found.sources,
+                "scanned": found.scanned,
+                "warnings": found.warnings,
+                "hits": hits,
+            }
+        )
         return
-    table = Table(title=f"{len(hits)} hit(s) in {found.scanned} record(s)")
-    for column in ("score", "task", "pool", "status", "prompt", "output"):
+    table = Table(title=f"{len(hits)} hit(s); {found.scanned} local record(s) read")
+    for column in ("score", "sources", "task", "pool", "status", "what", "output"):
         table.add_column(column, overflow="fold")
     for h in found.hits:
-        r = h.record
-        table.add_row(f"{h.score:.2f}", r.task_id, r.pool_id, r.status, r.prompt, r.output[:200])
+        output = h.record.output[:200] if h.record else ""
+        table.add_row(
+            f"{h.score:.4f}",
+            ",".join(h.sources),
+            h.task_id,
+            h.pool_id,
+            h.status,
+            h.text[:200],
+            output,
+        )
     render.stdout_console().print(table)
 
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -26,6 +26,8 @@ from orchestrator.cli.render import (
     stderr_console,
     stdout_console,
 )
+from orchestrator.memory.stats import memory_report
+from orchestrator.memory.view import memory_json, memory_view
 from shared.client import PoolManager, make_pool_spec, make_task
 from shared.config import Settings
 from shared.errors import (
@@ -53,33 +55,47 @@ def stop_event() -> asyncio.Event:
 # ---------------------------------------------------------------------------------- monitor
 
 
+MONITOR_MEMORY_KEY = "_memory_sync"  # per destination totals (no pool id starts with "_")
+
+
 async def monitor(
     settings: Settings, pool_id: str | None, *, watch: bool, interval: float, json_out: bool
 ) -> None:
     """`pool monitor`: one snapshot (table or JSON), or a live table until Ctrl-C."""
     async with PoolManager(settings) as pools:
 
-        async def snapshot() -> tuple[list[PoolInfo], dict[str, Any] | None]:
+        async def snapshot() -> tuple[list[PoolInfo], dict[str, Any] | None, Any]:
             found = [await pools.get_pool(pool_id)] if pool_id else await pools.list_pools()
-            return found, (await pools.health_check() if pool_id else None)
+            memory = await memory_report(pools.redis, settings, [p.spec.id for p in found])
+            return found, (await pools.health_check() if pool_id else None), memory
 
-        found, health = await snapshot()
+        def view(found: list[PoolInfo], health: dict[str, Any] | None, memory: Any) -> Any:
+            enabled = settings.memory_aggregation_enabled
+            if not enabled and not any(d.synced for d in memory[0].values()):
+                return monitor_view(found, health)  # memory sync was never used: no noise
+            return Group(monitor_view(found, health), memory_view(*memory, enabled=enabled))
+
+        found, health, memory = await snapshot()
         if json_out:
             doc: dict[str, Any] = {p.spec.id: p.load.model_dump() for p in found}
             if health is not None and pool_id:
                 doc[pool_id]["workers_detail"] = health["pools"].get(pool_id, {}).get("workers")
+            synced = memory_json(*memory)
+            for pool, stats in synced["pools"].items():
+                doc[pool]["memory"] = stats
+            doc[MONITOR_MEMORY_KEY] = synced["destinations"]
             emit_json(doc)
             return
         if not watch:
-            stdout_console().print(monitor_view(found, health))
+            stdout_console().print(view(found, health, memory))
             return
         stop = stop_event()
-        with Live(monitor_view(found, health), console=stdout_console()) as live:
+        with Live(view(found, health, memory), console=stdout_console()) as live:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), interval)
                 if not stop.is_set():
-                    live.update(monitor_view(*await snapshot()))
+                    live.update(view(*await snapshot()))
 
 
 # ---------------------------------------------------------------------------------- up

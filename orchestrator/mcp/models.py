@@ -213,11 +213,40 @@ class MonitorTotals(BaseModel):
     avg_ms: float
 
 
+class MemorySyncModel(BaseModel):
+    """Memory sync of one destination (for one pool, or summed over pools)."""
+
+    synced: int
+    pending: int
+    lost: int = Field(description="trimmed from the memory stream before the service took them")
+    skipped: int = Field(description="copies of shared results (their own pool syncs them)")
+    lag_s: float = Field(description="age of the oldest record not yet synced, in seconds")
+    last_success: float | None
+    last_error: str = ""
+    last_error_at: float | None = None
+
+
+class PoolMemoryModel(BaseModel):
+    """A pool's memory stream and its sync per destination."""
+
+    pool_id: str
+    records: int
+    bytes: int
+    last_sync: float | None
+    destinations: dict[str, MemorySyncModel]
+
+
 class MonitorResult(BaseModel):
     """Metrics per pool plus totals."""
 
     pools: list[PoolMetrics]
     totals: MonitorTotals
+    memory_sync: dict[str, MemorySyncModel] = Field(
+        default_factory=dict, description="per destination (session-buddy, akosha), all pools"
+    )
+    memory: list[PoolMemoryModel] = Field(
+        default_factory=list, description="per pool: records, bytes, sync per destination"
+    )
 
 
 class ScaleResult(BaseModel):
@@ -284,20 +313,27 @@ class HealthResult(BaseModel):
 
 
 class MemoryHitModel(BaseModel):
-    """One memory record and its relevance score."""
+    """One finished task found by one or more sources, and its fused score."""
 
     task_id: str
     pool_id: str
-    worker_id: str
+    worker_id: str = ""
     status: str
-    prompt: str
-    output: str
-    error: str
-    duration: float
-    finished_at: float
-    tags: list[str]
-    score: float
-    entry_id: str
+    prompt: str = ""
+    output: str = ""
+    error: str = ""
+    duration: float = 0.0
+    finished_at: float = 0.0
+    tags: list[str] = Field(default_factory=list)
+    score: float = Field(description="reciprocal-rank fusion over the sources that found it")
+    entry_id: str = ""
+    sources: list[str] = Field(
+        default_factory=list, description="local, session-buddy, akosha: who found it"
+    )
+    source_scores: dict[str, float] = Field(
+        default_factory=dict, description="each source's own score (BM25, similarity; 0: none)"
+    )
+    text: str = Field(default="", description="what the source holds (local: the prompt)")
 
 
 class MemorySearchResult(BaseModel):
@@ -307,7 +343,11 @@ class MemorySearchResult(BaseModel):
     count: int
     hits: list[MemoryHitModel]
     pool_ids: list[str] = Field(description="the pools searched")
-    scanned: int = Field(description="how many records were read and ranked")
+    scanned: int = Field(description="how many local records were read and ranked")
+    sources: list[str] = Field(default_factory=list, description="the sources searched")
+    warnings: list[str] = Field(
+        default_factory=list, description="sources left out (down, failing) and why"
+    )
 
 
 class DeadLetterModel(BaseModel):

@@ -20,9 +20,11 @@ from orchestrator.mcp.models import (
     HealthResult,
     MemoryHitModel,
     MemorySearchResult,
+    MemorySyncModel,
     MonitorResult,
     MonitorTotals,
     PoolListResult,
+    PoolMemoryModel,
     PoolMetrics,
     PoolSummary,
     ScaleResult,
@@ -30,6 +32,8 @@ from orchestrator.mcp.models import (
 )
 from orchestrator.mcp.params import Labels, PoolId, ToolContext, state_of
 from orchestrator.mcp.support import ToolSet, parse_labels, tool_errors
+from orchestrator.memory.search import FederatedHit, search_all
+from orchestrator.memory.stats import memory_report
 from shared.client import PoolManager
 from shared.config import Settings
 from shared.dead_letters import DeadLetter
@@ -113,6 +117,27 @@ def _totals(metrics: list[PoolMetrics]) -> MonitorTotals:
         completed=completed,
         failed=sum(m.failed for m in metrics),
         avg_ms=round(weighted / completed, 3) if completed else 0.0,
+    )
+
+
+def _hit_model(hit: FederatedHit) -> MemoryHitModel:
+    r = hit.record
+    return MemoryHitModel(
+        task_id=hit.task_id,
+        pool_id=hit.pool_id,
+        worker_id=r.worker_id if r else "",
+        status=hit.status,
+        prompt=r.prompt if r else "",
+        output=r.output if r else "",
+        error=r.error if r else "",
+        duration=r.duration if r else 0.0,
+        finished_at=r.finished_at if r else 0.0,
+        tags=list(r.tags) if r else [],
+        score=round(hit.score, 6),
+        entry_id=r.entry_id if r else "",
+        sources=hit.sources,
+        source_scores=hit.source_scores,
+        text=hit.text,
     )
 
 
@@ -267,7 +292,15 @@ def register_pool_tools(mcp: ToolSet) -> None:
             else:
                 infos = sorted(await state.pools.list_pools(), key=lambda p: p.created_at)
             metrics = [PoolMetrics.from_info(i) for i in infos]
-            return MonitorResult(pools=metrics, totals=_totals(metrics))
+            overview, memory = await memory_report(
+                state.pools.redis, state.settings, [m.pool_id for m in metrics]
+            )
+            return MonitorResult(
+                pools=metrics,
+                totals=_totals(metrics),
+                memory_sync={k: MemorySyncModel(**vars(v)) for k, v in overview.items()},
+                memory=[PoolMemoryModel.model_validate(p.as_dict()) for p in memory],
+            )
 
     @mcp.tool()
     async def pool_scale(
@@ -342,36 +375,34 @@ def register_pool_tools(mcp: ToolSet) -> None:
                 "their memory and can be named here)"
             ),
         ] = None,
+        source: Annotated[
+            Literal["local", "session-buddy", "akosha", "all"] | None,
+            Field(
+                description="Where to search: local records, a memory service, or all (default:"
+                " all when memory sync is enabled, else local)"
+            ),
+        ] = None,
     ) -> MemorySearchResult:
-        """Search the memory records of finished tasks (prompt, output, tags, error) across
-        pools, best match first (BM25; ties: most recent first). An empty query lists the
-        most recent records."""
+        """Search finished tasks across pools and the memory services (Session-Buddy,
+        Akosha), best match first: each source ranks its hits (local: BM25), the lists are
+        fused by reciprocal rank (a task several sources found comes first), one hit per task
+        labelled with its sources. A service that is down is left out with a warning."""
         state = state_of(ctx)
-        with tool_errors(state.settings):
-            found = await state.pools.search_memory(query, limit=limit, pool_ids=pool_ids)
-            hits = [
-                MemoryHitModel(
-                    task_id=h.record.task_id,
-                    pool_id=h.record.pool_id,
-                    worker_id=h.record.worker_id,
-                    status=h.record.status,
-                    prompt=h.record.prompt,
-                    output=h.record.output,
-                    error=h.record.error,
-                    duration=h.record.duration,
-                    finished_at=h.record.finished_at,
-                    tags=list(h.record.tags),
-                    score=h.score,
-                    entry_id=h.record.entry_id,
-                )
-                for h in found.hits
-            ]
+        settings = state.settings
+        with tool_errors(settings):
+            chosen = source or ("all" if settings.memory_aggregation_enabled else "local")
+            found = await search_all(
+                state.pools.redis, settings, query, limit=limit, pool_ids=pool_ids, source=chosen
+            )
+            hits = [_hit_model(h) for h in found.hits]
             return MemorySearchResult(
                 query=query,
                 count=len(hits),
                 hits=hits,
                 pool_ids=found.pool_ids,
                 scanned=found.scanned,
+                sources=found.sources,
+                warnings=found.warnings,
             )
 
     @mcp.tool()
