@@ -461,3 +461,43 @@ async def test_a_burst_of_finished_tasks_is_synced_without_waiting_for_the_inter
         await wait_until(sent, timeout=30, what="a pass after the burst")
         assert orch.aggregator.passes > passes  # the interval is an hour: the burst woke it
         await pools.close_pool(pool_id)
+
+
+async def test_the_sync_lag_shows_in_top_and_on_metrics(
+    sync_settings: Settings, redis: Redis, tmp_path: Path
+) -> None:
+    from orchestrator.cli.top_data import memory_sync_lag
+    from shared.metrics import install, uninstall
+    from tests.test_metrics import free_port, scrape, value
+
+    assert (
+        await memory_sync_lag(
+            redis, sync_settings.model_copy(update={"memory_aggregation_enabled": False})
+        )
+        is None
+    )
+    port = free_port()
+    server = install(sync_settings, role="orchestrator", port=port)
+    assert server is not None
+    try:
+        async with (
+            PoolManager(sync_settings) as pools,
+            Running(sync_settings, tmp_path / "logs") as orch,
+        ):
+            pool_id = await pools.spawn_pool("local", name="lag", min_workers=1)
+            await run_tasks(pools, pool_id, ["lagging 1", "lagging 2"])
+            assert orch.aggregator is not None
+            await orch.aggregator.pool_ids()  # the aggregator follows the pool from now on
+            lag = await memory_sync_lag(redis, sync_settings)
+            assert lag is not None and lag > 0  # two records wait for both services
+            await sync(orch)
+            assert await memory_sync_lag(redis, sync_settings) == 0.0
+            samples = await scrape(port)
+            for target in ("session-buddy", "akosha"):
+                key = ("mahavishnu_memory_sync_lag_seconds", (("target", target),))
+                assert key in samples, sorted(samples)[:20]
+                assert value(samples, "mahavishnu_memory_sync_lag_seconds", target=target) == 0
+            await pools.close_pool(pool_id)
+    finally:
+        server.close()
+        uninstall()

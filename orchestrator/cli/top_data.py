@@ -26,9 +26,15 @@ WORKER_KINDS = ("local", "external", "pod", "remote")
 
 
 async def memory_sync_lag(redis: Redis, settings: Any) -> float | None:
-    """Seconds the memory sync lags behind the newest finished task, or None while nothing
-    syncs memory (shown as n/a). The one place to wire the memory-sync aggregator's lag."""
-    return None
+    """Seconds the memory sync lags (the age of the oldest record a destination has not
+    stored yet, the largest over destinations), or None while memory sync is off (n/a)."""
+    if not settings.memory_aggregation_enabled:
+        return None
+    from orchestrator.memory.stats import memory_report
+
+    pool_ids = sorted(text(m) for m in await redis.smembers(settings.keys.memory_sync_pools))
+    totals, _ = await memory_report(redis, settings, pool_ids)
+    return max((d.lag_s for d in totals.values()), default=0.0)
 
 
 def worker_kind(heartbeat: dict[str, str], pool_type: str) -> str:

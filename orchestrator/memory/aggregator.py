@@ -43,12 +43,14 @@ from orchestrator.memory.destinations import (
     store_memories,
     store_reflections,
 )
+from orchestrator.memory.stats import memory_report
 from orchestrator.memory.watermark import Batch, Watermark
 from shared.aio import stop_loops, wait_any
 from shared.codec import MessageType
 from shared.config import Settings
 from shared.connection import Redis, flatten_read, text
 from shared.connection import connect as connect_redis
+from shared.hooks import HOOKS
 from shared.memory import MemoryRecord
 from shared.retries import retry_delay
 from shared.state import live_pool_ids
@@ -198,6 +200,10 @@ class Aggregator:
                 backoff.succeeded()
                 self.sent[destination] += sent[destination]
         self.passes += 1
+        if HOOKS:  # only where /metrics is served: the lag costs a look at every pool
+            totals, _ = await memory_report(self.redis, self.settings, pool_ids)
+            for target, numbers in totals.items():
+                HOOKS.memory_sync(target, numbers.lag_s)
         return sent
 
     async def _sync_destination(self, destination: str, pool_ids: list[str]) -> int:
