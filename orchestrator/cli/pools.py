@@ -69,6 +69,16 @@ def pool_spawn(
         list[str] | None, typer.Option(help="Program a shell pool may run. Repeatable.")
     ] = None,
     max_queue: Annotated[int | None, typer.Option(help="Backlog limit.")] = None,
+    pool_id: Annotated[
+        str | None,
+        typer.Option(
+            "--id", help="Pool id (default: generated; a spawn of an existing id changes nothing)."
+        ),
+    ] = None,
+    options: Annotated[
+        str | None,
+        typer.Option(help='Backend options as JSON, e.g. \'{"kubernetes": {"namespace": "x"}}\'.'),
+    ] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once requested.")] = False,
     timeout: Annotated[float | None, typer.Option(help="Seconds to wait for running.")] = None,
     json_out: JsonOpt = False,
@@ -91,6 +101,8 @@ def pool_spawn(
                 functions=render.pairs(function, "--function"),
                 allowed_commands=allow_command or None,
                 max_queue=max_queue,
+                id=pool_id,
+                options=render.json_object(options, "--options"),
             )
             await pools.spawn_pool(config=spec, wait=not no_wait, timeout=timeout)
             info = None if no_wait else await pools.get_pool(spec.id)
@@ -333,6 +345,38 @@ def pool_close_all(
             render.stdout_console().print(f"closed {len(closed)} pool(s): {' '.join(closed)}")
 
     run_async(settings, close_all)
+
+
+@pool_app.command("logs")
+def pool_logs(
+    pool_id: Annotated[str, typer.Argument(help="The pool whose workers' logs to show.")],
+    worker: Annotated[
+        str | None, typer.Option(help="One worker (a pod of a kubernetes pool); default: all.")
+    ] = None,
+    tail: Annotated[int, typer.Option(min=0, max=100_000, help="Last lines per worker.")] = 100,
+    json_out: JsonOpt = False,
+) -> None:
+    """Print the last lines the pool's workers wrote (kubernetes: pod logs via the API server;
+    local: the log files on this host)."""
+    from orchestrator.pools.logs import read_pool_logs
+
+    settings = cli_settings()
+
+    async def read() -> dict[str, list[str]]:
+        async with client(settings) as pools:
+            info = await pools.get_pool(pool_id)
+        return await read_pool_logs(settings, info.spec, worker, tail)
+
+    found = run_async(settings, read)
+    if json_out:
+        render.emit_json({"pool_id": pool_id, "workers": found})
+        return
+    out = render.stdout_console()
+    for worker_id, lines in found.items():
+        if len(found) > 1:
+            out.print(f"[bold]==> {worker_id} <==[/]")
+        for line in lines:
+            out.print(line, markup=False, highlight=False)
 
 
 @pool_app.command("health")

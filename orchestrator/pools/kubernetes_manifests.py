@@ -158,6 +158,7 @@ def deployment(pool: KubePool, spec: PoolSpec, settings: Settings, replicas: int
         container["resources"] = pool.options.resources
     pod_spec: dict[str, Any] = {
         "serviceAccountName": pool.service_account,
+        "automountServiceAccountToken": False,  # workers never call the API
         # the worker drains for drain_grace seconds on SIGTERM; the kubelet kills after this
         "terminationGracePeriodSeconds": int(settings.drain_grace) + 10,
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001},

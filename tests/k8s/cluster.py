@@ -125,7 +125,10 @@ def start_control_plane(folder: Path) -> ControlPlane:
     """Start etcd, the API server, the controller manager and the scheduler on free ports."""
     folder.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(16)
-    (folder / "tokens.csv").write_text(f'{token},admin,admin,"system:masters"\n')
+    # admin, and an identity bound to no role (for the 403 test)
+    (folder / "tokens.csv").write_text(
+        f'{token},admin,admin,"system:masters"\nnobody-token,nobody,nobody\n'
+    )
     sa_key = folder / "sa.key"
     subprocess.run(
         ["openssl", "genrsa", "-out", str(sa_key), "2048"], check=True, capture_output=True

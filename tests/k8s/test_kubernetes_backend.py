@@ -1,0 +1,227 @@
+"""The `kubernetes` backend against the real API server, without an orchestrator: API errors as
+pool errors naming what was wrong, a loop that never blocks on the API, and KEDA's ScaledObject
+(validated with the cloudcoil KEDA models, applied through CRDs generated from them)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.pools.kubernetes import KubernetesBackend
+from orchestrator.pools.kubernetes_api import KubeApi
+from orchestrator.pools.kubernetes_manifests import KEDA_GROUP, KEDA_PLURAL, KEDA_VERSION
+from shared.config import Settings
+from shared.errors import PoolBackendError
+from shared.models import PoolSpec
+from tests.k8s import keda
+from tests.k8s.conftest import Kube, kube_settings_for
+
+pytestmark = pytest.mark.integration
+
+
+def pool_spec(**fields: object) -> PoolSpec:
+    return PoolSpec.model_validate({"name": "k", "pool_type": "kubernetes", **fields})
+
+
+async def failure(backend: KubernetesBackend, spec: PoolSpec, target: int = 1) -> str:
+    await backend.reconcile(spec, target)
+    return backend.sweep(spec.id, set(), 30).failed
+
+
+async def test_conflict_invalid_forbidden_and_not_found_are_pool_errors(
+    kube: Kube, standalone_settings: Settings, namespace: str, tmp_path: Path
+) -> None:
+    backend = KubernetesBackend(standalone_settings)
+    # 409: a Deployment of the pool's name that is not the pool's
+    spec = pool_spec()
+    kube.apps.create_namespaced_deployment(
+        namespace,
+        {
+            "metadata": {"name": f"mhv-{spec.id}", "labels": {"app": "other"}},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": {"app": "other"}},
+                "template": {
+                    "metadata": {"labels": {"app": "other"}},
+                    "spec": {"containers": [{"name": "c", "image": "other"}]},
+                },
+            },
+        },
+    )
+    found = await failure(backend, spec)
+    assert f"create Deployment mhv-{spec.id} in namespace {namespace}: 409 Conflict" in found
+    assert "is not this pool's (its label mahavishnu.io/pool is None)" in found
+
+    # 422: the API server refuses an invalid object, and says which field
+    bad = pool_spec(options={"kubernetes": {"resources": {"limits": {"cpu": "lots"}}}})
+    found = await failure(backend, bad)
+    assert ": 422 Unprocessable Entity: " in found and "resources.limits[cpu]" in found, found
+
+    # 404: a namespace that does not exist
+    lost = pool_spec(options={"kubernetes": {"namespace": "no-such-namespace"}})
+    found = await failure(backend, lost)
+    assert "404 Not Found" in found and 'namespaces "no-such-namespace" not found' in found
+
+    # 403: an identity without rights (a token the API server knows, bound to no role)
+    nobody = tmp_path / "nobody.kubeconfig"
+    nobody.write_text(kube.plane.kubeconfig.read_text().replace(kube.plane.token, "nobody-token"))
+    denied = KubernetesBackend(
+        kube_settings_for(
+            standalone_settings.key_prefix,
+            standalone_settings.redis_url,
+            kube,
+            namespace,
+            tmp_path,
+            kube_config=nobody,
+        )
+    )
+    found = await failure(denied, pool_spec())
+    assert "403 Forbidden" in found and 'User "nobody" cannot create resource' in found, found
+
+    # the client's own validation (kubernetes >= 37): an unknown field never reaches the server
+    api = KubeApi(standalone_settings)
+    with pytest.raises(PoolBackendError) as refused:
+        await api.call(
+            "create Deployment x",
+            lambda k: k.apps().create_namespaced_deployment(
+                namespace, {"metadata": {"name": "x", "replicaz": 2}, "spec": {}}
+            ),
+        )
+    assert "refused by the client before sending" in str(refused.value)
+    assert "metadata.replicaz: Extra inputs are not permitted" in str(refused.value)
+    # ... and a spec whose Deployment would be invalid is refused at spawn, naming the field
+    typo = pool_spec(options={"kubernetes": {"resources": {"limitz": {"cpu": "1"}}}})
+    assert "resources.limitz: Extra inputs are not permitted" in backend.problem(typo)
+    assert "options.kubernetes.replicas: Extra inputs" in backend.problem(
+        pool_spec(options={"kubernetes": {"replicas": 3}})
+    )
+
+
+@pytest.fixture
+def silent_server() -> Iterator[tuple[str, threading.Event]]:
+    """A TCP server that accepts and says nothing until released: an API server stuck mid-call."""
+    release = threading.Event()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        server.settimeout(0.1)
+        while not release.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+        for conn in held:  # let go: the held calls fail, new ones are refused
+            conn.close()
+        server.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.getsockname()[1]}", release
+    release.set()
+    thread.join(5)
+
+
+async def test_api_calls_never_block_the_event_loop(
+    kube: Kube,
+    standalone_settings: Settings,
+    namespace: str,
+    tmp_path: Path,
+    silent_server: tuple[str, threading.Event],
+) -> None:
+    url, release = silent_server
+    stuck = tmp_path / "stuck.kubeconfig"
+    stuck.write_text(kube.plane.kubeconfig.read_text().replace(kube.plane.url, url))
+    settings = kube_settings_for(standalone_settings.key_prefix, standalone_settings.redis_url,
+                                 kube, namespace, tmp_path, kube_config=stuck,
+                                 kube_request_timeout=30.0)  # fmt: skip
+    backend = KubernetesBackend(settings)
+    ticks = 0
+    ticked = asyncio.Event()
+
+    async def timer() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+            if ticks == 20:
+                ticked.set()
+
+    ticker = asyncio.create_task(timer())
+    call = asyncio.create_task(backend.reconcile(pool_spec(), 1))
+    await asyncio.wait_for(ticked.wait(), 20)  # 20 ticks while the API call hangs
+    assert not call.done()
+    release.set()  # the server lets go: the call fails as a retryable error, the pool lives on
+    await asyncio.wait_for(call, 30)
+    ticker.cancel()
+    state = next(iter(backend.pools.values()))
+    assert "API server unreachable" in state.transient, state.transient
+    assert not state.error  # retried on the next tick, the pool is not failed
+
+    # the real API server: its calls run in threads too, and the timer ticks through them
+    ticks = 0
+    ticker = asyncio.create_task(timer())
+    real = KubernetesBackend(standalone_settings)
+    spec = pool_spec(min_workers=0)
+    for _ in range(5):
+        await real.reconcile(spec, 0)
+    ticker.cancel()
+    assert ticks > 0 and not real.sweep(spec.id, set(), 30).failed
+
+
+async def test_keda_scaled_object_streams_length_and_pool_scale_moves_its_bounds(
+    kube: Kube, standalone_settings: Settings, namespace: str
+) -> None:
+    backend = KubernetesBackend(standalone_settings)
+    spec = pool_spec(min_workers=0, max_workers=5, concurrency=2,
+                     options={"kubernetes": {"keda": {"polling_interval": 3}}})  # fmt: skip
+    assert backend.problem(spec) == ""
+    await backend.reconcile(spec, 1)
+    assert not backend.sweep(spec.id, set(), 30).failed
+    name = f"mhv-{spec.id}"
+    found = kube.custom.get_namespaced_custom_object(
+        KEDA_GROUP, KEDA_VERSION, namespace, KEDA_PLURAL, name
+    )
+    assert isinstance(found, dict)
+    parsed = keda.strictly_valid(
+        {k: found[k] for k in ("apiVersion", "kind", "metadata", "spec")}
+    )  # nothing was pruned: every field is known to the KEDA models
+    trigger = found["spec"]["triggers"][0]
+    assert trigger["type"] == "redis-streams"
+    meta = trigger["metadata"]
+    assert "consumerGroup" not in meta and meta["streamLength"] == "16"  # 2 x 8 per worker
+    assert meta["stream"] == standalone_settings.keys.pool_tasks(spec.id)
+    assert meta["addressFromEnv"] == "REDIS_ADDRESS" and meta["databaseIndex"] == "0"
+    assert all(isinstance(v, str) for v in meta.values())
+    assert parsed.spec.min_replica_count == 1 and parsed.spec.max_replica_count == 5  # type: ignore[attr-defined]
+    dep = kube.apps.read_namespaced_deployment(name, namespace)
+    env = {e.name for e in dep.spec.template.spec.containers[0].env}
+    assert {"REDIS_ADDRESS", "REDIS_PASSWORD", "MAHAVISHNU_REDIS_URL", "POD_NAME"} <= env
+
+    # while the ScaledObject exists, `pool scale` moves its bounds; the replicas are KEDA's
+    kube.apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": 4}})
+    await backend.reconcile(spec, 3)
+    found = kube.custom.get_namespaced_custom_object(
+        KEDA_GROUP, KEDA_VERSION, namespace, KEDA_PLURAL, name
+    )
+    assert isinstance(found, dict)
+    assert (found["spec"]["minReplicaCount"], found["spec"]["maxReplicaCount"]) == (3, 5)
+    assert kube.apps.read_namespaced_deployment(name, namespace).spec.replicas == 4
+
+    # closing deletes the ScaledObject and the Deployment
+    backend.stop(spec.id)
+    state = backend.pools[spec.id]
+    assert state.task is not None
+    await state.task
+    listed = kube.custom.list_namespaced_custom_object(
+        KEDA_GROUP, KEDA_VERSION, namespace, KEDA_PLURAL
+    )
+    assert isinstance(listed, dict) and listed["items"] == []
