@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     kube_config: Path | None = None  # kubeconfig file; unset: in-cluster, else ~/.kube/config
     kube_context: str | None = None
     kube_namespace: str = "mahavishnu"
-    kube_image: str = "mahavishnu:0.1.0"  # built from deploy/Dockerfile
+    kube_image: str = "mahavishnu-worker:0.1.0"  # deploy/docker/Dockerfile.worker
     kube_service_account: str = "mahavishnu-worker"
     kube_redis_secret: str = "mahavishnu-redis"  # Secret whose key "url" is the workers' Redis URL
     kube_request_timeout: float = Field(default=15.0, gt=0, le=300)
