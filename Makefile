@@ -2,7 +2,9 @@
 #   make venv   create .venv and install the project with its dev extras (re-run on change)
 #   make redis  make sure a Redis answers at MAHAVISHNU_REDIS_URL (starts one if needed)
 #   make lint   ruff check, ruff format --check, mypy --strict
-#   make test   venv + redis + lint, then the test suite
+#   make test   venv + redis + lint + kube-binaries, then the test suite
+#   make kube-binaries  build kube-apiserver & co. for tests/k8s once (Debian source package;
+#               cached in ~/.cache/mahavishnu/kube, ~5 min on 2 cores the first time)
 #   make test-unit  the unit tests alone (no Redis, seconds)
 #   make demo   run `mahavishnu up --demo`
 #   make bench  run the benchmark harness and regenerate docs/benchmarks.md
@@ -14,7 +16,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv redis redis-stop lint test test-unit demo bench clean distclean
+.PHONY: venv redis redis-stop lint test test-unit demo bench clean distclean kube-binaries
 
 venv: $(STAMP)
 
@@ -39,7 +41,10 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: venv redis lint
+kube-binaries:
+	sh tests/k8s/build_apiserver.sh
+
+test: venv redis lint kube-binaries
 	@$(BIN)/pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; \
 	exit $$rc
