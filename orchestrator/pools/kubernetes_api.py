@@ -55,7 +55,8 @@ def translate(exc: BaseException, what: str) -> PoolBackendError:
         )
     if isinstance(exc, ValidationError):
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:3]
+            f"{'.'.join(str(p) for p in _field_path(e['loc']))}: {e['msg']}"
+            for e in exc.errors()[:3]
         )
         return PoolBackendError(
             f"kubernetes: {what}: invalid request body (refused by the client before sending): "
@@ -67,6 +68,14 @@ def translate(exc: BaseException, what: str) -> PoolBackendError:
     if isinstance(exc, HTTPError | OSError):
         return PoolBackendError(f"kubernetes: {what}: API server unreachable: {exc}")
     raise exc
+
+
+def _field_path(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+    """A body field's path without the argument it came in (validate_call puts the argument's
+    position or name first)."""
+    if loc and (isinstance(loc[0], int) or loc[0] == "body"):
+        return loc[1:]
+    return loc
 
 
 class KubeApi:

@@ -58,9 +58,12 @@ async def test_conflict_invalid_forbidden_and_not_found_are_pool_errors(
     assert "is not this pool's (its label mahavishnu.io/pool is None)" in found
 
     # 422: the API server refuses an invalid object, and says which field
-    bad = pool_spec(options={"kubernetes": {"resources": {"limits": {"cpu": "lots"}}}})
+    bad = pool_spec(
+        options={"kubernetes": {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}}
+    )
     found = await failure(backend, bad)
-    assert ": 422 Unprocessable Entity: " in found and "resources.limits[cpu]" in found, found
+    assert ": 422 Unprocessable Entity: " in found, found
+    assert "resources.requests: Invalid value" in found and "cpu limit" in found, found
 
     # 404: a namespace that does not exist
     lost = pool_spec(options={"kubernetes": {"namespace": "no-such-namespace"}})
