@@ -82,23 +82,23 @@ def _run(folder: Path, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         out.close()
 
 
-def _write_kubeconfig(path: Path, url: str, token: str) -> None:
+def _write_kubeconfig(path: Path, url: str, token: str, ca: Path) -> None:
     path.write_text(
         "apiVersion: v1\nkind: Config\n"
         f"clusters:\n- name: test\n  cluster:\n    server: {url}\n"
-        "    insecure-skip-tls-verify: true\n"
+        f"    certificate-authority: {ca}\n"
         f"users:\n- name: admin\n  user:\n    token: {token}\n"
         "contexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\n"
         "current-context: test\n"
     )
 
 
-def _wait_ready(plane: ControlPlane, deadline: float) -> None:
-    """Until /readyz answers ok and the controllers made the default service account."""
+def _wait_ready(plane: ControlPlane, deadline: float, checks: list[str]) -> None:
+    """Until every path answers 200 (e.g. /readyz; the default service account, which the
+    controller manager makes)."""
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    checks = ["/readyz", "/api/v1/namespaces/default/serviceaccounts/default"]
     for path in checks:
         while True:
             for name, proc in plane.processes.items():
@@ -136,7 +136,6 @@ def start_control_plane(folder: Path) -> ControlPlane:
     etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
     url = f"https://127.0.0.1:{api_port}"
     kubeconfig = folder / "kubeconfig"
-    _write_kubeconfig(kubeconfig, url, token)
     plane = ControlPlane(folder, url, token, kubeconfig)
     etcd_url, peer_url = f"http://127.0.0.1:{etcd_port}", f"http://127.0.0.1:{peer_port}"
     plane.processes["etcd"] = _run(
@@ -160,6 +159,14 @@ def start_control_plane(folder: Path) -> ControlPlane:
          "--service-cluster-ip-range", "10.96.0.0/16", "--allow-privileged",
          "--enable-priority-and-fairness=false", "--profiling=false"],
     )  # fmt: skip
+    deadline = time.monotonic() + START_TIMEOUT
+    try:  # the controllers give up if the API server is not healthy within ~10 s
+        _wait_ready(plane, deadline, ["/readyz"])
+    except BaseException:
+        plane.stop()
+        raise
+    # the API server's self-signed serving certificate (for 127.0.0.1) and its CA, as it wrote
+    _write_kubeconfig(kubeconfig, url, token, folder / "certs/apiserver.crt")
     plane.processes["kube-controller-manager"] = _run(
         folder,
         "kube-controller-manager",
@@ -176,7 +183,7 @@ def start_control_plane(folder: Path) -> ControlPlane:
          "--port", "0", "--secure-port", "0", "--profiling=false"],
     )  # fmt: skip
     try:
-        _wait_ready(plane, time.monotonic() + START_TIMEOUT)
+        _wait_ready(plane, deadline, ["/api/v1/namespaces/default/serviceaccounts/default"])
     except BaseException:
         plane.stop()
         raise

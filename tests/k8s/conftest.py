@@ -65,6 +65,13 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
         pytest.fail(f"cannot start the test control plane: {why} (make test builds them)")
     folder = tmp_path_factory.mktemp("kube")
     plane = start_control_plane(folder / "plane")
+    try:
+        yield from _with_kubelet(plane, folder)
+    finally:
+        plane.stop()
+
+
+def _with_kubelet(plane: ControlPlane, folder: Path) -> Iterator[Kube]:
     api = config.new_client_from_config(config_file=str(plane.kubeconfig))
     host_env = {
         "PATH": os.environ.get("PATH", ""),
@@ -84,7 +91,6 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
     finally:
         kubelet.stop()
         api.close()
-        plane.stop()
 
 
 def make_namespace(kube: Kube, name: str | None = None, run: bool = True) -> str:
@@ -124,16 +130,14 @@ def kube_settings(settings: Settings, kube: Kube, namespace: str, tmp_path: Path
 def kube_settings_for(
     prefix: str, redis_url: str, kube: Kube, namespace: str, tmp_path: Path, **more: Any
 ) -> Settings:
-    return make_settings(
-        prefix,
-        tmp_path,
-        redis_url=redis_url,
-        kube_config=kube.plane.kubeconfig,
-        kube_namespace=namespace,
-        kube_image="mahavishnu:test",
-        kube_request_timeout=20.0,
-        **more,
-    )
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "kube_config": kube.plane.kubeconfig,
+        "kube_namespace": namespace,
+        "kube_image": "mahavishnu:test",
+        "kube_request_timeout": 20.0,
+    }
+    return make_settings(prefix, tmp_path, **{**values, **more})
 
 
 @pytest.fixture

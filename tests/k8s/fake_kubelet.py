@@ -106,12 +106,14 @@ class FakeKubelet:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(10)
+        if self._thread.is_alive():
+            self._thread.join(10)
         for box in self.containers.values():
             if box.process is not None and box.process.poll() is None:
                 box.process.kill()
                 box.process.wait(5)
-        self._server.shutdown()
+        if self._server_thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()
 
     # ------------------------------------------------------------------ pods
