@@ -105,8 +105,8 @@ def make_namespace(kube: Kube, name: str | None = None, run: bool = True) -> str
 
 def redis_secret(kube: Kube, namespace: str, redis_url: str) -> None:
     """The Secret the pods take the Redis URL (and KEDA the address) from."""
-    parts = urlsplit(redis_url.replace("+cluster", ""))
-    data = {"url": redis_url, "address": f"{parts.hostname}:{parts.port or 6379}"}
+    hosts = urlsplit(redis_url).netloc.rpartition("@")[2]  # a cluster URL lists several
+    data = {"url": redis_url, "address": hosts}
     encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
     kube.core.create_namespaced_secret(
         namespace, {"metadata": {"name": "mahavishnu-redis"}, "data": encoded}
