@@ -9,15 +9,19 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from orchestrator.orchestrator import Orchestrator
 from orchestrator.pools.kubernetes import KubernetesBackend
 from orchestrator.pools.kubernetes_api import KubeApi
 from orchestrator.pools.kubernetes_manifests import KEDA_GROUP, KEDA_PLURAL, KEDA_VERSION
+from shared.client import PoolManager
 from shared.config import Settings
 from shared.errors import PoolBackendError
 from shared.models import PoolSpec
+from tests.conftest import wait_until
 from tests.k8s import keda
 from tests.k8s.conftest import Kube, kube_settings_for
 
@@ -181,19 +185,43 @@ async def test_api_calls_never_block_the_event_loop(
 
 
 async def test_keda_scaled_object_streams_length_and_pool_scale_moves_its_bounds(
-    kube: Kube, standalone_settings: Settings, namespace: str
+    kube: Kube, standalone_settings: Settings, namespace: str, tmp_path: Path
 ) -> None:
-    backend = KubernetesBackend(standalone_settings)
-    spec = pool_spec(min_workers=0, max_workers=5, concurrency=2,
-                     options={"kubernetes": {"keda": {"polling_interval": 3}}})  # fmt: skip
-    assert backend.problem(spec) == ""
-    await backend.reconcile(spec, 1)
-    assert not backend.sweep(spec.id, set(), 30).failed
-    name = f"mhv-{spec.id}"
-    found = kube.custom.get_namespaced_custom_object(
-        KEDA_GROUP, KEDA_VERSION, namespace, KEDA_PLURAL, name
-    )
-    assert isinstance(found, dict)
+    orch = Orchestrator(standalone_settings, log_dir=tmp_path / "logs")
+    running = asyncio.create_task(orch.run())
+    await orch.wait_ready()
+    try:
+        async with PoolManager(standalone_settings) as pools:
+            await keda_pool_scales_its_scaled_object(kube, standalone_settings, namespace, pools)
+    finally:
+        orch.request_stop()
+        await running
+
+
+async def keda_pool_scales_its_scaled_object(
+    kube: Kube, settings: Settings, namespace: str, pools: PoolManager
+) -> None:
+    keda_options = {"kubernetes": {"keda": {"polling_interval": 3}}}
+    pool_id = await pools.spawn_pool(
+        "kubernetes", name="keda", min_workers=0, max_workers=5, concurrency=2,
+        options=keda_options,
+    )  # fmt: skip
+    name = f"mhv-{pool_id}"
+
+    def scaled_object() -> dict[str, Any]:
+        found = kube.custom.get_namespaced_custom_object(
+            KEDA_GROUP, KEDA_VERSION, namespace, KEDA_PLURAL, name
+        )
+        assert isinstance(found, dict)
+        return found
+
+    async def bounds_are(low: int, high: int) -> bool:
+        found = await asyncio.to_thread(scaled_object)
+        return (found["spec"]["minReplicaCount"], found["spec"]["maxReplicaCount"]) == (low, high)
+
+    await pools.scale(pool_id, 1)
+    await wait_until(lambda: bounds_are(1, 5), timeout=20, what="the ScaledObject at [1, 5]")
+    found = scaled_object()
     parsed = keda.strictly_valid(
         {k: found[k] for k in ("apiVersion", "kind", "metadata", "spec")}
     )  # nothing was pruned: every field is known to the KEDA models
@@ -201,30 +229,25 @@ async def test_keda_scaled_object_streams_length_and_pool_scale_moves_its_bounds
     assert trigger["type"] == "redis-streams"
     meta = trigger["metadata"]
     assert "consumerGroup" not in meta and meta["streamLength"] == "16"  # 2 x 8 per worker
-    assert meta["stream"] == standalone_settings.keys.pool_tasks(spec.id)
+    assert meta["stream"] == settings.keys.pool_tasks(pool_id)
     assert meta["addressFromEnv"] == "REDIS_ADDRESS" and meta["databaseIndex"] == "0"
     assert all(isinstance(v, str) for v in meta.values())
-    assert parsed.spec.min_replica_count == 1 and parsed.spec.max_replica_count == 5  # type: ignore[attr-defined]
+    assert parsed.spec.max_replica_count == 5  # type: ignore[attr-defined]
     dep = kube.apps.read_namespaced_deployment(name, namespace)
     env = {e.name for e in dep.spec.template.spec.containers[0].env}
     assert {"REDIS_ADDRESS", "REDIS_PASSWORD", "MAHAVISHNU_REDIS_URL", "POD_NAME"} <= env
 
     # while the ScaledObject exists, `pool scale` moves its bounds; the replicas are KEDA's
     kube.apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": 4}})
-    await backend.reconcile(spec, 3)
-    found = kube.custom.get_namespaced_custom_object(
-        KEDA_GROUP, KEDA_VERSION, namespace, KEDA_PLURAL, name
-    )
-    assert isinstance(found, dict)
-    assert (found["spec"]["minReplicaCount"], found["spec"]["maxReplicaCount"]) == (3, 5)
+    await pools.scale(pool_id, 3)
+    await wait_until(lambda: bounds_are(3, 5), timeout=20, what="the ScaledObject at [3, 5]")
     assert kube.apps.read_namespaced_deployment(name, namespace).spec.replicas == 4
 
-    # closing deletes the ScaledObject and the Deployment
-    backend.stop(spec.id)
-    state = backend.pools[spec.id]
-    assert state.task is not None
-    await state.task
+    # closing deletes the ScaledObject, the Deployment and its pods
+    await pools.close_pool(pool_id, wait=True, timeout=60)
     listed = kube.custom.list_namespaced_custom_object(
         KEDA_GROUP, KEDA_VERSION, namespace, KEDA_PLURAL
     )
     assert isinstance(listed, dict) and listed["items"] == []
+    pods = kube.core.list_namespaced_pod(namespace, label_selector=f"mahavishnu.io/pool={pool_id}")
+    assert pods.items == []
