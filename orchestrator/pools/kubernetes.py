@@ -192,7 +192,8 @@ class KubernetesBackend(PoolBackend):
                 pool.namespace, label_selector=selector(pool), _request_timeout=k.timeout
             ),
         )
-        pods = {p.metadata.name: _pod(p) for p in found.items}
+        listed = (_pod(p) for p in found.items)  # a Failed or Succeeded pod is no worker
+        pods = {p.name: p for p in listed if p.phase not in ("Failed", "Succeeded")}
         if not state.deleted:
             dep = await self.api.call(
                 f"read Deployment {pool.name} in namespace {pool.namespace}",
@@ -209,9 +210,8 @@ class KubernetesBackend(PoolBackend):
             }
         for name, old in state.pods.items():
             new = pods.get(name)
-            if new is None or new.phase in ("Failed", "Succeeded"):
+            if new is None:
                 state.gone.append(name)
-                pods.pop(name, None)
             elif new.restarts > old.restarts:
                 state.restart_reason = f"pod {name}: its container restarted ({new.restarts})"
         state.pods = pods

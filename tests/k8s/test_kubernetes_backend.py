@@ -19,7 +19,7 @@ from orchestrator.pools.kubernetes_api import KubeApi
 from orchestrator.pools.kubernetes_manifests import KEDA_GROUP, KEDA_PLURAL, KEDA_VERSION
 from shared.client import PoolManager
 from shared.config import Settings
-from shared.errors import PoolBackendError
+from shared.errors import PoolBackendError, PoolUnavailable
 from shared.models import PoolSpec
 from tests.conftest import wait_until
 from tests.k8s import keda
@@ -251,3 +251,45 @@ async def keda_pool_scales_its_scaled_object(
     assert isinstance(listed, dict) and listed["items"] == []
     pods = kube.core.list_namespaced_pod(namespace, label_selector=f"mahavishnu.io/pool={pool_id}")
     assert pods.items == []
+
+
+async def test_a_new_lease_holder_adopts_the_pools_deployment_and_scaled_object(
+    kube: Kube, standalone_settings: Settings, namespace: str
+) -> None:
+    spec = pool_spec(min_workers=0, max_workers=4, options={"kubernetes": {"keda": {}}})
+    first = KubernetesBackend(standalone_settings)
+    await first.reconcile(spec, 1)
+    assert not first.sweep(spec.id, set(), 30).failed
+    # the orchestrator holding the lease died; another one takes the pool over
+    second = KubernetesBackend(standalone_settings)
+    await second.reconcile(spec, 2)
+    assert not second.sweep(spec.id, set(), 30).failed
+    found = kube.custom.get_namespaced_custom_object(
+        KEDA_GROUP, KEDA_VERSION, namespace, KEDA_PLURAL, f"mhv-{spec.id}"
+    )
+    assert isinstance(found, dict) and found["spec"]["minReplicaCount"] == 2
+
+
+async def test_a_pool_the_api_refuses_fails_at_spawn_with_the_reason(
+    standalone_settings: Settings, tmp_path: Path
+) -> None:
+    orch = Orchestrator(standalone_settings, log_dir=tmp_path / "logs")
+    running = asyncio.create_task(orch.run())
+    await orch.wait_ready()
+    try:
+        async with PoolManager(standalone_settings) as pools:
+            with pytest.raises(PoolUnavailable) as failed:
+                await pools.spawn_pool(
+                    "kubernetes", name="lost",
+                    options={"kubernetes": {"namespace": "no-such-namespace"}},
+                )  # fmt: skip
+            assert 'namespaces "no-such-namespace" not found' in str(failed.value)
+            with pytest.raises(PoolUnavailable, match=r"keda\.cooldown_period"):
+                await pools.spawn_pool(
+                    "kubernetes",
+                    name="bad",
+                    options={"kubernetes": {"keda": {"cooldown_period": -1}}},
+                )
+    finally:
+        orch.request_stop()
+        await running
