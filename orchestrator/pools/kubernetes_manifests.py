@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from shared.config import Settings, settings_env
+from shared.config import ENV_PREFIX, Settings, settings_env
 from shared.models import PoolSpec
 
 POOL_LABEL = "mahavishnu.io/pool"
@@ -29,6 +29,9 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "mahavishnu"}
 CONTAINER = "worker"
 KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
 ADDRESS_ENV, PASSWORD_ENV = "REDIS_ADDRESS", "REDIS_PASSWORD"  # from the Redis Secret, for KEDA
+_KUBE_SETTINGS_ENV = {
+    f"{ENV_PREFIX}{n.upper()}" for n in Settings.model_fields if n.startswith("kube_")
+}
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _POD_ENV_SKIPPED = {  # set otherwise in a pod, or not the workers' business
     "MAHAVISHNU_REDIS_URL",
@@ -136,7 +139,7 @@ def deployment(pool: KubePool, spec: PoolSpec, settings: Settings, replicas: int
         env.append(_secret_env(ADDRESS_ENV, pool.redis_secret, "address"))
         env.append(_secret_env(PASSWORD_ENV, pool.redis_secret, "password", optional=True))
     for name, value in sorted(settings_env(settings).items()):
-        if name not in _POD_ENV_SKIPPED and not name.startswith("MAHAVISHNU_KUBE_"):
+        if name not in _POD_ENV_SKIPPED and name not in _KUBE_SETTINGS_ENV:
             env.append({"name": name, "value": value})
     container: dict[str, Any] = {
         "name": CONTAINER,
