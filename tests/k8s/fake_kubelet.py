@@ -64,6 +64,7 @@ class FakeKubelet:
         self.run_namespaces = run_namespaces
         self.node = node
         self.containers: dict[str, Container] = {}  # "namespace/pod"
+        self.last_error = ""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fake-kubelet", daemon=True)
         self._server = self._https_server()
@@ -129,9 +130,8 @@ class FakeKubelet:
             for pod in pods:
                 try:
                     self._sync(pod)
-                except ApiException as exc:
-                    if exc.status not in (404, 409):
-                        raise
+                except ApiException as exc:  # a pod deleted meanwhile, a conflict: next pass
+                    self.last_error = f"{pod.metadata.name}: {exc.status} {exc.reason}"
 
     def _sync(self, pod: Any) -> None:
         meta = pod.metadata

@@ -5,9 +5,12 @@ every path a Dockerfile copies exists."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from orchestrator.orchestrator import Orchestrator
+from shared.client import PoolManager
+from shared.config import settings_env
+from shared.models import PoolStatus, PoolType
+from tests.conftest import REDIS_URL, delete_prefix, make_settings, wait_until
 from tests.k8s import keda
 from tests.k8s.conftest import KUBECTL, Kube
 
@@ -23,6 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 OVERLAYS = sorted(p.name for p in (DEPLOY / "kubernetes/overlays").iterdir())
 COMPOSE_SCHEMA = Path(__file__).with_name("compose-spec.json")
+CLI = str(Path(sys.executable).with_name("mahavishnu"))
 
 
 def render(overlay: str, tmp_path: Path) -> list[dict[str, Any]]:
@@ -45,7 +54,9 @@ def render(overlay: str, tmp_path: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlay_is_valid_and_applies(overlay: str, kube: Kube, tmp_path: Path) -> None:
+async def test_overlay_is_valid_applies_and_its_pool_is_adopted(
+    overlay: str, kube: Kube, tmp_path: Path, prefix: str
+) -> None:
     docs = render(overlay, tmp_path)
     kinds = {d["kind"] for d in docs}
     assert {"Deployment", "Service", "ScaledObject", "TriggerAuthentication", "Job"} <= kinds
@@ -59,7 +70,8 @@ def test_overlay_is_valid_and_applies(overlay: str, kube: Kube, tmp_path: Path) 
     mcp_env = deployments["mcp"]["spec"]["template"]["spec"]["containers"][0]["env"]
     token = next(e for e in mcp_env if e["name"] == "MAHAVISHNU_MCP_HTTP_TOKEN")
     assert token["valueFrom"]["secretKeyRef"] == {"name": "mahavishnu-mcp", "key": "token"}
-    trigger = next(d for d in docs if d["kind"] == "ScaledObject")["spec"]["triggers"][0]
+    scaled = next(d for d in docs if d["kind"] == "ScaledObject")
+    trigger = scaled["spec"]["triggers"][0]
     assert trigger["type"] == "redis-streams" and "consumerGroup" not in trigger["metadata"]
     assert trigger["metadata"]["streamLength"] == "32"
 
@@ -67,15 +79,58 @@ def test_overlay_is_valid_and_applies(overlay: str, kube: Kube, tmp_path: Path) 
     manifest = tmp_path / "rendered.yaml"
     manifest.write_text(yaml.safe_dump_all(docs))
     try:
-        kube.kubectl("apply", "-f", str(manifest))
-        kube.kubectl("rollout", "status", "deployment/orchestrator", "-n", namespace,
-                     "--timeout=60s")  # fmt: skip
-        applied = json.loads(kube.kubectl("get", "scaledobject/mhv-default", "-n", namespace,
-                                          "-o", "json"))  # fmt: skip
-        assert applied["spec"] == next(d for d in docs if d["kind"] == "ScaledObject")["spec"]
+        await asyncio.to_thread(kube.kubectl, "apply", "-f", str(manifest))
+        await asyncio.to_thread(kube.kubectl, "rollout", "status", "deployment/orchestrator",
+                                "-n", namespace, "--timeout=60s")  # fmt: skip
+        applied = json.loads(await asyncio.to_thread(
+            kube.kubectl, "get", "scaledobject/mhv-default", "-n", namespace, "-o", "json"
+        ))  # fmt: skip
+        assert applied["spec"] == scaled["spec"]
+        job = next(d for d in docs if d["kind"] == "Job")
+        await pool_job_is_adopted(kube, namespace, job, tmp_path, prefix)
     finally:
         kube.core.delete_namespace(namespace)
-        _wait_gone(kube, namespace)
+        await asyncio.to_thread(_wait_gone, kube, namespace)
+        await delete_prefix(REDIS_URL, prefix)
+
+
+async def pool_job_is_adopted(
+    kube: Kube, namespace: str, job: dict[str, Any], tmp_path: Path, prefix: str
+) -> None:
+    """The Job's own command spawns the pool "default"; an orchestrator then adopts the
+    overlay's Deployment and ScaledObject instead of failing on them."""
+    settings = make_settings(prefix, tmp_path, redis_url=REDIS_URL,
+                             kube_config=kube.plane.kubeconfig, kube_namespace=namespace)  # fmt: skip
+    before = kube.apps.read_namespaced_deployment("mhv-default", namespace).metadata.uid
+    orch = Orchestrator(settings, log_dir=tmp_path / "logs")
+    running = asyncio.create_task(orch.run())
+    await orch.wait_ready()
+    try:
+        argv = job["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert argv[0] == "mahavishnu"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAHAVISHNU_")}
+        env.update(settings_env(settings))
+        env["MAHAVISHNU_SETTINGS_DIR"] = str(tmp_path / "no-settings")
+        proc = await asyncio.create_subprocess_exec(
+            CLI, *argv[1:], env=env, stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        async with PoolManager(settings) as pools:
+
+            async def adopted() -> bool:
+                info = await pools.get_pool("default")
+                return info.status is PoolStatus.RUNNING
+
+            await wait_until(adopted, timeout=30, what="the pool 'default' running")
+        backend = orch.backends[PoolType.KUBERNETES]
+        assert backend.describe("default")["keda"] == {"min": 0, "max": 20}
+        assert backend.sweep("default", set(), 30).failed == ""
+    finally:
+        orch.request_stop()
+        await running
+    after = kube.apps.read_namespaced_deployment("mhv-default", namespace).metadata.uid
+    assert after == before  # adopted, not made anew
 
 
 def _wait_gone(kube: Kube, namespace: str) -> None:

@@ -7,6 +7,7 @@ removes the Deployment and its pods."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -70,11 +71,20 @@ async def test_pool_runs_scales_logs_and_closes(
 ) -> None:
     backend = orchestrator_k8s.backends[PoolType.KUBERNETES]
     assert isinstance(backend, KubernetesBackend)
+    pool_id = f"k-{os.urandom(3).hex()}"
+    options = '{"kubernetes": {"resources": {"requests": {"cpu": "100m"}}}}'
+    code, out, err = await cli(
+        kube_settings, "pool", "spawn", "--id", pool_id, "--name", "k8s", "--type", "k8s",
+        "--min-workers", "0", "--max-workers", "3", "--options", options, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["pool_id"] == pool_id
     async with PoolManager(kube_settings) as pools:
-        pool_id = await pools.spawn_pool("kubernetes", name="k8s", min_workers=0, max_workers=3)
         await pools.scale(pool_id, 2, wait=True)  # RUNNING: two pods whose workers heartbeat
         dep = kube.apps.read_namespaced_deployment(f"mhv-{pool_id}", namespace)
         assert dep.spec.replicas == 2
+        container = dep.spec.template.spec.containers[0]
+        assert container.resources.requests == {"cpu": "100m"}
         await wait_until(
             lambda: _ready(kube, namespace, pool_id, 2), timeout=30, what="2 ready replicas"
         )
