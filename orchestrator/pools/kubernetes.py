@@ -296,6 +296,8 @@ class KubernetesBackend(PoolBackend):
 
         try:
             pool = pool_options(spec, self.settings)
+            if pool.options.keda is not None and spec.auto_scale:
+                return "auto_scale and options.kubernetes.keda both scale the pool: choose one"
             V1Deployment.model_validate(deployment(pool, spec, self.settings, spec.min_workers))
         except ValueError as exc:
             if isinstance(exc, ValidationError):

@@ -86,6 +86,9 @@ def test_bad_options_are_refused_at_spawn_naming_the_field(tmp_path: Path) -> No
         spec(options={"kubernetes": {"keda": {"stream_length": 0}}})
     )
     assert "cannot name Kubernetes objects" in backend.problem(spec(id="Big_Pool"))
+    assert "choose one" in backend.problem(
+        spec(auto_scale=True, options={"kubernetes": {"keda": {}}})
+    )
     assert "is not a DNS label" in backend.problem(
         spec(options={"kubernetes": {"namespace": "No Such"}})
     )
