@@ -175,13 +175,27 @@ class KubernetesBackend(PoolBackend):
     async def _set_replicas(self, state: PoolState, target: int) -> None:
         pool = state.pool
         patch = {"spec": {"replicas": target}}
-        await self.api.call(
-            f"scale Deployment {pool.name} in namespace {pool.namespace} to {target}",
-            lambda k: k.apps().patch_namespaced_deployment_scale(
-                pool.name, pool.namespace, patch, _request_timeout=k.timeout
-            ),
-        )
+        try:
+            await self.api.call(
+                f"scale Deployment {pool.name} in namespace {pool.namespace} to {target}",
+                lambda k: k.apps().patch_namespaced_deployment_scale(
+                    pool.name, pool.namespace, patch, _request_timeout=k.timeout
+                ),
+            )
+        except PoolBackendError as exc:
+            if exc.status != 404:
+                raise
+            self._lost(state)
+            return
         state.replicas = target
+
+    @staticmethod
+    def _lost(state: PoolState) -> None:
+        """The Deployment was deleted behind our back: the next tick makes it again."""
+        log.warning(
+            "pool %s: Deployment %s is gone: making it again", state.spec.id, state.pool.name
+        )
+        state.created, state.replicas, state.bounds, state.deployment = False, None, None, {}
 
     async def _refresh(self, state: PoolState) -> None:
         """List the pool's pods; note the ones gone, restarted, or unable to start."""
@@ -194,13 +208,19 @@ class KubernetesBackend(PoolBackend):
         )
         listed = (_pod(p) for p in found.items)  # a Failed or Succeeded pod is no worker
         pods = {p.name: p for p in listed if p.phase not in ("Failed", "Succeeded")}
-        if not state.deleted:
-            dep = await self.api.call(
-                f"read Deployment {pool.name} in namespace {pool.namespace}",
-                lambda k: k.apps().read_namespaced_deployment_status(
-                    pool.name, pool.namespace, _request_timeout=k.timeout
-                ),
-            )
+        if state.created and not state.deleted:
+            try:
+                dep = await self.api.call(
+                    f"read Deployment {pool.name} in namespace {pool.namespace}",
+                    lambda k: k.apps().read_namespaced_deployment_status(
+                        pool.name, pool.namespace, _request_timeout=k.timeout
+                    ),
+                )
+            except PoolBackendError as exc:
+                if exc.status != 404:
+                    raise
+                self._lost(state)
+                return
             st = dep.status
             state.deployment = {
                 "replicas": dep.spec.replicas or 0,
@@ -330,9 +350,7 @@ class KubernetesBackend(PoolBackend):
             await self._refresh(state)
             state.transient = ""
         except PoolBackendError as exc:
-            if exc.status == 404 and state.created:  # deleted behind our back: make it again
-                state.created, state.bounds = False, None
-            elif exc.status in TRANSIENT:
+            if exc.status in TRANSIENT:
                 if str(exc) != state.transient:
                     log.warning("pool %s: %s (retrying)", spec.id, exc)
                 state.transient = str(exc)

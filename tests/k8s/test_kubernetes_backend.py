@@ -268,6 +268,14 @@ async def test_a_new_lease_holder_adopts_the_pools_deployment_and_scaled_object(
         KEDA_GROUP, KEDA_VERSION, namespace, KEDA_PLURAL, f"mhv-{spec.id}"
     )
     assert isinstance(found, dict) and found["spec"]["minReplicaCount"] == 2
+    # deleted behind its back, the Deployment is made again on the next ticks
+    before = kube.apps.read_namespaced_deployment(f"mhv-{spec.id}", namespace).metadata.uid
+    kube.apps.delete_namespaced_deployment(f"mhv-{spec.id}", namespace)
+    await second.reconcile(spec, 2)  # finds it gone
+    await second.reconcile(spec, 2)  # makes it again
+    assert not second.sweep(spec.id, set(), 30).failed
+    again = kube.apps.read_namespaced_deployment(f"mhv-{spec.id}", namespace)
+    assert again.metadata.uid != before
 
 
 async def test_a_pool_the_api_refuses_fails_at_spawn_with_the_reason(
