@@ -115,6 +115,17 @@ async def test_pool_runs_scales_logs_and_closes(
             proc.send_signal(signal.SIGCONT)
         await wait_until(healthy, timeout=15, what="the pool healthy again")
 
+        # a worker that dies is restarted by the kubelet; the pool records the restart
+        proc.kill()
+
+        async def restarted() -> bool:
+            info = await pools.get_pool(pool_id)
+            return info.restarts >= 1 and stopped in info.last_restart_reason
+
+        await wait_until(restarted, timeout=20, what="the restart to be recorded")
+        assert "its container restarted" in (await pools.get_pool(pool_id)).last_restart_reason
+        await wait_until(healthy, timeout=20, what="the restarted worker heartbeating")
+
         code, out, err = await cli(
             kube_settings, "pool", "logs", pool_id, "--worker", stopped, "--tail", "3"
         )
