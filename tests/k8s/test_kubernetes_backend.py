@@ -301,3 +301,42 @@ async def test_a_pool_the_api_refuses_fails_at_spawn_with_the_reason(
     finally:
         orch.request_stop()
         await running
+
+
+async def test_pods_that_cannot_start_fail_the_pool_with_the_kubelets_reason(
+    kube: Kube, standalone_settings: Settings, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import orchestrator.pools.kubernetes as backend_module
+
+    monkeypatch.setattr(backend_module, "START_GRACE", 0.0)  # instead of 30 s
+    backend = KubernetesBackend(standalone_settings)
+    spec = pool_spec(min_workers=0)
+    await backend.reconcile(spec, 1)
+
+    async def one_pod_running() -> bool:  # (marked so by the kubelet, which is then done)
+        await backend.reconcile(spec, 1)
+        pods = backend.pools[spec.id].pods
+        return len(pods) == 1 and all(p.phase == "Running" for p in pods.values())
+
+    await wait_until(one_pod_running, timeout=30, what="the pool's pod running")
+    (pod,) = backend.managed(spec.id)
+    waiting = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "mahavishnu:test"'}
+    status = {
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [
+                {"name": "worker", "image": "mahavishnu:test", "imageID": "", "ready": False,
+                 "restartCount": 0, "state": {"waiting": waiting}}
+            ],
+        }
+    }  # fmt: skip
+    kube.core.patch_namespaced_pod_status(pod, namespace, status)
+    await backend.reconcile(spec, 1)  # the pod is seen stuck
+    await backend.reconcile(spec, 1)  # ... past the grace: the pool fails
+    failed = backend.sweep(spec.id, set(), 30).failed
+    assert failed == (
+        f"workers cannot start: pod {pod}: ImagePullBackOff: "
+        'Back-off pulling image "mahavishnu:test"'
+    )
+    healthy, problems = backend.health(spec.id)
+    assert not healthy and any("ImagePullBackOff" in p for p in problems)
