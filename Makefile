@@ -3,7 +3,9 @@
 #   make arq-venv  create .venv-arq, arq's own venv for arq pools (arq pins redis-py < 6)
 #   make redis  make sure a Redis answers at MAHAVISHNU_REDIS_URL (starts one if needed)
 #   make lint   ruff check, ruff format --check, mypy --strict
-#   make test   venv + arq-venv + redis + lint, then the test suite
+#   make test   venv + arq-venv + redis + lint + kube-binaries, then the test suite
+#   make kube-binaries  build kube-apiserver & co. for tests/k8s once (Debian source package;
+#               cached in ~/.cache/mahavishnu/kube, ~5 min on 2 cores the first time)
 #   make test-unit  the unit tests alone (no Redis, seconds)
 #   make test-counterparts  the `counterparts` tests against the real Session-Buddy and Akosha
 #               (Python 3.14 in a Debian sid root, built once under ~/.cache; needs root)
@@ -21,7 +23,7 @@ STAMP := $(VENV)/.installed
 ARQ_VENV := .venv-arq
 ARQ_STAMP := $(ARQ_VENV)/.installed
 
-.PHONY: venv arq-venv redis redis-stop lint test test-unit demo bench docs clean distclean
+.PHONY: venv arq-venv redis redis-stop lint test test-unit demo bench docs clean distclean kube-binaries
 
 venv: $(STAMP)
 
@@ -55,7 +57,10 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: venv arq-venv redis lint
+kube-binaries:
+	sh tests/k8s/build_apiserver.sh
+
+test: venv arq-venv redis lint kube-binaries
 	@$(BIN)/pytest -q -p no:cacheprovider; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; \
 	exit $$rc

@@ -124,6 +124,15 @@ class Settings(BaseSettings):
     orchestrator_lease_ttl: float = Field(default=10.0, gt=0)
     spawn_timeout: float = Field(default=30.0, gt=0)
 
+    # kubernetes pools (orchestrator/pools/kubernetes.py); a pool's options.kubernetes overrides
+    kube_config: Path | None = None  # kubeconfig file; unset: in-cluster, else ~/.kube/config
+    kube_context: str | None = None
+    kube_namespace: str = "mahavishnu"
+    kube_image: str = "mahavishnu-worker:0.1.0"  # deploy/docker/Dockerfile.worker
+    kube_service_account: str = "mahavishnu-worker"
+    kube_redis_secret: str = "mahavishnu-redis"  # Secret whose key "url" is the workers' Redis URL
+    kube_request_timeout: float = Field(default=15.0, gt=0, le=300)
+
     # MCP facade
     mcp_http_token: SecretStr | None = None
     mcp_http_require_auth: bool = True  # False is honoured on loopback addresses only

@@ -17,6 +17,7 @@
     │   └── OrchestratorNotRunning  a wait needs an orchestrator and none is alive
     ├── ResultTimeout          the caller stopped waiting; the task goes on and can be polled
     ├── ExecutorError          a pool's executor cannot run (missing CLI, command not allowed)
+    ├── PoolBackendError       the platform of a pool's workers refused a request (Kubernetes)
     ├── MalformedMessage       a stream entry could not be decoded (it is dead-lettered)
     └── RemoteError            a remote MCP server (orchestrator/mcp/client.py)
         ├── RemoteUnavailable  could not be reached, refused the connection or the token
@@ -93,6 +94,16 @@ class ResultTimeout(MahavishnuError):
 
 class ExecutorError(MahavishnuError):
     """A pool's executor cannot run: a missing CLI, a command off the allow-list, a bad function."""
+
+
+class PoolBackendError(MahavishnuError):
+    """The platform a pool's workers run on refused or failed a request (e.g. the Kubernetes
+    API: conflict, invalid object, forbidden, not found); the message names the object, the
+    status and the platform's reason."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status of the API's answer (0: none, e.g. unreachable)
 
 
 class MalformedMessage(MahavishnuError):

@@ -2,7 +2,7 @@
 
     mahavishnu up [--demo]                 broker + orchestrator + a default pool, in one command
     mahavishnu orchestrator | worker | mcp  the long-running processes
-    mahavishnu pool spawn|list|exec|route|scale|close|close-all|health|monitor|search
+    mahavishnu pool spawn|list|exec|route|scale|close|close-all|health|monitor|search|logs
     mahavishnu task submit|status|result|cancel|dead-letters   (cli/tasks.py)
     mahavishnu top | inspect KEY | bench
 

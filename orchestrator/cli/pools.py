@@ -93,6 +93,16 @@ def pool_spawn(
     arq_on_job_timeout: Annotated[
         str | None, typer.Option(help="arq pools: an arq job timeout is retried or failed.")
     ] = None,
+    pool_id: Annotated[
+        str | None,
+        typer.Option(
+            "--id", help="Pool id (default: generated; a spawn of an existing id changes nothing)."
+        ),
+    ] = None,
+    options: Annotated[
+        str | None,
+        typer.Option(help='Backend options as JSON, e.g. \'{"kubernetes": {"namespace": "x"}}\'.'),
+    ] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once requested.")] = False,
     timeout: Annotated[float | None, typer.Option(help="Seconds to wait for running.")] = None,
     json_out: JsonOpt = False,
@@ -124,7 +134,9 @@ def pool_spawn(
                 functions=render.pairs(function, "--function"),
                 allowed_commands=allow_command or None,
                 max_queue=max_queue,
-                options=arq_options,
+                id=pool_id,
+                options={**(render.json_object(options, "--options") or {}), **(arq_options or {})}
+                or None,
             )
             if arq_options and spec.pool_type is not PoolType.ARQ:
                 given = ", ".join(f"--arq-{k.replace('_', '-')}" for k in arq_options)
@@ -405,6 +417,38 @@ async def close_all_with_progress(pools: PoolManager, timeout: float | None) -> 
 
         await asyncio.gather(*(close(pool_id) for pool_id in ids))
     return ids
+
+
+@pool_app.command("logs")
+def pool_logs(
+    pool_id: Annotated[str, typer.Argument(help="The pool whose workers' logs to show.")],
+    worker: Annotated[
+        str | None, typer.Option(help="One worker (a pod of a kubernetes pool); default: all.")
+    ] = None,
+    tail: Annotated[int, typer.Option(min=0, max=100_000, help="Last lines per worker.")] = 100,
+    json_out: JsonOpt = False,
+) -> None:
+    """Print the last lines the pool's workers wrote (kubernetes: pod logs via the API server;
+    local: the log files on this host)."""
+    from orchestrator.pools.logs import read_pool_logs
+
+    settings = cli_settings()
+
+    async def read() -> dict[str, list[str]]:
+        async with client(settings) as pools:
+            info = await pools.get_pool(pool_id)
+        return await read_pool_logs(settings, info.spec, worker, tail)
+
+    found = run_async(settings, read)
+    if json_out:
+        render.emit_json({"pool_id": pool_id, "workers": found})
+        return
+    out = render.stdout_console()
+    for worker_id, lines in found.items():
+        if len(found) > 1:
+            out.print(f"[bold]==> {worker_id} <==[/]")
+        for line in lines:
+            out.print(line, markup=False, highlight=False)
 
 
 @pool_app.command("health")

@@ -379,6 +379,19 @@ def pairs(values: list[str] | None, flag: str) -> dict[str, str]:
     return found
 
 
+def json_object(raw: str | None, flag: str) -> dict[str, Any] | None:
+    """A JSON object option (None when not given); InvalidRequest naming the flag otherwise."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"{flag}: not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{flag}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def json_value(raw: str) -> Any:
     """An `--arg` value: JSON when it parses (`3`, `[1, 2]`, `"x"`), else the bare string."""
     try:

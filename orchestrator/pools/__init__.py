@@ -1,6 +1,7 @@
 """Pool backends, one module each, registered by pool type (see `base.PoolBackend`).
 
-Only `local` exists so far; a pool of an unregistered type fails at spawn with the reason.
+`local` and `kubernetes` exist so far; a pool of an unregistered type fails at spawn with the
+reason.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from orchestrator.pools.arq import ArqBackend
 from orchestrator.pools.base import PoolBackend, Sweep
+from orchestrator.pools.kubernetes import KubernetesBackend
 from orchestrator.pools.local import LocalBackend
 from shared.config import Settings
 from shared.models import PoolType
@@ -20,6 +22,7 @@ BackendFactory = Callable[[Settings, Path, str, Callable[[], None]], PoolBackend
 BACKENDS: dict[PoolType, BackendFactory] = {
     PoolType.LOCAL: LocalBackend,
     PoolType.ARQ: ArqBackend,
+    PoolType.KUBERNETES: KubernetesBackend,
 }
 
 
