@@ -25,7 +25,8 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from rich.console import Console
 
-from bench import arq_bench, ours, raw
+from bench import arq_bench, bullmq_bench, mixed, ours, raw
+from bench.bullmq_section import bullmq_section
 from bench.config import ROOT, RunConfig
 from bench.report import (
     Report,
@@ -128,6 +129,28 @@ def method_notes(cfg: RunConfig) -> list[str]:
         "it when its result is written); latency polls `Job.result` every 5 ms. arq's default "
         f"worker polls every 0.5 s, so its figures use {cfg.arq_tasks:,} jobs and "
         f"{cfg.arq_latency_round_trips} round trips.",
+        "BullMQ (`bench/bullmq_bench.py`, `bench/bullmq/*.cjs`): npm `bullmq` "
+        f"{bullmq_bench.BULLMQ_VERSION} with ioredis {bullmq_bench.IOREDIS_VERSION} in a Node "
+        f"environment the harness creates (`{_shown(cfg.bullmq_dir)}`); worker processes "
+        "(`new Worker`, every option default but `concurrency`: 10, the figure the targets use, "
+        "and 1, BullMQ's default) run the same no-op job (an async function returning null). "
+        f"The client (a Node process) adds jobs with `addBulk` in batches of "
+        f"{bullmq_bench.ENQUEUE_BATCH}, job options default (completed jobs are kept, as our "
+        "results are); throughput ends when the completed set holds every job (ZCARD polled "
+        "every 2 ms); latency awaits each job with `job.waitUntilFinished(QueueEvents)`. CPU "
+        "per job is read by the client at the start and end of the timed part: its own, the "
+        "worker processes' (`/proc/<pid>/stat`) and Redis's (`INFO cpu`).",
+        f"Mixed (`bench/mixed.py`): {cfg.mixed_tasks} tasks, 9 in 10 sleeping "
+        f"{mixed.SHORT_S * 1000:.0f} ms and 1 in 10 sleeping {mixed.LONG_S:g} s, shuffled with "
+        f"seed {mixed.SEED}, submitted at once (ours: one `submit_many` to a pool; BullMQ: one "
+        f"`addBulk`) to {mixed.WORKERS} worker processes x {mixed.SLOTS_PER_WORKER} slots; the "
+        "makespan runs from the submit to the last result, against its lower bound: total "
+        "work / slots, or the longest task if longer. Ours sleeps with the `python` pool's "
+        "built-in `sleep`, BullMQ with `timers/promises` setTimeout.",
+        f"Start-up: {cfg.startup_spawns} new local pools (1 worker process each) spawned in "
+        "turn on a running orchestrator; each figure is the time from `spawn_pool` returning "
+        "(it returns once the pool runs) to the result of one `execute_on_pool` no-op sent "
+        "at once; the median is reported, with the slowest.",
         "Ours (`bench/ours.py`): an orchestrator process (`python -m orchestrator orchestrator`) "
         f"spawns local `python` pools (concurrency {c}, max_queue raised so no QueueFull) whose "
         "worker processes it starts; the client is `PoolManager` in the harness process. Direct "
@@ -365,13 +388,13 @@ class Runner:
 
     # ------------------------------------------------------------------------ ours
 
-    def cluster(self, name: str) -> ours.Cluster:
+    def cluster(self, name: str, concurrency: int | None = None) -> ours.Cluster:
         """A fresh cluster (orchestrator + pools) under its own prefix."""
         return ours.Cluster(
             self.url,
             self.prefix(name),
             self.work / name,
-            concurrency=self.cfg.concurrency,
+            concurrency=concurrency or self.cfg.concurrency,
         )
 
     async def ours_section(self) -> None:
@@ -430,10 +453,36 @@ class Runner:
                 )
 
             await self._guarded("backlog", backlog)
+        if want("mixed", "ours"):
+            durations = mixed.plan(cfg.mixed_tasks)
 
-    async def _guarded(self, name: str, body: Callable[[ours.Cluster], Awaitable[None]]) -> None:
+            async def mixed_run(cluster: ours.Cluster) -> None:
+                await self.measure(
+                    "mixed/direct",
+                    f"1 pool, {mixed.WORKERS} worker processes x {mixed.SLOTS_PER_WORKER}",
+                    partial(mixed.ours, cluster, durations, timeout=cfg.scenario_timeout),
+                )
+
+            await self._guarded("mixed", mixed_run, concurrency=mixed.SLOTS_PER_WORKER)
+        if want("startup", "ours"):
+
+            async def startup(cluster: ours.Cluster) -> None:
+                await self.measure(
+                    "startup/direct",
+                    f"{cfg.startup_spawns} new local pools in turn",
+                    partial(mixed.first_result, cluster, spawns=cfg.startup_spawns),
+                )
+
+            await self._guarded("startup", startup)
+
+    async def _guarded(
+        self,
+        name: str,
+        body: Callable[[ours.Cluster], Awaitable[None]],
+        concurrency: int | None = None,
+    ) -> None:
         try:
-            async with self.cluster(name.replace(" ", "-")) as cluster:
+            async with self.cluster(name.replace(" ", "-"), concurrency) as cluster:
                 await body(cluster)
         except Exception as exc:  # the cluster could not start: say so and go on
             reason = f"{name}: {type(exc).__name__}: {exc}"[:500]
@@ -598,12 +647,15 @@ class Runner:
                     "pydantic": _version("pydantic"),
                     "project": f"{_version('mahavishnu-pools')} at {_git_commit()}",
                     "arq": "not measured",
+                    "bullmq": "not measured",
                 }
             )
             if "raw" in cfg.systems:
                 await self.raw_section()
             if "arq" in cfg.systems:
                 await self.arq_section()
+            if "bullmq" in cfg.systems:
+                await bullmq_section(self)
             if "ours" in cfg.systems:
                 await self.ours_section()
         finally:
