@@ -28,15 +28,14 @@ from rich.console import Console
 from bench import arq_bench, bullmq_bench, mixed, ours, raw
 from bench.bullmq_section import bullmq_section
 from bench.config import ROOT, RunConfig
+from bench.page import write_markdown
 from bench.report import (
     Report,
-    evaluate,
     load_json,
     memory_figures,
     print_report,
     result_text,
     write_json,
-    write_markdown,
 )
 from bench.stats import Figure, client, unavailable
 from orchestrator.broker import EmbeddedBroker, free_port, start_redis_server
@@ -681,7 +680,7 @@ class Runner:
             "notes": cfg.notes,
         }
         report = Report(meta, cfg.describe(), figures)
-        report.targets = evaluate(report)
+        report.judge()
         return report
 
 
