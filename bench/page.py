@@ -232,7 +232,7 @@ def _load_warning(machine: dict[str, object]) -> list[str]:
         return []
     return [
         "",
-        f"> **Noisy run:** the machine's load average reached {worst:.1f} (above "
+        f"> **Noisy run:** the machine's load average reached {worst:.2f} (above "
         f"{QUIET_LOAD:g} on {machine.get('cores', '?')} cores) while it ran, so other work "
         "competed for the CPU; regenerate these figures on a quiet machine before relying "
         "on them.",
