@@ -96,7 +96,7 @@ def ensure_bullmq_env(folder: Path) -> BullmqEnv:
         step = [npm, "install", "--no-audit", "--no-fund", "--loglevel=error"]
         try:
             done = subprocess.run(
-                step, cwd=folder, capture_output=True, text=True, timeout=300, check=False
+                step, cwd=folder, capture_output=True, text=True, timeout=120, check=False
             )
         except (OSError, subprocess.SubprocessError) as exc:
             raise BullmqUnavailable(f"`npm install` in {folder} failed: {exc}") from None

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from bench import mixed
+from bench.bullmq_bench import BullmqUnavailable, ensure_bullmq_env
 from bench.report import Report
 from bench.stats import Figure, drain_values, percentile
 from bench.targets import Target, evaluate
@@ -261,3 +262,13 @@ def test_issue15_targets_compare_with_bullmq() -> None:
     assert targets["Mixed workload makespan <= BullMQ's"].passed is True
     first = "A new local pool answers its first task within 0.5 s of spawn_pool returning"
     assert targets[first].passed is None and targets[first].margin == "not measured in this run"
+
+
+@pytest.mark.unit
+def test_bullmq_without_node_is_unavailable_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(BullmqUnavailable, match="node and npm not found on PATH"):
+        ensure_bullmq_env(tmp_path / "env")
+    assert not (tmp_path / "env").exists()
