@@ -1,4 +1,4 @@
-"""The benchmark harness: raw Redis ceiling, arq baseline and Mahavishnu pools, side by side.
+"""The benchmark harness: raw Redis ceiling, arq, BullMQ and Mahavishnu pools, side by side.
 
     python -m bench                  # the full run (a few minutes on 2 cores)
     python -m bench --quick          # every scenario at 5% of its size
@@ -10,6 +10,10 @@ and written to the terminal, `bench/results/latest.json` and `docs/benchmarks.md
 
 Modules: `config` (what a run measures), `stats` (timing, processes, Redis), `raw` and
 `raw_consumer` (the ceiling), `arq_bench` with `arq_client` / `arq_worker` (the arq baseline,
-run in a virtual environment of its own), `ours` (the pools), `report` (table, JSON, Markdown,
-targets) and `runner` (the order of a run).
+run in a virtual environment of its own), `bullmq_bench` and `bullmq_section` with
+`bullmq/worker.cjs` / `bullmq/client.cjs` (BullMQ, in a Node environment the harness makes with
+npm), `ours` (the pools), `mixed` (the mixed-duration workload and a new pool's first result),
+`targets` / `targets15` (issue 5's and issue 15's targets judged), `report` (terminal tables,
+JSON), `page` (the Markdown page), `method` (machine, versions, how each figure is measured)
+and `runner` (the order of a run).
 """

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench.config import (
     DEFAULT_ARQ_VENV,
+    DEFAULT_BULLMQ_DIR,
     DEFAULT_JSON,
     DEFAULT_MARKDOWN,
     SCENARIOS,
@@ -43,7 +44,7 @@ def parse(argv: list[str]) -> RunConfig:
     """The run's options from the command line."""
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark Mahavishnu pools against the raw Redis ceiling and arq.",
+        description="Benchmark Mahavishnu pools against the raw Redis ceiling, arq and BullMQ.",
     )
     parser.add_argument(
         "--scale", type=float, default=1.0, help="multiply every task count (default 1.0)"
@@ -82,6 +83,12 @@ def parse(argv: list[str]) -> RunConfig:
     parser.add_argument("--no-markdown", action="store_true", help="do not write the page")
     parser.add_argument("--arq-venv", type=Path, default=DEFAULT_ARQ_VENV, help="arq's own venv")
     parser.add_argument("--no-arq-tuned", action="store_true", help="skip the tuned arq rows")
+    parser.add_argument(
+        "--bullmq-dir",
+        type=Path,
+        default=DEFAULT_BULLMQ_DIR,
+        help="the Node environment (npm bullmq) the harness creates for BullMQ",
+    )
     parser.add_argument(
         "--from-json",
         type=Path,
@@ -123,6 +130,7 @@ def parse(argv: list[str]) -> RunConfig:
         markdown_path=None if args.no_markdown else args.markdown,
         arq_venv=args.arq_venv.resolve(),
         arq_tuned=not args.no_arq_tuned,
+        bullmq_dir=args.bullmq_dir.resolve(),
         scenario_timeout=args.timeout,
         command=command_line(argv),
     )

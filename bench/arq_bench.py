@@ -13,6 +13,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,8 +108,18 @@ def ensure_arq_env(venv: Path) -> ArqEnv:
 class ArqWorkers:
     """arq worker processes on one queue."""
 
-    def __init__(self, env: ArqEnv, url: str, queue: str, log_dir: Path, *, tuned: bool) -> None:
+    def __init__(
+        self,
+        env: ArqEnv,
+        url: str,
+        queue: str,
+        log_dir: Path,
+        *,
+        tuned: bool,
+        max_jobs: int | None = None,
+    ) -> None:
         self.env = env
+        self.max_jobs = max_jobs
         self.url = url
         self.queue = queue
         self.log_dir = log_dir
@@ -120,6 +131,8 @@ class ArqWorkers:
         for i in range(n):
             args = [str(self.env.python), str(WORKER_SCRIPT), "--url", self.url]
             args += ["--queue", self.queue] + (["--tuned"] if self.tuned else [])
+            if self.max_jobs is not None:
+                args += ["--max-jobs", str(self.max_jobs)]
             proc = await start_process(
                 args,
                 env=child_env(),
@@ -252,3 +265,29 @@ async def latency(
         unit="ms p50",
         values=values,
     )
+
+
+async def mixed(
+    env: ArqEnv,
+    url: str,
+    queue: str,
+    log_dir: Path,
+    *,
+    plan_s: Sequence[float],
+    workers: int,
+    slots: int,
+    timeout: float,
+) -> float:
+    """Seconds from enqueueing the plan's `sleep_ms` jobs until arq's queue is empty."""
+    pool = ArqWorkers(env, url, queue, log_dir, tuned=False, max_jobs=slots)
+    try:
+        await pool.start(workers)
+        plan = ",".join(str(round(s * 1000)) for s in plan_s)
+        data = await _client(
+            env, ["mixed", "--url", url, "--queue", queue, "--plan", plan], timeout
+        )
+    finally:
+        await pool.stop()
+    if int(data["results"]) != len(plan_s):
+        raise RuntimeError(f"arq wrote {data['results']} results for {len(plan_s)} jobs")
+    return float(data["seconds"])

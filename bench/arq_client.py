@@ -2,6 +2,7 @@
 
     <arq-venv>/bin/python bench/arq_client.py throughput --url URL --queue Q --n N [--batch B]
     <arq-venv>/bin/python bench/arq_client.py latency --url URL --queue Q --n N
+    <arq-venv>/bin/python bench/arq_client.py mixed --url URL --queue Q --plan 20,1000,...
     <arq-venv>/bin/python bench/arq_client.py versions
 
 Prints one JSON document on its last line of stdout. arq has no batch enqueue, so a batch is
@@ -91,6 +92,20 @@ async def latency(url: str, queue: str, n: int, warmup: int) -> dict[str, Any]:
     return {"samples": samples}
 
 
+async def mixed(url: str, queue: str, plan: list[int]) -> dict[str, Any]:
+    """`sleep_ms` jobs of these milliseconds, enqueued at once; seconds until the queue is empty."""
+    redis = await create_pool(RedisSettings.from_dsn(url), default_queue_name=queue)
+    try:
+        began = time.perf_counter()
+        jobs = await asyncio.gather(*(redis.enqueue_job("sleep_ms", ms) for ms in plan))
+        await _drained(redis, queue, 1800)
+        seconds = time.perf_counter() - began
+        results = await _forget(redis, [job.job_id for job in jobs])
+    finally:
+        await redis.aclose()
+    return {"tasks": len(plan), "seconds": seconds, "results": results}
+
+
 def versions() -> dict[str, Any]:
     """arq's version and the redis-py it runs on."""
     import arq.version  # type: ignore[import-not-found,unused-ignore]
@@ -102,17 +117,23 @@ def versions() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Run one measurement and print its JSON."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("what", choices=["throughput", "latency", "versions"])
+    parser.add_argument("what", choices=["throughput", "latency", "mixed", "versions"])
     parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--queue", default="arq:queue")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=0)
+    parser.add_argument(
+        "--plan", default="", help="milliseconds of each mixed job, comma-separated"
+    )
     args = parser.parse_args(argv)
     if args.what == "versions":
         out = versions()
     elif args.what == "throughput":
         out = asyncio.run(throughput(args.url, args.queue, args.n, args.batch, args.warmup))
+    elif args.what == "mixed":
+        plan = [int(ms) for ms in args.plan.split(",") if ms.strip()]
+        out = asyncio.run(mixed(args.url, args.queue, plan))
     else:
         out = asyncio.run(latency(args.url, args.queue, args.n, args.warmup))
     print(json.dumps(out), flush=True)

@@ -9,12 +9,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 """The project folder (the parent of `bench/`)."""
 
-SCENARIOS = ("throughput", "latency", "concurrency", "backlog", "fanout")
-SYSTEMS = ("raw", "arq", "ours")
+SCENARIOS = ("throughput", "latency", "concurrency", "backlog", "fanout", "mixed", "startup")
+SYSTEMS = ("raw", "arq", "bullmq", "ours")
 
 DEFAULT_JSON = ROOT / "bench" / "results" / "latest.json"
 DEFAULT_MARKDOWN = ROOT / "docs" / "benchmarks.md"
 DEFAULT_ARQ_VENV = ROOT / ".mahavishnu" / "bench-arq-venv"
+DEFAULT_BULLMQ_DIR = ROOT / ".mahavishnu" / "bench-bullmq"
 
 # Sizes of a full run (scale 1.0). Each is multiplied by --scale, with the floor beside it.
 BASE_TASKS = 20_000  # throughput: tasks submitted in batches
@@ -23,6 +24,8 @@ BASE_CLIENT_ROUNDS = 25  # concurrency: sequential round trips per client
 BASE_BACKLOG = 100_000  # backlog: tasks queued before the workers start
 BASE_ARQ_TASKS = 4_000  # arq throughput (its default worker polls every 0.5 s: ~200 jobs/s)
 BASE_ARQ_LATENCY = 30  # arq round trips (each waits for the worker's 0.5 s poll)
+BASE_MIXED = 400  # mixed: tasks of the mixed-duration plan (9 in 10 short, 1 in 10 long)
+STARTUP_SPAWNS = 3  # startup: new pools spawned in turn (the median is the figure)
 WARMUP = 200  # untimed tasks before each timed throughput/latency figure
 
 
@@ -44,6 +47,7 @@ class RunConfig:
     markdown_path: Path | None = DEFAULT_MARKDOWN
     arq_venv: Path = DEFAULT_ARQ_VENV
     arq_tuned: bool = True
+    bullmq_dir: Path = DEFAULT_BULLMQ_DIR
     repeat: int = 3
     rerender: Path | None = None
     scenario_timeout: float = 300.0
@@ -90,6 +94,16 @@ class RunConfig:
         return self.count(BASE_LATENCY // 5, 10)
 
     @property
+    def mixed_tasks(self) -> int:
+        """Tasks of the mixed-duration plan (a multiple of 10: one in ten is long)."""
+        return max(40, round(BASE_MIXED * self.scale / 10) * 10)
+
+    @property
+    def startup_spawns(self) -> int:
+        """New pools of the start-up figure (one per repeat, at most `STARTUP_SPAWNS`)."""
+        return max(1, min(STARTUP_SPAWNS, self.repeat))
+
+    @property
     def warmup(self) -> int:
         """Untimed tasks before a timed figure."""
         return min(WARMUP, max(10, self.tasks // 10))
@@ -116,6 +130,8 @@ class RunConfig:
             "arq_tasks": self.arq_tasks,
             "arq_latency_round_trips": self.arq_latency_round_trips,
             "arq_tuned_latency_round_trips": self.arq_tuned_latency_round_trips,
+            "mixed_tasks": self.mixed_tasks,
+            "startup_spawns": self.startup_spawns,
             "warmup_tasks": self.warmup,
             "throughput_repeats": self.repeat,
         }

@@ -1,18 +1,16 @@
-"""One run of the harness: a private Redis, the three systems in turn, then the report.
+"""One run of the harness: a private Redis, each system in turn, then the report.
 
-The order is raw ceiling, arq, then the pools; each figure is measured under a key prefix (or
-arq queue) of its own and its keys are deleted afterwards, so no figure sees another's data. A
-figure that fails is reported with the reason and the run goes on.
+The order is raw ceiling, arq, BullMQ, then the pools; each figure is measured under a key
+prefix (or arq queue) of its own and its keys are deleted afterwards, so no figure sees
+another's data. A figure that fails is reported with the reason and the run goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,17 +24,18 @@ from redis.asyncio.cluster import RedisCluster
 from rich.console import Console
 from rich.progress import Progress
 
-from bench import arq_bench, ours, raw
-from bench.config import ROOT, RunConfig
+from bench import arq_bench, mixed, ours, raw
+from bench.bullmq_section import bullmq_section
+from bench.config import RunConfig
+from bench.method import git_commit, machine_info, method_notes, version
+from bench.page import write_markdown
 from bench.report import (
     Report,
-    evaluate,
     load_json,
     memory_figures,
     print_report,
     result_text,
     write_json,
-    write_markdown,
 )
 from bench.stats import Figure, client, unavailable
 from orchestrator.broker import EmbeddedBroker, free_port, start_redis_server
@@ -49,119 +48,6 @@ BASELINES = {
     "concurrency": "concurrency/raw",
     "backlog": "backlog/raw",
 }
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores, memory and OS of this machine."""
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    memory = 0.0
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    memory = int(line.split()[1]) / (1024.0 * 1024.0)
-    except (OSError, ValueError):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": round(memory, 1),
-        "platform": platform.platform(),
-        "load_start": round(os.getloadavg()[0], 2),
-    }
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _git_commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    commit = head.stdout.strip() or "unknown"
-    return f"{commit} (with uncommitted changes)" if dirty.stdout.strip() else commit
-
-
-def _shown(path: Path) -> Path:
-    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
-
-
-def method_notes(cfg: RunConfig) -> list[str]:
-    """How each figure is measured, for the page."""
-    c = cfg.concurrency
-    return [
-        "Redis: a private `redis-server` (appendonly off, no RDB saves) on a free loopback port, "
-        "started by the harness (`orchestrator.broker.start_redis_server`), unless "
-        "`--redis-url` is given. Every system runs against it, one figure at a time, each under "
-        "its own key prefix or queue name, deleted afterwards.",
-        f"Raw ceiling (`bench/raw.py`, `bench/raw_consumer.py`): the producer (this process, "
-        f"redis-py asyncio + hiredis) XADDs pipelined batches of {cfg.batch}; each consumer "
-        f"process reads `XREADGROUP COUNT {c}` and answers each batch with one pipeline of "
-        "XADD replies + XACK + XDEL; the producer reads replies with blocking XREAD.",
-        "arq (`bench/arq_bench.py`): arq in its own virtual environment "
-        f"(`{_shown(cfg.arq_venv)}`), worker processes with arq's defaults "
-        f"({arq_bench.DEFAULTS}); a tuned row uses "
-        f"{arq_bench.TUNED}. arq has no batch enqueue: batches are {arq_bench.ENQUEUE_BATCH} "
-        "concurrent `enqueue_job` calls; throughput ends when arq's queue is empty (a job leaves "
-        "it when its result is written); latency polls `Job.result` every 5 ms. arq's default "
-        f"worker polls every 0.5 s, so its figures use {cfg.arq_tasks:,} jobs and "
-        f"{cfg.arq_latency_round_trips} round trips.",
-        "Ours (`bench/ours.py`): an orchestrator process (`python -m orchestrator orchestrator`) "
-        f"spawns local `python` pools (concurrency {c}, max_queue raised so no QueueFull) whose "
-        "worker processes it starts; the client is `PoolManager` in the harness process. Direct "
-        "= `submit_many(pool_id=...)` / `execute_on_pool`; routed = `submit_many()` / "
-        "`route_task` through the orchestrator (least_loaded). The task is `{'call': 'noop'}`. "
-        "All other settings are the defaults (heartbeat 1 s, supervision tick 0.5 s, worker "
-        "XREADGROUP block 1 s, route batch 200).",
-        f"Throughput: {cfg.tasks:,} tasks submitted in batches of {cfg.batch} while the workers "
-        "run; tasks/s from the first submit to the last result, after "
-        f"{cfg.warmup} untimed warm-up tasks; the median of {cfg.repeat} runs "
-        "(arq defaults: 1 run).",
-        f"Latency: {cfg.latency_round_trips:,} sequential round trips from one client, 1 worker "
-        "process; p50/p99 of submit-to-result times.",
-        f"Concurrency: {cfg.clients} clients (each its own `PoolManager` / reply stream) as "
-        f"asyncio tasks in one process, {cfg.client_rounds} sequential round trips each, 1 "
-        "worker process.",
-        f"Backlog: {cfg.backlog_tasks:,} tasks queued on a pool with no worker; Redis memory per "
-        "task = `INFO memory used_memory` delta / tasks (task hash + stream entry); then one "
-        "worker starts (`scale` 0 -> 1) and the drain rate is timed from the first result to "
-        "the last. Flatness = rate while the last fifth drained / rate of the first fifth.",
-        f"Fan-out: the routed figure of 2 pools x 1 worker process, then {cfg.fanout_pools - 2} "
-        f"more pools are spawned without workers and the same load is routed among "
-        f"{cfg.fanout_pools} pools. Each routing batch reads every pool's backlog and checks "
-        "every pool against every task; the idle pools are supervised every tick. 100 worker "
-        "processes would not fit 2 cores (each is a Python process of ~45 MB and its own "
-        "polling), and would measure process count rather than routing.",
-        "Memory: peak RSS (`VmHWM`) of the largest worker process and of the orchestrator at "
-        "the end of each throughput figure of the pools; the highest is reported.",
-        "CPU µs/task: CPU time of each process group during the timed part "
-        "(`/proc/<pid>/stat`, Redis `INFO cpu`) divided by tasks; `client` is the harness "
-        "process (or arq's client process). On 2 cores the busiest group bounds throughput.",
-    ]
 
 
 class Runner:
@@ -321,6 +207,9 @@ class Runner:
             keys.append(("latency/arq", "1 worker process, defaults"))
             if cfg.arq_tuned:
                 keys.append(("latency/arq-tuned", "1 worker process, tuned"))
+        if "mixed" in cfg.scenarios:
+            slots = f"{mixed.WORKERS} worker processes x max_jobs={mixed.SLOTS_PER_WORKER}"
+            keys.append(("mixed/arq", f"{slots}, the rest default"))
         if not keys:
             return
         self.log(f"arq: preparing its virtual environment in {cfg.arq_venv}")
@@ -355,6 +244,29 @@ class Runner:
                     )
 
                 await self.measure(key, setup, make_t, repeat=cfg.repeat if tuned else 1)
+            elif parts[0] == "mixed":
+                durations = mixed.plan(cfg.mixed_tasks)
+
+                async def make_m(q: str = queue, durations: list[float] = durations) -> Figure:
+                    makespan = await arq_bench.mixed(
+                        env,
+                        self.url,
+                        q,
+                        self.work,
+                        plan_s=durations,
+                        workers=mixed.WORKERS,
+                        slots=mixed.SLOTS_PER_WORKER,
+                        timeout=cfg.scenario_timeout,
+                    )
+                    return mixed.mixed_figure(
+                        "arq",
+                        durations,
+                        makespan,
+                        workers=mixed.WORKERS,
+                        slots=mixed.SLOTS_PER_WORKER,
+                    )
+
+                await self.measure(key, setup, make_m)
             else:
                 rounds = cfg.arq_tuned_latency_round_trips if tuned else cfg.arq_latency_round_trips
 
@@ -374,13 +286,13 @@ class Runner:
 
     # ------------------------------------------------------------------------ ours
 
-    def cluster(self, name: str) -> ours.Cluster:
+    def cluster(self, name: str, concurrency: int | None = None) -> ours.Cluster:
         """A fresh cluster (orchestrator + pools) under its own prefix."""
         return ours.Cluster(
             self.url,
             self.prefix(name),
             self.work / name,
-            concurrency=self.cfg.concurrency,
+            concurrency=concurrency or self.cfg.concurrency,
         )
 
     async def ours_section(self) -> None:
@@ -439,10 +351,36 @@ class Runner:
                 )
 
             await self._guarded("backlog", backlog)
+        if want("mixed", "ours"):
+            durations = mixed.plan(cfg.mixed_tasks)
 
-    async def _guarded(self, name: str, body: Callable[[ours.Cluster], Awaitable[None]]) -> None:
+            async def mixed_run(cluster: ours.Cluster) -> None:
+                await self.measure(
+                    "mixed/direct",
+                    f"1 pool, {mixed.WORKERS} worker processes x {mixed.SLOTS_PER_WORKER}",
+                    partial(mixed.ours, cluster, durations, timeout=cfg.scenario_timeout),
+                )
+
+            await self._guarded("mixed", mixed_run, concurrency=mixed.SLOTS_PER_WORKER)
+        if want("startup", "ours"):
+
+            async def startup(cluster: ours.Cluster) -> None:
+                await self.measure(
+                    "startup/direct",
+                    f"{cfg.startup_spawns} new local pools in turn",
+                    partial(mixed.first_result, cluster, spawns=cfg.startup_spawns),
+                )
+
+            await self._guarded("startup", startup)
+
+    async def _guarded(
+        self,
+        name: str,
+        body: Callable[[ours.Cluster], Awaitable[None]],
+        concurrency: int | None = None,
+    ) -> None:
         try:
-            async with self.cluster(name.replace(" ", "-")) as cluster:
+            async with self.cluster(name.replace(" ", "-"), concurrency) as cluster:
                 await body(cluster)
         except Exception as exc:  # the cluster could not start: say so and go on
             reason = f"{name}: {type(exc).__name__}: {exc}"[:500]
@@ -610,18 +548,21 @@ class Runner:
                 {
                     "python": platform.python_version(),
                     "redis_server": str(info.get("redis_version", "?")),
-                    "redis_py": _version("redis"),
-                    "hiredis": _version("hiredis"),
-                    "msgpack": _version("msgpack"),
-                    "pydantic": _version("pydantic"),
-                    "project": f"{_version('mahavishnu-pools')} at {_git_commit()}",
+                    "redis_py": version("redis"),
+                    "hiredis": version("hiredis"),
+                    "msgpack": version("msgpack"),
+                    "pydantic": version("pydantic"),
+                    "project": f"{version('mahavishnu-pools')} at {git_commit()}",
                     "arq": "not measured",
+                    "bullmq": "not measured",
                 }
             )
             if "raw" in cfg.systems:
                 await self.raw_section()
             if "arq" in cfg.systems:
                 await self.arq_section()
+            if "bullmq" in cfg.systems:
+                await bullmq_section(self)
             if "ours" in cfg.systems:
                 await self.ours_section()
         finally:
@@ -647,7 +588,7 @@ class Runner:
             "notes": cfg.notes,
         }
         report = Report(meta, cfg.describe(), figures)
-        report.targets = evaluate(report)
+        report.judge()
         return report
 
 
