@@ -16,6 +16,8 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.remote_config import RemoteSpec
+
 MAX_PROMPT_CHARS = 1_000_000
 MAX_ARGV_ITEMS = 256
 MAX_ARG_CHARS = 100_000
@@ -320,6 +322,7 @@ class PoolSpec(BaseModel):
     allowed_commands: list[str] = Field(default_factory=list)
     command_template: list[str] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    remote: RemoteSpec | None = None  # a delegated pool's remote MCP server (no secrets)
 
     @field_validator("pool_type", mode="before")
     @classmethod
@@ -360,6 +363,8 @@ class PoolSpec(BaseModel):
             )
         if self.worker_type is WorkerType.SHELL and not self.allowed_commands:
             raise ValueError("a 'shell' pool needs allowed_commands (the programs it may run)")
+        if self.pool_type is not PoolType.DELEGATED and self.remote is not None:
+            raise ValueError(f"remote is only for 'delegated' pools, not {self.pool_type}")
         return self
 
 
@@ -400,6 +405,7 @@ class PoolInfo(BaseModel):
     restarts: int = 0
     last_restart_at: float = 0.0
     last_restart_reason: str = ""
+    remote_health: str = ""  # a delegated pool: 'ok' or why its remote is not, as last probed
 
     @property
     def shown_status(self) -> str:

@@ -71,7 +71,13 @@ class Executor(Protocol):
 
 
 def build_executor(spec: PoolSpec) -> Executor:
-    """The executor for `spec.worker_type`; raise ExecutorError if it cannot work on this host."""
+    """The executor for `spec.worker_type`; raise ExecutorError if it cannot work on this host.
+
+    A `delegated` pool's worker is a bridge: its executor forwards tasks to the pool's remote."""
+    if spec.remote is not None:  # only delegated pools have one (PoolSpec checks)
+        from orchestrator.pools.delegated_executor import RemoteExecutor
+
+        return RemoteExecutor(spec)
     if spec.worker_type is WorkerType.PYTHON:
         return PythonExecutor(spec)
     if spec.worker_type is WorkerType.SHELL:

@@ -53,6 +53,7 @@ class RemoteMCP:
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         headers: Mapping[str, str] | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
         self.url = url
         self._shown = redact_url(url)
@@ -60,6 +61,7 @@ class RemoteMCP:
         if token:
             self._headers["authorization"] = f"Bearer {token}"
         self._timeout = timeout
+        self._connect_timeout = timeout if connect_timeout is None else connect_timeout
         self._stack: AsyncExitStack | None = None
         self._client: Client | None = None
 
@@ -67,7 +69,10 @@ class RemoteMCP:
         stack = AsyncExitStack()
         try:
             http = await stack.enter_async_context(
-                httpx2.AsyncClient(headers=self._headers, timeout=httpx2.Timeout(self._timeout))
+                httpx2.AsyncClient(
+                    headers=self._headers,
+                    timeout=httpx2.Timeout(self._timeout, connect=self._connect_timeout),
+                )
             )
             self._client = await stack.enter_async_context(
                 Client(streamable_http_client(self.url, http_client=http))

@@ -1,6 +1,7 @@
 """Pool backends, one module each, registered by pool type (see `base.PoolBackend`).
 
-Only `local` exists so far; a pool of an unregistered type fails at spawn with the reason.
+`local` (worker processes) and `delegated` (bridges to a remote MCP server) exist; a pool of an
+unregistered type fails at spawn with the reason.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.pools.base import PoolBackend, Sweep
+from orchestrator.pools.delegated import DelegatedBackend
 from orchestrator.pools.local import LocalBackend
 from shared.config import Settings
 from shared.models import PoolType
@@ -18,6 +20,7 @@ BackendFactory = Callable[[Settings, Path, str, Callable[[], None]], PoolBackend
 
 BACKENDS: dict[PoolType, BackendFactory] = {
     PoolType.LOCAL: LocalBackend,
+    PoolType.DELEGATED: DelegatedBackend,
 }
 
 

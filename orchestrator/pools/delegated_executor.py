@@ -1,0 +1,212 @@
+"""The executor of a delegated pool's bridge: each task is forwarded to the pool's remote MCP
+server instead of being run here (README.md, "Delegated pools").
+
+A bridge is an ordinary worker process (`python -m worker`) of a `delegated` pool:
+`worker.executors.build_executor` gives it a `RemoteExecutor`, so it reads the pool's stream,
+marks tasks running, retries, dead-letters and acknowledges exactly like any worker. The
+executor holds one MCP session for the bridge (`RemoteSession`: re-opened after a failure, a
+call waits for it), and runs a task by the remote's kind:
+
+- `session-buddy`: `execute_on_pool(pool_id, prompt, context, timeout)`; `{"success": false,
+  "error": E}` is a task failure with E; a remote pool the remote lost (a restart) is created
+  again and the task sent again.
+- `mahavishnu` (federation): `task_submit` with an idempotency key, then `task_result` until
+  done. The key is `<task id>:<run>`, where run counts this bridge's runs of the task: a
+  submit repeated after a lost reply, or the run of a task that a dead bridge had started,
+  gets the remote's first task instead of a second run; a retry after a failure is a new run.
+- `tool`: the configured tool with the argument template filled in; the output (and an error,
+  if configured) is read at a dotted path of the reply.
+
+A task's timeout, a cancel and a drain cancel the run: the in-flight MCP call is cancelled (the
+SDK sends the cancellation), and a federated task is also cancelled on the remote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from orchestrator.pools.delegated_remote import (
+    RemoteSession,
+    at_path,
+    ensure_remote_pool,
+    json_reply,
+    remote_of,
+    remote_pool_id,
+    shape,
+    where,
+)
+from shared.errors import RemoteReplyError, RemoteToolError
+from shared.models import PoolSpec, TaskKind, TaskSpec
+from shared.remote_config import RemoteKind, fill_arguments
+from worker.executors import Outcome
+
+log = logging.getLogger("mahavishnu.delegated")
+
+RESULT_POLL = 20.0  # seconds one task_result call waits on a federated remote
+CANCEL_WAIT = 5.0  # seconds a federated run waits for the remote's task_cancel when cancelled
+MAX_RESUBMITS = 3  # a federated task found cancelled on the remote (not by this run) is resent
+_RUNS_KEPT = 100_000  # run counts remembered per bridge (oldest forgotten first)
+
+
+class RemoteExecutor:
+    """Runs a delegated pool's tasks on its remote (see the module docstring)."""
+
+    def __init__(self, spec: PoolSpec) -> None:
+        self.spec = spec
+        self.remote = remote_of(spec)
+        self.session = RemoteSession(spec)
+        self._runs: dict[str, int] = {}
+
+    async def run(self, task: TaskSpec) -> Outcome:
+        """Run one task on the remote; task failures come back in the Outcome."""
+        try:
+            if self.remote.kind is RemoteKind.MAHAVISHNU:
+                return await self._federated(task)
+            if task.prompt is None:
+                what = f"{where(self.spec)} of kind {self.remote.kind} runs prompt tasks only"
+                return Outcome(None, f"{what}, not {task.kind} tasks", retryable=False)
+            if self.remote.kind is RemoteKind.SESSION_BUDDY:
+                return await self._session_buddy(task, task.prompt)
+            return await self._tool(task, task.prompt)
+        except RemoteReplyError as exc:
+            return Outcome(None, str(exc), retryable=False)
+        except RemoteToolError as exc:
+            return Outcome(None, f"{where(self.spec)}: {exc}")
+
+    async def aclose(self) -> None:
+        """Close the session."""
+        await self.session.aclose()
+
+    def _unexpected(self, tool: str, reply: Any, problem: str = "") -> RemoteReplyError:
+        detail = f" ({problem})" if problem else ""
+        return RemoteReplyError(
+            f"{where(self.spec)}: {tool} answered in an unexpected shape{detail}: {shape(reply)}",
+            self.remote.url,
+        )
+
+    # ----------------------------------------------------------------- session-buddy
+
+    async def _session_buddy(self, task: TaskSpec, prompt: str) -> Outcome:
+        args = {
+            "pool_id": remote_pool_id(self.spec),
+            "prompt": prompt,
+            "context": {"task_id": task.id, "pool_id": self.spec.id},
+            "timeout": task.timeout,
+        }
+        for _ in range(2):  # a second time after re-creating a pool the remote lost
+            reply = json_reply(await self.session.call("execute_on_pool", args))
+            if not isinstance(reply, Mapping) or not isinstance(reply.get("success"), bool):
+                raise self._unexpected("execute_on_pool", reply, "no 'success' field")
+            if reply["success"]:
+                result = reply.get("result")
+                if isinstance(result, Mapping) and "response" in result:
+                    return Outcome(result["response"])
+                return Outcome(result)
+            error = str(reply.get("error") or "no error message")
+            if "not found" not in error.lower():
+                break
+            log.warning("%s: %s; creating it again", where(self.spec), error)
+            await ensure_remote_pool(self.session, self.spec)
+        return Outcome(None, f"{where(self.spec)}: execute_on_pool failed: {error}")
+
+    # ------------------------------------------------------------------------- tool
+
+    async def _tool(self, task: TaskSpec, prompt: str) -> Outcome:
+        tool = self.remote.tool or ""
+        arguments = fill_arguments(self.remote.arguments, prompt, task.id, task.timeout)
+        reply = json_reply(await self.session.call(tool, arguments))
+        if self.remote.error:
+            with contextlib.suppress(KeyError):
+                error = at_path(reply, self.remote.error)
+                if error not in (None, "", False):
+                    return Outcome(None, f"{where(self.spec)}: {tool} reported: {shape(error)}")
+        try:
+            return Outcome(at_path(reply, self.remote.output))
+        except KeyError as missing:
+            raise self._unexpected(
+                tool, reply, f"no {missing.args[0]!r} on the output path {self.remote.output!r}"
+            ) from None
+
+    # ------------------------------------------------------------------- federation
+
+    def _next_run(self, task_id: str) -> int:
+        run = self._runs.pop(task_id, 0) + 1
+        self._runs[task_id] = run  # re-inserted: the newest at the end
+        if len(self._runs) > _RUNS_KEPT:
+            del self._runs[next(iter(self._runs))]
+        return run
+
+    def _submit_args(self, task: TaskSpec, key: str) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "timeout": task.timeout,
+            "max_attempts": 1,  # each of our attempts is one run there; we retry
+            "idempotency_key": key,
+            "tags": [*task.tags[:30], f"from-pool:{self.spec.id}"],
+        }
+        if task.kind is TaskKind.PROMPT:
+            args["prompt"] = task.prompt
+        elif task.kind is TaskKind.COMMAND:
+            args["command"] = task.command
+        else:
+            args.update(call=task.call, args=task.args, kwargs=task.kwargs)
+        if self.remote.pool:
+            args["pool_id"] = self.remote.pool
+        return args
+
+    async def _federated(self, task: TaskSpec) -> Outcome:
+        remote_id: str | None = None
+        try:
+            for _ in range(MAX_RESUBMITS):
+                key = f"{task.id}:{self._next_run(task.id)}"
+                submitted = json_reply(
+                    await self.session.call("task_submit", self._submit_args(task, key))
+                )
+                if not isinstance(submitted, Mapping) or not submitted.get("task_id"):
+                    raise self._unexpected("task_submit", submitted, "no task_id")
+                remote_id = str(submitted["task_id"])
+                result = await self._await_remote(remote_id)
+                if result.get("status") != "cancelled" or submitted.get("status") != "cancelled":
+                    return self._outcome(remote_id, result)
+                # cancelled before this run submitted it: an earlier run's, cancelled with it
+                remote_id = None
+            return Outcome(None, f"{where(self.spec)}: the remote keeps cancelling task {task.id}")
+        except asyncio.CancelledError:
+            if remote_id is not None:
+                await self._cancel_remote(remote_id)
+            raise
+
+    async def _await_remote(self, remote_id: str) -> Mapping[str, Any]:
+        wait = min(RESULT_POLL, max(1.0, self.remote.call_timeout - 5))
+        while True:
+            result = json_reply(
+                await self.session.call("task_result", {"task_id": remote_id, "timeout": wait})
+            )
+            if not isinstance(result, Mapping) or not isinstance(result.get("done"), bool):
+                raise self._unexpected("task_result", result, "no 'done' field")
+            if result["done"]:
+                return result
+
+    def _outcome(self, remote_id: str, result: Mapping[str, Any]) -> Outcome:
+        status = str(result.get("status"))
+        code = result.get("exit_code")
+        exit_code = code if isinstance(code, int) else None
+        if status == "completed":
+            return Outcome(result.get("output"), None, exit_code)
+        error = result.get("error") or result.get("message") or "no reason given"
+        what = f"{where(self.spec)}: remote task {remote_id} {status}: {error}"
+        return Outcome(result.get("output"), what, exit_code, retryable=status != "cancelled")
+
+    async def _cancel_remote(self, remote_id: str) -> None:
+        """Cancel the remote task (bounded, best effort) while our run is being cancelled."""
+        call = asyncio.ensure_future(self.session.call("task_cancel", {"task_id": remote_id}))
+        try:
+            await asyncio.wait_for(asyncio.shield(call), CANCEL_WAIT)
+        except asyncio.CancelledError:
+            call.cancel()
+        except Exception as exc:
+            call.cancel()
+            log.warning("%s: could not cancel remote task %s: %s", where(self.spec), remote_id, exc)

@@ -1,0 +1,289 @@
+"""One delegated pool's remote MCP server: a session kept open and re-opened, reply reading,
+and the checks the backend runs at spawn and as health probes.
+
+`RemoteSession` holds one `RemoteMCP` session (orchestrator/mcp/client.py) for a bridge. The
+SDK's client must be entered and left in one task, so a keeper task owns it; calls come from
+the tasks the bridge runs. A call that fails because the remote cannot be reached marks the
+session broken: the keeper re-opens it with backoff, and the call waits for it (the task's own
+timeout bounds the wait), so an outage delays tasks instead of failing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from orchestrator.mcp.client import RemoteMCP
+from shared.config import redact_url
+from shared.errors import RemoteReplyError, RemoteToolError, RemoteUnavailable
+from shared.models import PoolSpec
+from shared.remote_config import RemoteKind, RemoteSpec
+
+log = logging.getLogger("mahavishnu.delegated")
+
+REOPEN_BACKOFF_BASE, REOPEN_BACKOFF_MAX = 0.2, 5.0
+
+
+class ToolCaller(Protocol):
+    """What calls a remote's tools: a RemoteMCP session, or a bridge's RemoteSession."""
+
+    async def call(self, tool: str, arguments: Mapping[str, Any]) -> Any:
+        """Call `tool` and return its reply."""
+
+
+def remote_of(spec: PoolSpec) -> RemoteSpec:
+    """The pool's remote (a delegated pool always has one: PoolSpec checks it)."""
+    if spec.remote is None:
+        raise ValueError(f"pool {spec.id} has no remote")
+    return spec.remote
+
+
+def remote_pool_id(spec: PoolSpec) -> str:
+    """The id of the pool a session-buddy remote keeps for this pool (stable, so a pool the
+    remote lost with a restart is re-created under the same id)."""
+    return f"mahavishnu-{spec.id}"
+
+
+def where(spec: PoolSpec) -> str:
+    """'pool P (remote URL)': how errors name a delegated pool and its remote."""
+    return f"pool {spec.id} (remote {redact_url(remote_of(spec).url)})"
+
+
+def json_reply(value: Any) -> Any:
+    """A tool's reply as JSON data: text that holds JSON is parsed, and a structured result
+    that only wraps such text (`{"result": "<json>"}`) is unwrapped."""
+    if isinstance(value, Mapping) and set(value) == {"result"} and isinstance(value["result"], str):
+        value = value["result"]
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return json.loads(value)
+    return value
+
+
+def at_path(reply: Any, path: str) -> Any:
+    """The value at a dotted path of a JSON reply; KeyError naming the missing step."""
+    value = reply
+    for step in path.split(".") if path else []:
+        if isinstance(value, Mapping) and step in value:
+            value = value[step]
+        elif isinstance(value, list) and step.isdigit() and int(step) < len(value):
+            value = value[int(step)]
+        else:
+            raise KeyError(step)
+    return value
+
+
+def shape(value: Any, limit: int = 200) -> str:
+    """A short rendering of a reply for an error message."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class RemoteSession:
+    """One MCP session with a pool's remote, re-opened after failures (see the module doc)."""
+
+    def __init__(self, spec: PoolSpec) -> None:
+        self.spec = spec
+        self.remote = remote_of(spec)
+        self._client: RemoteMCP | None = None
+        self._ready = asyncio.Event()
+        self._broken = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._keeper: asyncio.Task[None] | None = None
+        self.last_error = ""
+
+    def _start(self) -> None:
+        if self._keeper is None:
+            self._keeper = asyncio.create_task(self._keep(), name=f"remote-{self.spec.id}")
+
+    async def _keep(self) -> None:
+        backoff = REOPEN_BACKOFF_BASE
+        while not self._closed.is_set():
+            try:
+                client = RemoteMCP(
+                    self.remote.url,
+                    token=self.remote.token(),
+                    timeout=self.remote.call_timeout,
+                    connect_timeout=self.remote.connect_timeout,
+                )
+                await client.__aenter__()
+                try:
+                    self._client = client
+                    self._ready.set()
+                    if self.last_error:
+                        log.info("%s: connected again", where(self.spec))
+                    self.last_error = ""
+                    backoff = REOPEN_BACKOFF_BASE
+                    await _first(self._broken, self._closed)
+                finally:
+                    self._ready.clear()
+                    self._client = None
+                    with contextlib.suppress(Exception):
+                        await client.__aexit__(None, None, None)
+            except asyncio.CancelledError:
+                if self._closed.is_set():
+                    return
+                raise
+            except Exception as exc:  # ValueError (token), RemoteUnavailable
+                reason = str(exc) or type(exc).__name__
+                if reason != self.last_error:
+                    log.warning("%s: cannot connect: %s", where(self.spec), reason)
+                self.last_error = reason
+            self._broken.clear()
+            if self._closed.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), backoff)
+            backoff = min(backoff * 2, REOPEN_BACKOFF_MAX)
+
+    async def call(self, tool: str, arguments: Mapping[str, Any]) -> Any:
+        """Call a tool, waiting (however long the caller lets it) while the remote cannot be
+        reached; RemoteToolError when the tool answers with an error."""
+        self._start()
+        while True:
+            await self._ready.wait()
+            client = self._client
+            if client is None:
+                continue
+            try:
+                return await client.call(tool, arguments)
+            except RemoteUnavailable as exc:
+                self._mark_broken(str(exc))
+            except RemoteToolError:
+                raise
+            except Exception as exc:  # a transport failure the SDK did not wrap
+                self._mark_broken(f"{type(exc).__name__}: {exc}")
+
+    def _mark_broken(self, reason: str) -> None:
+        if self._client is not None:
+            log.warning("%s: call failed, reconnecting: %s", where(self.spec), reason)
+            self.last_error = reason
+        self._ready.clear()
+        self._broken.set()
+
+    async def aclose(self) -> None:
+        """Close the session and stop re-opening it."""
+        self._closed.set()
+        if self._keeper is not None:
+            try:
+                await asyncio.wait_for(self._keeper, 10)
+            except (TimeoutError, asyncio.CancelledError):
+                self._keeper.cancel()
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+
+
+# ------------------------------------------------------------------ spawn checks and probes
+
+
+async def ensure_remote_pool(remote: ToolCaller, spec: PoolSpec) -> None:
+    """Create the session-buddy pool of this pool (`create_pool`) unless it exists already;
+    RemoteReplyError naming the pool, the remote and the problem when it cannot be made."""
+    spec_remote = remote_of(spec)
+    pool_id = remote_pool_id(spec)
+    args: dict[str, Any] = {
+        "pool_id": pool_id,
+        "backend": spec_remote.backend,
+        "reflect_tasks": spec_remote.reflect_tasks,
+    }
+    if spec_remote.model:
+        args["model"] = spec_remote.model
+    reply = json_reply(await remote.call("create_pool", args))
+    if not isinstance(reply, Mapping) or not isinstance(reply.get("success"), bool):
+        raise RemoteReplyError(
+            f"{where(spec)}: create_pool answered in an unexpected shape: {shape(reply)}",
+            spec_remote.url,
+        )
+    if reply["success"] or "exist" in str(reply.get("error", "")).lower():
+        return
+    raise RemoteReplyError(
+        f"{where(spec)}: create_pool failed: {reply.get('error')}", spec_remote.url
+    )
+
+
+async def pool_health(remote: ToolCaller, spec: PoolSpec) -> str:
+    """'' when the session-buddy pool is healthy, else why not (re-creating it when the
+    remote lost it, e.g. after a restart)."""
+    reply = json_reply(await remote.call("check_pool_health", {"pool_id": remote_pool_id(spec)}))
+    try:
+        details = at_path(reply, "health.pool_details")
+    except KeyError:
+        if isinstance(reply, Mapping) and reply.get("success") is False:
+            await ensure_remote_pool(remote, spec)
+            return ""
+        return f"check_pool_health answered in an unexpected shape: {shape(reply)}"
+    name = remote_pool_id(spec)
+    mine = [d for d in details if isinstance(d, Mapping) and d.get("pool_id") == name]
+    if not mine:
+        await ensure_remote_pool(remote, spec)  # the remote restarted and forgot it
+        return ""
+    status = str(mine[0].get("status", ""))
+    return "" if status == "healthy" else f"remote pool {remote_pool_id(spec)} is {status}"
+
+
+async def check_remote(spec: PoolSpec, *, prepare: bool) -> str:
+    """Connect (initialize), check the token and the tools, ping, and for session-buddy make
+    sure the remote pool exists and is healthy. '' when all is well, else the problem, naming
+    the pool and the remote (never the token)."""
+    remote = remote_of(spec)
+    try:
+        token = remote.token()
+    except ValueError as exc:
+        return f"{where(spec)}: {exc}"
+    try:
+        async with asyncio.timeout(remote.connect_timeout + remote.call_timeout):
+            async with RemoteMCP(remote.url, token=token, timeout=remote.connect_timeout) as mcp:
+                names = await mcp.tool_names()
+                missing = [t for t in remote.required_tools() if t not in names]
+                if missing:
+                    listed = ", ".join(sorted(names)[:20]) or "none"
+                    return (
+                        f"{where(spec)}: the remote has no tool {', '.join(map(repr, missing))} "
+                        f"needed by kind {remote.kind} (it lists: {listed})"
+                    )
+                await mcp.client.send_ping()
+                if remote.kind is RemoteKind.SESSION_BUDDY:
+                    if prepare:
+                        await ensure_remote_pool(mcp, spec)
+                    problem = await pool_health(mcp, spec)
+                    if problem:
+                        return f"{where(spec)}: {problem}"
+    except TimeoutError:
+        return f"{where(spec)}: no answer within {remote.connect_timeout + remote.call_timeout:g} s"
+    except (RemoteUnavailable, RemoteToolError, RemoteReplyError) as exc:
+        text = str(exc)
+        if "HTTP 401" in text or "HTTP 403" in text:
+            how = f"token_env {remote.token_env}" if remote.token_env else "token_file"
+            if not (remote.token_env or remote.token_file):
+                how = "no token given: set --remote-token-env or --remote-token-file"
+            text += f" (the remote refused the token; {how})"
+        return text if text.startswith("pool ") else f"{where(spec)}: {text}"
+    except Exception as exc:  # a transport failure the SDK did not wrap
+        return f"{where(spec)}: {type(exc).__name__}: {exc}"
+    return ""
+
+
+async def delete_remote_pool(spec: PoolSpec) -> None:
+    """Delete the session-buddy pool of a closed pool (best effort: logged, never raised)."""
+    remote = remote_of(spec)
+    try:
+        async with asyncio.timeout(remote.connect_timeout + remote.call_timeout):
+            async with RemoteMCP(
+                remote.url, token=remote.token(), timeout=remote.connect_timeout
+            ) as mcp:
+                reply = json_reply(await mcp.call("delete_pool", {"pool_id": remote_pool_id(spec)}))
+        log.info("%s: delete_pool answered %s", where(spec), shape(reply))
+    except Exception as exc:
+        name = remote_pool_id(spec)
+        log.warning("%s: could not delete remote pool %s: %s", where(spec), name, exc)
