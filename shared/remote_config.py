@@ -9,8 +9,8 @@ bridge's host read when they connect, and a URL with a user or password in it is
 Kinds:
 - `session-buddy`: Session-Buddy 0.36's pool tools (`create_pool`, `execute_on_pool`,
   `check_pool_health`, `delete_pool`); the remote pool's id is `mahavishnu-<pool id>`.
-- `mahavishnu`: another deployment of this project through its MCP facade (`task_submit`,
-  `task_result`, `task_cancel`): federation.
+- `mahavishnu`: another deployment of this project through its MCP facade (`pool_execute` or
+  `pool_route_execute`, `task_result`, `task_cancel`): federation.
 - `tool`: any MCP tool: `tool`, an `arguments` template and an `output` path into the reply.
 """
 
@@ -41,7 +41,7 @@ class RemoteKind(StrEnum):
 
 REQUIRED_TOOLS: dict[RemoteKind, tuple[str, ...]] = {
     RemoteKind.SESSION_BUDDY: ("create_pool", "execute_on_pool", "check_pool_health"),
-    RemoteKind.MAHAVISHNU: ("task_submit", "task_result", "task_cancel"),
+    RemoteKind.MAHAVISHNU: ("pool_execute", "pool_route_execute", "task_result", "task_cancel"),
     RemoteKind.TOOL: (),  # the configured tool
 }
 """The tools a remote of each kind must list; checked when the pool starts."""

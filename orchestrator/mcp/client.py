@@ -26,7 +26,7 @@ import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import TextContent
+from mcp_types import CONNECTION_CLOSED, TextContent
 
 from shared.config import redact_url
 from shared.errors import RemoteToolError, RemoteUnavailable
@@ -124,6 +124,8 @@ class RemoteMCP:
         try:
             result = await self.client.call_tool(tool, dict(arguments or {}))
         except MCPError as exc:
+            if exc.code == CONNECTION_CLOSED:  # the transport lost the reply: not the tool's
+                raise self._unavailable(exc) from None
             raise RemoteToolError(
                 f"{tool} on {self._shown} failed: {exc}", self.url, tool
             ) from None

@@ -10,10 +10,11 @@ call waits for it), and runs a task by the remote's kind:
 - `session-buddy`: `execute_on_pool(pool_id, prompt, context, timeout)`; `{"success": false,
   "error": E}` is a task failure with E; a remote pool the remote lost (a restart) is created
   again and the task sent again.
-- `mahavishnu` (federation): `task_submit` with an idempotency key, then `task_result` until
-  done. The key is `<task id>:<run>`, where run counts this bridge's runs of the task: a
-  submit repeated after a lost reply, or the run of a task that a dead bridge had started,
-  gets the remote's first task instead of a second run; a retry after a failure is a new run.
+- `mahavishnu` (federation): `pool_execute` (to the configured remote pool) or
+  `pool_route_execute`, with an idempotency key, waiting a while; then `task_result` until
+  done. The key is `<task id>:<run>`, where run counts this bridge's runs of the task: a call
+  repeated after a lost reply, or the run of a task that a dead bridge had started, gets the
+  remote's first task instead of a second run; a retry after a failure is a new run.
 - `tool`: the configured tool with the argument template filled in; the output (and an error,
   if configured) is read at a dotted path of the reply.
 
@@ -60,6 +61,7 @@ class RemoteExecutor:
         self.remote = remote_of(spec)
         self.session = RemoteSession(spec)
         self._runs: dict[str, int] = {}
+        logging.getLogger("httpx2").setLevel(logging.WARNING)  # not a line per MCP request
 
     async def run(self, task: TaskSpec) -> Outcome:
         """Run one task on the remote; task failures come back in the Outcome."""
@@ -140,9 +142,10 @@ class RemoteExecutor:
             del self._runs[next(iter(self._runs))]
         return run
 
-    def _submit_args(self, task: TaskSpec, key: str) -> dict[str, Any]:
+    def _args(self, task: TaskSpec, key: str) -> dict[str, Any]:
         args: dict[str, Any] = {
             "timeout": task.timeout,
+            "wait": self._wait,
             "max_attempts": 1,  # each of our attempts is one run there; we retry
             "idempotency_key": key,
             "tags": [*task.tags[:30], f"from-pool:{self.spec.id}"],
@@ -158,37 +161,43 @@ class RemoteExecutor:
         return args
 
     async def _federated(self, task: TaskSpec) -> Outcome:
+        """`pool_execute` (or `pool_route_execute`) with the run's idempotency key: one call
+        runs the task and waits for it; a task not done within the wait is polled with
+        `task_result`. A repeated call (a lost reply) names the same remote task."""
+        tool = "pool_execute" if self.remote.pool else "pool_route_execute"
         remote_id: str | None = None
         try:
             for _ in range(MAX_RESUBMITS):
                 key = f"{task.id}:{self._next_run(task.id)}"
-                submitted = json_reply(
-                    await self.session.call("task_submit", self._submit_args(task, key))
-                )
-                if not isinstance(submitted, Mapping) or not submitted.get("task_id"):
-                    raise self._unexpected("task_submit", submitted, "no task_id")
-                remote_id = str(submitted["task_id"])
-                result = await self._await_remote(remote_id)
-                if result.get("status") != "cancelled" or submitted.get("status") != "cancelled":
-                    return self._outcome(remote_id, result)
-                # cancelled before this run submitted it: an earlier run's, cancelled with it
-                remote_id = None
+                result = self._checked(tool, await self.session.call(tool, self._args(task, key)))
+                remote_id = str(result["task_id"])
+                if result["done"] and result.get("status") == "cancelled":
+                    remote_id = None  # an earlier run's task, cancelled with that run: again
+                    continue
+                while not result["done"]:
+                    args = {"task_id": remote_id, "timeout": self._wait}
+                    result = self._checked(
+                        "task_result", await self.session.call("task_result", args)
+                    )
+                return self._outcome(remote_id, result)
             return Outcome(None, f"{where(self.spec)}: the remote keeps cancelling task {task.id}")
         except asyncio.CancelledError:
             if remote_id is not None:
                 await self._cancel_remote(remote_id)
             raise
 
-    async def _await_remote(self, remote_id: str) -> Mapping[str, Any]:
-        wait = min(RESULT_POLL, max(1.0, self.remote.call_timeout - 5))
-        while True:
-            result = json_reply(
-                await self.session.call("task_result", {"task_id": remote_id, "timeout": wait})
-            )
-            if not isinstance(result, Mapping) or not isinstance(result.get("done"), bool):
-                raise self._unexpected("task_result", result, "no 'done' field")
-            if result["done"]:
-                return result
+    @property
+    def _wait(self) -> float:
+        """Seconds one call waits for a remote task (within the call's own bound)."""
+        return min(RESULT_POLL, max(1.0, self.remote.call_timeout - 5))
+
+    def _checked(self, tool: str, reply: Any) -> Mapping[str, Any]:
+        result = json_reply(reply)
+        if not isinstance(result, Mapping) or not isinstance(result.get("done"), bool):
+            raise self._unexpected(tool, result, "no 'done' field")
+        if not result.get("task_id"):
+            raise self._unexpected(tool, result, "no task_id")
+        return result
 
     def _outcome(self, remote_id: str, result: Mapping[str, Any]) -> Outcome:
         status = str(result.get("status"))

@@ -17,6 +17,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+import httpx
+
 from orchestrator.mcp.client import RemoteMCP
 from shared.config import redact_url
 from shared.errors import RemoteReplyError, RemoteToolError, RemoteUnavailable
@@ -26,6 +28,7 @@ from shared.remote_config import RemoteKind, RemoteSpec
 log = logging.getLogger("mahavishnu.delegated")
 
 REOPEN_BACKOFF_BASE, REOPEN_BACKOFF_MAX = 0.2, 5.0
+CLOSE_WAIT = 5.0  # seconds closing a broken session may take
 
 
 class ToolCaller(Protocol):
@@ -104,31 +107,17 @@ class RemoteSession:
         backoff = REOPEN_BACKOFF_BASE
         while not self._closed.is_set():
             try:
-                client = RemoteMCP(
-                    self.remote.url,
-                    token=self.remote.token(),
-                    timeout=self.remote.call_timeout,
-                    connect_timeout=self.remote.connect_timeout,
-                )
-                await client.__aenter__()
-                try:
-                    self._client = client
-                    self._ready.set()
-                    if self.last_error:
-                        log.info("%s: connected again", where(self.spec))
-                    self.last_error = ""
-                    backoff = REOPEN_BACKOFF_BASE
-                    await _first(self._broken, self._closed)
-                finally:
-                    self._ready.clear()
-                    self._client = None
-                    with contextlib.suppress(Exception):
-                        await client.__aexit__(None, None, None)
+                await self._hold_session()
+                backoff = REOPEN_BACKOFF_BASE  # it was open: the next try is at once
             except asyncio.CancelledError:
                 if self._closed.is_set():
                     return
-                raise
-            except Exception as exc:  # ValueError (token), RemoteUnavailable
+                # the SDK's task group cancels its host task when the transport fails
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                self.last_error = self.last_error or "the session ended"
+            except Exception as exc:  # ValueError (token), RemoteUnavailable, ...
                 reason = str(exc) or type(exc).__name__
                 if reason != self.last_error:
                     log.warning("%s: cannot connect: %s", where(self.spec), reason)
@@ -140,9 +129,37 @@ class RemoteSession:
                 await asyncio.wait_for(self._closed.wait(), backoff)
             backoff = min(backoff * 2, REOPEN_BACKOFF_MAX)
 
+    async def _hold_session(self) -> None:
+        """Open a session, serve calls with it until it breaks or the bridge closes."""
+        client = RemoteMCP(
+            self.remote.url,
+            token=self.remote.token(),
+            timeout=self.remote.call_timeout,
+            connect_timeout=self.remote.connect_timeout,
+        )
+        await client.__aenter__()
+        try:
+            self._client = client
+            self._ready.set()
+            if self.last_error:
+                log.info("%s: connected again", where(self.spec))
+            self.last_error = ""
+            await _first(self._broken, self._closed)
+        finally:
+            self._ready.clear()
+            self._client = None
+            # closing a session whose server died can hang on its streams: bounded
+            with contextlib.suppress(BaseException):
+                async with asyncio.timeout(CLOSE_WAIT):
+                    await client.__aexit__(None, None, None)
+
     async def call(self, tool: str, arguments: Mapping[str, Any]) -> Any:
         """Call a tool, waiting (however long the caller lets it) while the remote cannot be
-        reached; RemoteToolError when the tool answers with an error."""
+        reached; RemoteToolError when the tool answers with an error.
+
+        Each call is bounded by `call_timeout`: a session whose server died can leave a call
+        waiting for a reply that never comes (the SDK tries to resume the stream), so a call
+        without an answer in time counts as a lost session."""
         self._start()
         while True:
             await self._ready.wait()
@@ -150,7 +167,10 @@ class RemoteSession:
             if client is None:
                 continue
             try:
-                return await client.call(tool, arguments)
+                async with asyncio.timeout(self.remote.call_timeout):
+                    return await client.call(tool, arguments)
+            except TimeoutError:
+                self._mark_broken(f"{tool} got no answer within {self.remote.call_timeout:g} s")
             except RemoteUnavailable as exc:
                 self._mark_broken(str(exc))
             except RemoteToolError:
@@ -233,7 +253,8 @@ async def pool_health(remote: ToolCaller, spec: PoolSpec) -> str:
 
 
 async def check_remote(spec: PoolSpec, *, prepare: bool) -> str:
-    """Connect (initialize), check the token and the tools, ping, and for session-buddy make
+    """Connect (initialize), check the token and the tools (`tools/list`, which also tells the
+    session answers: MCP's ping is gone from the 2026 protocol), and for session-buddy make
     sure the remote pool exists and is healthy. '' when all is well, else the problem, naming
     the pool and the remote (never the token)."""
     remote = remote_of(spec)
@@ -241,8 +262,11 @@ async def check_remote(spec: PoolSpec, *, prepare: bool) -> str:
         token = remote.token()
     except ValueError as exc:
         return f"{where(spec)}: {exc}"
+    # a probe is bounded by the connect timeout (a session whose server died mid-call can
+    # wait for ever); preparing may also have to wait for create_pool
+    bound = remote.connect_timeout + (remote.call_timeout if prepare else 0.0)
     try:
-        async with asyncio.timeout(remote.connect_timeout + remote.call_timeout):
+        async with asyncio.timeout(bound):
             async with RemoteMCP(remote.url, token=token, timeout=remote.connect_timeout) as mcp:
                 names = await mcp.tool_names()
                 missing = [t for t in remote.required_tools() if t not in names]
@@ -252,7 +276,6 @@ async def check_remote(spec: PoolSpec, *, prepare: bool) -> str:
                         f"{where(spec)}: the remote has no tool {', '.join(map(repr, missing))} "
                         f"needed by kind {remote.kind} (it lists: {listed})"
                     )
-                await mcp.client.send_ping()
                 if remote.kind is RemoteKind.SESSION_BUDDY:
                     if prepare:
                         await ensure_remote_pool(mcp, spec)
@@ -260,18 +283,32 @@ async def check_remote(spec: PoolSpec, *, prepare: bool) -> str:
                     if problem:
                         return f"{where(spec)}: {problem}"
     except TimeoutError:
-        return f"{where(spec)}: no answer within {remote.connect_timeout + remote.call_timeout:g} s"
+        return f"{where(spec)}: no answer within {bound:g} s"
     except (RemoteUnavailable, RemoteToolError, RemoteReplyError) as exc:
         text = str(exc)
-        if "HTTP 401" in text or "HTTP 403" in text:
+        status = await _http_status(remote.url, token) if isinstance(exc, RemoteUnavailable) else 0
+        if status in (401, 403):
             how = f"token_env {remote.token_env}" if remote.token_env else "token_file"
             if not (remote.token_env or remote.token_file):
                 how = "no token given: set --remote-token-env or --remote-token-file"
-            text += f" (the remote refused the token; {how})"
+            text = f"the remote refused the token with HTTP {status} ({how})"
         return text if text.startswith("pool ") else f"{where(spec)}: {text}"
     except Exception as exc:  # a transport failure the SDK did not wrap
         return f"{where(spec)}: {type(exc).__name__}: {exc}"
     return ""
+
+
+async def _http_status(url: str, token: str | None) -> int:
+    """The HTTP status a bare MCP request gets (the SDK reports a refused token only as "an
+    error response"); 0 when there is no answer."""
+    headers = {"accept": "application/json, text/event-stream"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    try:
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            return (await http.post(url, json={}, headers=headers)).status_code
+    except httpx.HTTPError:
+        return 0
 
 
 async def delete_remote_pool(spec: PoolSpec) -> None:
