@@ -4,6 +4,8 @@
 #   make lint   ruff check, ruff format --check, mypy --strict
 #   make test   venv + redis + lint, then the test suite
 #   make test-unit  the unit tests alone (no Redis, seconds)
+#   make test-counterparts  the `counterparts` tests against the real Session-Buddy and Akosha
+#               (Python 3.14 in a Debian sid root, built once under ~/.cache; needs root)
 #   make demo   run `mahavishnu up --demo`
 #   make bench  run the benchmark harness and regenerate docs/benchmarks.md
 #   make clean  remove caches and build output (keeps .venv and .mahavishnu data)
@@ -46,6 +48,11 @@ test: venv redis lint
 
 test-unit: venv
 	$(BIN)/pytest -q -p no:cacheprovider -m unit
+
+.PHONY: test-counterparts
+test-counterparts: venv
+	PYTHON=$(BIN)/python tests/counterparts/real_servers.sh run \
+		$(BIN)/pytest -q -p no:cacheprovider -m counterparts
 
 demo: venv
 	$(BIN)/mahavishnu up --demo

@@ -17,6 +17,8 @@ import redis.asyncio as aioredis
 from shared.config import Settings, load_settings
 from shared.models import new_id
 
+pytest_plugins = ["tests.standins.fixtures"]  # session_buddy, akosha: MCP services of issues 11/13
+
 REDIS_URL = os.environ.get("MAHAVISHNU_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 BROKERS = [
     name
