@@ -47,6 +47,8 @@ from worker.executors import Outcome
 
 log = logging.getLogger("mahavishnu.delegated")
 
+CALL_MARGIN = 5.0  # seconds a task's call may take beyond the task's timeout (the worker's
+# deadline cancels the run at the timeout anyway)
 RESULT_POLL = 20.0  # seconds one task_result call waits on a federated remote
 CANCEL_WAIT = 5.0  # seconds a federated run waits for the remote's task_cancel when cancelled
 MAX_RESUBMITS = 3  # a federated task found cancelled on the remote (not by this run) is resent
@@ -100,15 +102,22 @@ class RemoteExecutor:
             "timeout": task.timeout,
         }
         for _ in range(2):  # a second time after re-creating a pool the remote lost
-            reply = json_reply(await self.session.call("execute_on_pool", args))
+            # the remote answers by the task's timeout (an empty error): wait a little longer
+            reply = json_reply(
+                await self.session.call("execute_on_pool", args, task.timeout + CALL_MARGIN)
+            )
             if not isinstance(reply, Mapping) or not isinstance(reply.get("success"), bool):
                 raise self._unexpected("execute_on_pool", reply, "no 'success' field")
+            result = reply.get("result")
             if reply["success"]:
-                result = reply.get("result")
-                if isinstance(result, Mapping) and "response" in result:
-                    return Outcome(result["response"])
-                return Outcome(result)
-            error = str(reply.get("error") or "no error message")
+                if not isinstance(result, Mapping) or "response" not in result:
+                    raise self._unexpected("execute_on_pool", reply, "no result.response")
+                if result.get("error"):  # e.g. the llm backend without its gateway
+                    what = f"{where(self.spec)}: the remote's backend failed: {result['error']}"
+                    return Outcome(None, what)
+                return Outcome(result["response"])
+            # an empty error is Session-Buddy's answer when the call's timeout ran out
+            error = str(reply.get("error") or f"no answer within the {task.timeout:g} s timeout")
             if "not found" not in error.lower():
                 break
             log.warning("%s: %s; creating it again", where(self.spec), error)
@@ -120,7 +129,7 @@ class RemoteExecutor:
     async def _tool(self, task: TaskSpec, prompt: str) -> Outcome:
         tool = self.remote.tool or ""
         arguments = fill_arguments(self.remote.arguments, prompt, task.id, task.timeout)
-        reply = json_reply(await self.session.call(tool, arguments))
+        reply = json_reply(await self.session.call(tool, arguments, task.timeout + CALL_MARGIN))
         if self.remote.error:
             with contextlib.suppress(KeyError):
                 error = at_path(reply, self.remote.error)

@@ -153,13 +153,16 @@ class RemoteSession:
                 async with asyncio.timeout(CLOSE_WAIT):
                     await client.__aexit__(None, None, None)
 
-    async def call(self, tool: str, arguments: Mapping[str, Any]) -> Any:
+    async def call(
+        self, tool: str, arguments: Mapping[str, Any], timeout: float | None = None
+    ) -> Any:
         """Call a tool, waiting (however long the caller lets it) while the remote cannot be
         reached; RemoteToolError when the tool answers with an error.
 
-        Each call is bounded by `call_timeout`: a session whose server died can leave a call
-        waiting for a reply that never comes (the SDK tries to resume the stream), so a call
-        without an answer in time counts as a lost session."""
+        Each call is bounded by `timeout` (default `call_timeout`): a session whose server died
+        can leave a call waiting for a reply that never comes (the SDK tries to resume the
+        stream), so a call without an answer in time counts as a lost session."""
+        bound = timeout or self.remote.call_timeout
         self._start()
         while True:
             await self._ready.wait()
@@ -167,10 +170,10 @@ class RemoteSession:
             if client is None:
                 continue
             try:
-                async with asyncio.timeout(self.remote.call_timeout):
+                async with asyncio.timeout(bound):
                     return await client.call(tool, arguments)
             except TimeoutError:
-                self._mark_broken(f"{tool} got no answer within {self.remote.call_timeout:g} s")
+                self._mark_broken(f"{tool} got no answer within {bound:g} s")
             except RemoteUnavailable as exc:
                 self._mark_broken(str(exc))
             except RemoteToolError:
@@ -219,37 +222,38 @@ async def ensure_remote_pool(remote: ToolCaller, spec: PoolSpec) -> None:
     }
     if spec_remote.model:
         args["model"] = spec_remote.model
-    reply = json_reply(await remote.call("create_pool", args))
+    try:
+        reply = json_reply(await remote.call("create_pool", args))
+    except RemoteToolError as exc:
+        if "already exists" in str(exc):  # Session-Buddy raises for an existing id
+            return
+        raise
     if not isinstance(reply, Mapping) or not isinstance(reply.get("success"), bool):
         raise RemoteReplyError(
             f"{where(spec)}: create_pool answered in an unexpected shape: {shape(reply)}",
             spec_remote.url,
         )
-    if reply["success"] or "exist" in str(reply.get("error", "")).lower():
-        return
-    raise RemoteReplyError(
-        f"{where(spec)}: create_pool failed: {reply.get('error')}", spec_remote.url
-    )
+    if not reply["success"]:
+        raise RemoteReplyError(
+            f"{where(spec)}: create_pool failed: {reply.get('error')}", spec_remote.url
+        )
 
 
 async def pool_health(remote: ToolCaller, spec: PoolSpec) -> str:
-    """'' when the session-buddy pool is healthy, else why not (re-creating it when the
-    remote lost it, e.g. after a restart)."""
+    """'' when the remote has this pool's session-buddy pool (re-created when the remote lost
+    it, e.g. with a restart), else what is wrong. The remote's own pool status is not used:
+    Session-Buddy calls a pool whose workers idled for 5 minutes "degraded", yet it serves."""
     reply = json_reply(await remote.call("check_pool_health", {"pool_id": remote_pool_id(spec)}))
-    try:
-        details = at_path(reply, "health.pool_details")
-    except KeyError:
-        if isinstance(reply, Mapping) and reply.get("success") is False:
-            await ensure_remote_pool(remote, spec)
-            return ""
+    if not isinstance(reply, Mapping) or not isinstance(reply.get("success"), bool):
         return f"check_pool_health answered in an unexpected shape: {shape(reply)}"
-    name = remote_pool_id(spec)
-    mine = [d for d in details if isinstance(d, Mapping) and d.get("pool_id") == name]
-    if not mine:
-        await ensure_remote_pool(remote, spec)  # the remote restarted and forgot it
+    if reply["success"]:
         return ""
-    status = str(mine[0].get("status", ""))
-    return "" if status == "healthy" else f"remote pool {remote_pool_id(spec)} is {status}"
+    error = str(reply.get("error", ""))
+    if "not found" not in error:
+        return f"check_pool_health failed: {error}"
+    log.warning("%s: the remote lost pool %s: creating it again", where(spec), remote_pool_id(spec))
+    await ensure_remote_pool(remote, spec)
+    return ""
 
 
 async def check_remote(spec: PoolSpec, *, prepare: bool) -> str:
