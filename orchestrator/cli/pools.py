@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
+from orchestrator.cli import remote as remote_opts
 from orchestrator.cli import render
 from orchestrator.cli import up as cli_up
 from orchestrator.cli.common import (
@@ -72,11 +73,29 @@ def pool_spawn(
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once requested.")] = False,
     timeout: Annotated[float | None, typer.Option(help="Seconds to wait for running.")] = None,
     json_out: JsonOpt = False,
+    remote_url: remote_opts.RemoteUrlOpt = None,
+    remote_kind: remote_opts.RemoteKindOpt = None,
+    remote_token_env: remote_opts.RemoteTokenEnvOpt = None,
+    remote_token_file: remote_opts.RemoteTokenFileOpt = None,
+    remote_tool: remote_opts.RemoteToolOpt = None,
+    remote_arguments: remote_opts.RemoteArgumentsOpt = None,
+    remote_output: remote_opts.RemoteOutputOpt = None,
+    remote_error: remote_opts.RemoteErrorOpt = None,
+    remote_pool: remote_opts.RemotePoolOpt = None,
+    remote_backend: remote_opts.RemoteBackendOpt = None,
+    remote_reflect_tasks: remote_opts.RemoteReflectOpt = False,
+    remote_connect_timeout: remote_opts.RemoteConnectTimeoutOpt = None,
+    remote_call_timeout: remote_opts.RemoteCallTimeoutOpt = None,
 ) -> None:
     """Ask the orchestrators for a new pool and wait until it runs."""
     settings = cli_settings()
 
     async def spawn() -> None:
+        remote = remote_opts.remote_options(
+            remote_url, remote_kind, remote_token_env, remote_token_file, remote_tool,
+            remote_arguments, remote_output, remote_error, remote_pool, remote_backend,
+            remote_reflect_tasks, remote_connect_timeout, remote_call_timeout,
+        )  # fmt: skip
         async with client(settings) as pools:
             spec = pools.pool_spec(
                 pool_type,
@@ -91,6 +110,7 @@ def pool_spawn(
                 functions=render.pairs(function, "--function"),
                 allowed_commands=allow_command or None,
                 max_queue=max_queue,
+                remote=remote,
             )
             await pools.spawn_pool(config=spec, wait=not no_wait, timeout=timeout)
             info = None if no_wait else await pools.get_pool(spec.id)

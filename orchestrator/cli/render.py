@@ -24,7 +24,7 @@ from rich.text import Text
 
 from orchestrator.cli.inspect import entry_time, is_time_field, iso_time
 from shared.client import make_task
-from shared.config import Settings
+from shared.config import Settings, redact_url
 from shared.errors import (
     InvalidRequest,
 )
@@ -121,6 +121,14 @@ def workers_cell(info: PoolInfo) -> str:
     return cell
 
 
+def remote_cell(info: PoolInfo) -> str:
+    """A delegated pool's remote and its health, on a line of its own ('' for other pools)."""
+    remote = info.spec.remote
+    if remote is None:
+        return ""
+    return f"\n{remote.kind} {redact_url(remote.url)} ({info.remote_health or 'not checked'})"
+
+
 def pools_table(pools: Sequence[PoolInfo], *, title: str = "pools") -> Table:
     """One row per pool: identity, status, workers, load and counters."""
     table = Table(title=title, title_justify="left")
@@ -134,7 +142,7 @@ def pools_table(pools: Sequence[PoolInfo], *, title: str = "pools") -> Table:
         table.add_row(
             info.spec.id,
             info.spec.name,
-            f"{info.spec.pool_type}/{info.spec.worker_type}",
+            f"{info.spec.pool_type}/{info.spec.worker_type}" + remote_cell(info),
             styled(info.shown_status),
             workers_cell(info),
             str(load.in_flight),

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.config import redact_url
 from shared.models import PoolInfo, TaskResult, TaskStatus
 
 
@@ -111,6 +112,9 @@ class PoolSummary(BaseModel):
     auto_scale: bool
     created_at: float
     detail: str = ""
+    remote_url: str = Field(default="", description="a delegated pool: its remote MCP server")
+    remote_kind: str = Field(default="", description="session-buddy, mahavishnu or tool")
+    remote_health: str = Field(default="", description="'ok', or why the remote does not answer")
 
     @classmethod
     def from_info(cls, info: PoolInfo) -> PoolSummary:
@@ -131,6 +135,9 @@ class PoolSummary(BaseModel):
             auto_scale=spec.auto_scale,
             created_at=info.created_at,
             detail=info.detail,
+            remote_url=redact_url(spec.remote.url) if spec.remote else "",
+            remote_kind=str(spec.remote.kind) if spec.remote else "",
+            remote_health=info.remote_health,
         )
 
 
