@@ -41,7 +41,13 @@ class RemoteKind(StrEnum):
 
 REQUIRED_TOOLS: dict[RemoteKind, tuple[str, ...]] = {
     RemoteKind.SESSION_BUDDY: ("create_pool", "execute_on_pool", "check_pool_health"),
-    RemoteKind.MAHAVISHNU: ("pool_execute", "pool_route_execute", "task_result", "task_cancel"),
+    RemoteKind.MAHAVISHNU: (
+        "pool_execute",
+        "pool_route_execute",
+        "task_submit",
+        "task_result",
+        "task_cancel",
+    ),
     RemoteKind.TOOL: (),  # the configured tool
 }
 """The tools a remote of each kind must list; checked when the pool starts."""

@@ -144,3 +144,61 @@ async def test_a_wrong_token_is_a_clear_spawn_error(
     assert "failed to spawn" in message and f"(remote {facade.url})" in message
     assert "HTTP 401" in message and "FEDERATION_TOKEN" in message
     assert "not-the-token" not in message
+
+
+async def test_a_timeout_or_a_cancel_stops_the_task_on_deployment_2(
+    settings: Settings,
+    remote_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FEDERATION_TOKEN", TOKEN)
+    facade = Facade(remote_settings, TOKEN, tmp_path / "facade.log")
+    redis = client_for(settings.redis_url)
+
+    async def remote_task(task_id: str) -> str:
+        """The id of the task deployment 2 runs for our task's first run ('' before it)."""
+        first_run = await redis.get(remote_settings.keys.idempotency(f"{task_id}:1"))
+        return first_run.decode().split()[0] if first_run else ""
+
+    async with (
+        running_orchestrator(remote_settings, tmp_path / "logs-2"),
+        running_orchestrator(settings, tmp_path / "logs-1"),
+        PoolManager(remote_settings) as pools_2,
+        PoolManager(settings) as pools_1,
+    ):
+        try:
+            await facade.start()
+            remote_pool = await pools_2.spawn_pool("local", name="remote")
+            pool = await pools_1.spawn_pool(
+                "delegated", name="federated", remote=remote_config(facade, remote_pool)
+            )
+            slow = {"call": "sleep", "args": [60], "timeout": 2, "max_attempts": 1}
+            result = await pools_1.execute_on_pool(pool, slow)
+            assert result.status is TaskStatus.DEAD_LETTERED
+            assert "timed out after 2s" in (result.error or "")
+            timed_out = await remote_task(result.task_id)
+
+            async def over_there() -> bool:  # cancelled by us, or timed out there first
+                return (await pools_2.status(timed_out)).status.is_final
+
+            await wait_until(over_there, 15, "the remote task to end")
+
+            task_id = await pools_1.submit({**slow, "timeout": 60}, pool_id=pool)
+
+            async def running() -> bool:
+                there = await remote_task(task_id)
+                return bool(there) and (await pools_2.status(there)).status is TaskStatus.RUNNING
+
+            await wait_until(running, 15, "the task to run on deployment 2")
+            await pools_1.cancel(task_id)
+            assert (await pools_1.result(task_id, 15)).status is TaskStatus.CANCELLED
+            cancelled = await remote_task(task_id)
+
+            async def cancelled_there() -> bool:
+                return (await pools_2.status(cancelled)).status is TaskStatus.CANCELLED
+
+            await wait_until(cancelled_there, 15, "the remote task to be cancelled")
+        finally:
+            await facade.stop()
+            await redis.aclose()

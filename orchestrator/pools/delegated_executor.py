@@ -63,6 +63,7 @@ class RemoteExecutor:
         self.remote = remote_of(spec)
         self.session = RemoteSession(spec)
         self._runs: dict[str, int] = {}
+        self._cancels: set[asyncio.Task[None]] = set()
         logging.getLogger("httpx2").setLevel(logging.WARNING)  # not a line per MCP request
 
     async def run(self, task: TaskSpec) -> Outcome:
@@ -82,7 +83,9 @@ class RemoteExecutor:
             return Outcome(None, f"{where(self.spec)}: {exc}")
 
     async def aclose(self) -> None:
-        """Close the session."""
+        """Let remote cancels under way end (bounded), then close the session."""
+        if self._cancels:
+            await asyncio.wait(list(self._cancels), timeout=CANCEL_WAIT)
         await self.session.aclose()
 
     def _unexpected(self, tool: str, reply: Any, problem: str = "") -> RemoteReplyError:
@@ -175,10 +178,11 @@ class RemoteExecutor:
         `task_result`. A repeated call (a lost reply) names the same remote task."""
         tool = "pool_execute" if self.remote.pool else "pool_route_execute"
         remote_id: str | None = None
+        args: dict[str, Any] = {}
         try:
             for _ in range(MAX_RESUBMITS):
-                key = f"{task.id}:{self._next_run(task.id)}"
-                result = self._checked(tool, await self.session.call(tool, self._args(task, key)))
+                args = self._args(task, f"{task.id}:{self._next_run(task.id)}")
+                result = self._checked(tool, await self.session.call(tool, args))
                 remote_id = str(result["task_id"])
                 if result["done"] and result.get("status") == "cancelled":
                     remote_id = None  # an earlier run's task, cancelled with that run: again
@@ -191,8 +195,8 @@ class RemoteExecutor:
                 return self._outcome(remote_id, result)
             return Outcome(None, f"{where(self.spec)}: the remote keeps cancelling task {task.id}")
         except asyncio.CancelledError:
-            if remote_id is not None:
-                await self._cancel_remote(remote_id)
+            if args:
+                self._cancel_remote(remote_id, args)
             raise
 
     @property
@@ -218,13 +222,21 @@ class RemoteExecutor:
         what = f"{where(self.spec)}: remote task {remote_id} {status}: {error}"
         return Outcome(result.get("output"), what, exit_code, retryable=status != "cancelled")
 
-    async def _cancel_remote(self, remote_id: str) -> None:
-        """Cancel the remote task (bounded, best effort) while our run is being cancelled."""
-        call = asyncio.ensure_future(self.session.call("task_cancel", {"task_id": remote_id}))
+    def _cancel_remote(self, remote_id: str | None, args: dict[str, Any]) -> None:
+        """Cancel the remote task in the background: our run is being cancelled (and the
+        worker's deadline loop cancels it again until it ends), so it cannot wait for this."""
+        task = asyncio.create_task(self._cancel_call(remote_id, args), name="cancel-remote")
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
+    async def _cancel_call(self, remote_id: str | None, args: dict[str, Any]) -> None:
         try:
-            await asyncio.wait_for(asyncio.shield(call), CANCEL_WAIT)
-        except asyncio.CancelledError:
-            call.cancel()
+            async with asyncio.timeout(CANCEL_WAIT):
+                if remote_id is None:  # cancelled while the first call ran: find it by its key
+                    found = {k: v for k, v in args.items() if k != "wait"}
+                    submitted = json_reply(await self.session.call("task_submit", found))
+                    remote_id = str(submitted["task_id"])
+                await self.session.call("task_cancel", {"task_id": remote_id})
+            log.info("%s: cancelled remote task %s", where(self.spec), remote_id)
         except Exception as exc:
-            call.cancel()
             log.warning("%s: could not cancel remote task %s: %s", where(self.spec), remote_id, exc)
