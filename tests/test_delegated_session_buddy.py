@@ -72,7 +72,8 @@ async def test_an_outage_degrades_the_pool_and_its_tasks_wait_for_the_remote(
 
     await wait_until(degraded, 15, "the pool to be degraded")
     info = await manager.get_pool(pool)
-    assert "remote does not answer" in info.detail and "not reachable" in info.remote_health
+    assert "remote does not answer" in info.detail and session_buddy.url in info.remote_health
+    assert any(why in info.remote_health for why in ("not reachable", "dropped the session"))
     waits = [
         asyncio.ensure_future(manager.execute_on_pool(pool, {"prompt": f"p{n}", "timeout": 60}))
         for n in range(6)

@@ -15,6 +15,7 @@ when the server cannot be reached or refuses the connection or the token, Remote
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
@@ -79,6 +80,9 @@ class RemoteMCP:
             )
         except BaseException as exc:
             await stack.aclose()
+            task = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+                raise  # the caller is being cancelled (a timeout, a shutdown): not an outage
             raise self._unavailable(exc) from None
         self._stack = stack
         return self

@@ -70,6 +70,10 @@ class DelegatedBackend(LocalBackend):
         self._health: dict[str, str] = {}  # pool -> '' (answers) or why not
         self._specs: dict[str, PoolSpec] = {}
         self._chores: set[asyncio.Task[None]] = set()
+        # the SDK can turn a cancel into an error (a session being opened), so the probes
+        # also stop on this flag and on their pool leaving `_probes`
+        self._stopping = False
+        logging.getLogger("httpx2").setLevel(logging.WARNING)  # not a line per probe request
 
     @property
     def redis(self) -> Redis:
@@ -138,10 +142,11 @@ class DelegatedBackend(LocalBackend):
             self._spawn(delete_remote_pool(spec), f"delete-{pool_id}")
 
     async def stop_all(self, grace: float) -> None:
+        self._stopping = True
         for task in [*self._preparing.values(), *self._probes.values()]:
             task.cancel()
         await super().stop_all(grace)
-        if self._chores:  # e.g. a remote pool being deleted
+        if self._chores:  # probes ending, a remote pool being deleted
             await asyncio.wait(list(self._chores), timeout=10)
         if self._redis is not None:
             await self._redis.aclose()
@@ -174,7 +179,9 @@ class DelegatedBackend(LocalBackend):
         degraded: its remote may come back."""
         pool_id = spec.id
         try:
-            problem = await check_remote(spec, prepare=True)
+            problem = await self._check(spec, prepare=True)
+            if self._stopping:
+                return
             key = self.settings.keys.pool(pool_id)
             ran_before = bool(await self.redis.hexists(key, "remote_checked_at"))
             if problem and not ran_before:
@@ -190,6 +197,19 @@ class DelegatedBackend(LocalBackend):
             self._preparing.pop(pool_id, None)
             self._wake()
 
+    async def _check(self, spec: PoolSpec, *, prepare: bool) -> str:
+        """`check_remote`, where a cancel that nobody here asked for is a lost session: the
+        SDK's task group cancels the task that opened it when its server goes away."""
+        try:
+            return await check_remote(spec, prepare=prepare)
+        except asyncio.CancelledError:
+            if self._stopping or (not prepare and spec.id not in self._probes):
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return f"{where(spec)}: the remote dropped the session"
+
     async def _record(self, spec: PoolSpec, problem: str) -> None:
         fields = {
             "remote_url": redact_url(remote_of(spec).url),
@@ -204,9 +224,11 @@ class DelegatedBackend(LocalBackend):
     async def _probe_loop(self, spec: PoolSpec) -> None:
         """Probe the remote every `health_interval` s; record and report changes at once."""
         pool_id = spec.id
-        while True:
+        while not self._stopping and pool_id in self._probes:
             await asyncio.sleep(remote_of(spec).health_interval)
-            problem = await check_remote(spec, prepare=False)
+            problem = await self._check(spec, prepare=False)
+            if self._stopping or pool_id not in self._probes:
+                return
             changed = problem != self._health.get(pool_id, "")
             self._health[pool_id] = problem
             if changed:
