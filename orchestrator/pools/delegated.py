@@ -8,13 +8,13 @@ backend supervises those processes exactly as the local backend supervises worke
 `LocalBackend`) and adds what concerns the remote:
 
 - at spawn, before any bridge starts, it connects (initialize), checks the token and that the
-  remote lists the tools its kind needs, pings it and, for Session-Buddy, creates the remote
-  pool (`create_pool`). A problem fails the pool with the reason (naming the pool and the
-  remote), which is what `pool spawn` reports;
+  remote lists the tools its kind needs (`tools/list`: MCP's ping is gone from the 2026
+  protocol) and, for Session-Buddy, creates the remote pool (`create_pool`). A problem fails
+  the pool with the reason (naming the pool and the remote), which is what `pool spawn` reports;
 - while the pool runs it probes the remote every `health_interval` (a new session: initialize +
-  ping; Session-Buddy also `check_pool_health`, re-creating a pool the remote lost). A remote
-  that does not answer makes the pool `degraded` with the reason; its bridges keep their tasks
-  and wait for it, and the pool is `running` again once it answers;
+  `tools/list`; Session-Buddy also `check_pool_health`, re-creating a pool the remote lost). A
+  remote that does not answer makes the pool `degraded` with the reason; its bridges keep their
+  tasks and wait for it, and the pool is `running` again once it answers;
 - the outcome of the last probe is in the pool hash (`remote_health`: 'ok' or the reason,
   `remote_checked_at`), which `pool list` shows with the remote's URL;
 - when the pool closes, a Session-Buddy remote pool is deleted (`delete_pool`).
