@@ -57,6 +57,7 @@ class PoolView:
     backlog: int = 0
     local: set[str] = field(default_factory=set)  # workers the pool's backend started and has
     failed: str = ""  # why the backend cannot run the pool, as of the last sweep
+    degraded: str = ""  # why its workers cannot do their work, as of the last sweep
 
     @property
     def serving(self) -> dict[str, dict[str, str]]:
@@ -203,7 +204,10 @@ class PoolSupervisor:
             view.raw["target_workers"] = str(target)
         await backend.reconcile(view.spec, target)
         view.local = backend.managed(pool_id)
-        await self._set_status(view, self._wanted_status(view), "")
+        status = self._wanted_status(view)
+        if view.degraded and status is PoolStatus.RUNNING:
+            status = PoolStatus.DEGRADED
+        await self._set_status(view, status, view.degraded)
 
     async def _sweep(self, view: PoolView, backend: PoolBackend) -> None:
         """Forget exited workers at once (their heartbeats and entries with them), kill those
@@ -214,6 +218,7 @@ class PoolSupervisor:
         )
         view.local = backend.managed(pool_id)
         view.failed = found.failed
+        view.degraded = found.degraded
         if not found.exited and not found.restart_reason:
             return
         pipe = self.redis.pipeline(transaction=False)

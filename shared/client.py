@@ -60,13 +60,16 @@ from shared.models import (
     PoolInfo,
     PoolSpec,
     PoolStatus,
+    PoolType,
     RoutingStrategy,
     TaskResult,
     TaskSpec,
     TaskStatus,
     new_id,
+    parse_pool_type,
 )
 from shared.readers import CompletionWatcher, ReplyReader
+from shared.remote_config import DEFAULT_REMOTE_CONCURRENCY, RemoteKind
 from shared.replies import Queued, decode_hash, flatten_read, stream_entries, text
 from shared.scripts import Scripts, add_counted, flat_fields
 from shared.state import live_pool_ids, parse_task_result, read_pools
@@ -100,6 +103,15 @@ def make_task(task: TaskInput, *, settings: Settings | None = None, **overrides:
         return TaskSpec.model_validate({**data, **overrides})
     except ValidationError as exc:
         raise InvalidRequest(f"invalid task: {describe_validation_error(exc)}") from None
+
+
+def _is_delegated(pool_type: str | None, given: Mapping[str, Any]) -> bool:
+    """Whether a spec being built is of a delegated pool (unknown types: no, the spec says)."""
+    name = pool_type if pool_type is not None else given.get("pool_type")
+    try:
+        return isinstance(name, str) and parse_pool_type(name) is PoolType.DELEGATED
+    except ValueError:
+        return False
 
 
 def make_pool_spec(
@@ -489,7 +501,17 @@ class PoolManager:
         low = given.get("min_workers")
         if isinstance(low, int):
             defaults["max_workers"] = max(defaults["max_workers"], low)
-        missing = {name: value for name, value in defaults.items() if name not in given}
+        missing: dict[str, Any] = {n: v for n, v in defaults.items() if n not in given}
+        if _is_delegated(pool_type, given):
+            # a delegated pool's concurrency is its remote's (3 unless given); without a remote
+            # it delegates to the Session-Buddy of the session_buddy_pool_url setting
+            missing["concurrency"] = DEFAULT_REMOTE_CONCURRENCY
+            if not given.get("remote"):
+                missing["remote"] = {
+                    "url": self.settings.session_buddy_pool_url,
+                    "kind": RemoteKind.SESSION_BUDDY,
+                }
+            missing = {name: value for name, value in missing.items() if name not in given}
         return make_pool_spec(pool_type, config, **{**fields, **missing})
 
     async def spawn_pool(

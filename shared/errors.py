@@ -21,7 +21,8 @@
     ├── MalformedMessage       a stream entry could not be decoded (it is dead-lettered)
     └── RemoteError            a remote MCP server (orchestrator/mcp/client.py)
         ├── RemoteUnavailable  could not be reached, refused the connection or the token
-        └── RemoteToolError    answered a tool call with an error (its message is kept)
+        ├── RemoteToolError    answered a tool call with an error (its message is kept)
+        └── RemoteReplyError   answered in a shape the caller cannot use (a delegated pool's remote)
 
 Callers catch `MahavishnuError` for anything the system reports deliberately; anything else is a
 bug.
@@ -174,3 +175,8 @@ class RemoteToolError(RemoteError):
     def __init__(self, message: str, url: str, tool: str) -> None:
         super().__init__(message, url)
         self.tool = tool
+
+
+class RemoteReplyError(RemoteError):
+    """The remote MCP server answered, but in a shape the caller cannot use (a delegated
+    pool's remote: the message names the pool, the remote and what was wrong)."""

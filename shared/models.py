@@ -17,6 +17,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.arq_options import arq_options
+from shared.remote_config import RemoteSpec
 
 MAX_PROMPT_CHARS = 1_000_000
 MAX_ARGV_ITEMS = 256
@@ -322,6 +323,7 @@ class PoolSpec(BaseModel):
     allowed_commands: list[str] = Field(default_factory=list)
     command_template: list[str] | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    remote: RemoteSpec | None = None  # a delegated pool's remote MCP server (no secrets)
 
     @field_validator("pool_type", mode="before")
     @classmethod
@@ -364,6 +366,8 @@ class PoolSpec(BaseModel):
             raise ValueError("a 'shell' pool needs allowed_commands (the programs it may run)")
         if self.pool_type is PoolType.ARQ:
             self._check_arq()
+        if self.pool_type is not PoolType.DELEGATED and self.remote is not None:
+            raise ValueError(f"remote is only for 'delegated' pools, not {self.pool_type}")
         return self
 
     def _check_arq(self) -> None:
@@ -414,6 +418,7 @@ class PoolInfo(BaseModel):
     restarts: int = 0
     last_restart_at: float = 0.0
     last_restart_reason: str = ""
+    remote_health: str = ""  # a delegated pool: 'ok' or why its remote is not, as last probed
 
     @property
     def shown_status(self) -> str:

@@ -114,6 +114,7 @@ def parse_pool(
         restarts=int(raw.get("restarts", "0") or 0),
         last_restart_at=float(raw.get("last_restart_at", "0") or 0),
         last_restart_reason=raw.get("last_restart_reason", ""),
+        remote_health=raw.get("remote_health", ""),
     )
 
 

@@ -92,12 +92,18 @@ class Executor(Protocol):
 
 
 def build_executor(spec: PoolSpec, settings: Settings | None = None) -> Executor:
-    """The executor for `spec.worker_type` (an arq pool's: `ArqExecutor`, which finds arq's venv
-    by `settings`); raise ExecutorError if it cannot work on this host."""
+    """The executor for `spec.worker_type`; raise ExecutorError if it cannot work on this host.
+
+    An arq pool's worker is a bridge to arq (`ArqExecutor`, which finds arq's venv by
+    `settings`); a `delegated` pool's worker is a bridge forwarding tasks to the pool's remote."""
     if spec.pool_type is PoolType.ARQ:
         from worker.arq_executor import ArqExecutor  # it imports this module
 
         return ArqExecutor(spec, settings)
+    if spec.remote is not None:  # only delegated pools have one (PoolSpec checks)
+        from orchestrator.pools.delegated_executor import RemoteExecutor
+
+        return RemoteExecutor(spec)
     if spec.worker_type is WorkerType.PYTHON:
         return PythonExecutor(spec)
     if spec.worker_type is WorkerType.SHELL:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
+from orchestrator.cli import remote as remote_opts
 from orchestrator.cli import render
 from orchestrator.cli import up as cli_up
 from orchestrator.cli.bars import stderr_progress
@@ -106,6 +107,19 @@ def pool_spawn(
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once requested.")] = False,
     timeout: Annotated[float | None, typer.Option(help="Seconds to wait for running.")] = None,
     json_out: JsonOpt = False,
+    remote_url: remote_opts.RemoteUrlOpt = None,
+    remote_kind: remote_opts.RemoteKindOpt = None,
+    remote_token_env: remote_opts.RemoteTokenEnvOpt = None,
+    remote_token_file: remote_opts.RemoteTokenFileOpt = None,
+    remote_tool: remote_opts.RemoteToolOpt = None,
+    remote_arguments: remote_opts.RemoteArgumentsOpt = None,
+    remote_output: remote_opts.RemoteOutputOpt = None,
+    remote_error: remote_opts.RemoteErrorOpt = None,
+    remote_pool: remote_opts.RemotePoolOpt = None,
+    remote_backend: remote_opts.RemoteBackendOpt = None,
+    remote_reflect_tasks: remote_opts.RemoteReflectOpt = False,
+    remote_connect_timeout: remote_opts.RemoteConnectTimeoutOpt = None,
+    remote_call_timeout: remote_opts.RemoteCallTimeoutOpt = None,
 ) -> None:
     """Ask the orchestrators for a new pool and wait until it runs."""
     settings = cli_settings()
@@ -120,6 +134,11 @@ def pool_spawn(
     arq_options = {k: v for k, v in arq.items() if v is not None} or None
 
     async def spawn() -> None:
+        remote = remote_opts.remote_options(
+            remote_url, remote_kind, remote_token_env, remote_token_file, remote_tool,
+            remote_arguments, remote_output, remote_error, remote_pool, remote_backend,
+            remote_reflect_tasks, remote_connect_timeout, remote_call_timeout,
+        )  # fmt: skip
         async with client(settings) as pools:
             spec = pools.pool_spec(
                 pool_type,
@@ -137,6 +156,7 @@ def pool_spawn(
                 id=pool_id,
                 options={**(render.json_object(options, "--options") or {}), **(arq_options or {})}
                 or None,
+                remote=remote,
             )
             if arq_options and spec.pool_type is not PoolType.ARQ:
                 given = ", ".join(f"--arq-{k.replace('_', '-')}" for k in arq_options)

@@ -25,7 +25,7 @@ from rich.text import Text
 from orchestrator.cli.inspect import entry_time, is_time_field, iso_time
 from shared.arq_options import ArqOptions
 from shared.client import make_task
-from shared.config import Settings
+from shared.config import Settings, redact_url
 from shared.errors import (
     InvalidRequest,
 )
@@ -130,6 +130,14 @@ def pool_kind(spec: PoolSpec) -> str:
     return escape(kind)
 
 
+def remote_cell(info: PoolInfo) -> str:
+    """A delegated pool's remote and its health, on a line of its own ('' for other pools)."""
+    remote = info.spec.remote
+    if remote is None:
+        return ""
+    return f"\n{remote.kind} {redact_url(remote.url)} ({info.remote_health or 'not checked'})"
+
+
 def pools_table(pools: Sequence[PoolInfo], *, title: str = "pools") -> Table:
     """One row per pool: identity, status, workers, load and counters."""
     table = Table(title=title, title_justify="left")
@@ -143,7 +151,7 @@ def pools_table(pools: Sequence[PoolInfo], *, title: str = "pools") -> Table:
         table.add_row(
             info.spec.id,
             info.spec.name,
-            pool_kind(info.spec),
+            pool_kind(info.spec) + escape(remote_cell(info)),
             styled(info.shown_status),
             workers_cell(info),
             str(load.in_flight),

@@ -15,6 +15,7 @@ when the server cannot be reached or refuses the connection or the token, Remote
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
@@ -26,7 +27,7 @@ import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import TextContent
+from mcp_types import CONNECTION_CLOSED, TextContent
 
 from shared.config import redact_url
 from shared.errors import RemoteToolError, RemoteUnavailable
@@ -53,6 +54,7 @@ class RemoteMCP:
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         headers: Mapping[str, str] | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
         self.url = url
         self._shown = redact_url(url)
@@ -60,6 +62,7 @@ class RemoteMCP:
         if token:
             self._headers["authorization"] = f"Bearer {token}"
         self._timeout = timeout
+        self._connect_timeout = timeout if connect_timeout is None else connect_timeout
         self._stack: AsyncExitStack | None = None
         self._client: Client | None = None
 
@@ -67,13 +70,19 @@ class RemoteMCP:
         stack = AsyncExitStack()
         try:
             http = await stack.enter_async_context(
-                httpx2.AsyncClient(headers=self._headers, timeout=httpx2.Timeout(self._timeout))
+                httpx2.AsyncClient(
+                    headers=self._headers,
+                    timeout=httpx2.Timeout(self._timeout, connect=self._connect_timeout),
+                )
             )
             self._client = await stack.enter_async_context(
                 Client(streamable_http_client(self.url, http_client=http))
             )
         except BaseException as exc:
             await stack.aclose()
+            task = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+                raise  # the caller is being cancelled (a timeout, a shutdown): not an outage
             raise self._unavailable(exc) from None
         self._stack = stack
         return self
@@ -119,6 +128,8 @@ class RemoteMCP:
         try:
             result = await self.client.call_tool(tool, dict(arguments or {}))
         except MCPError as exc:
+            if exc.code == CONNECTION_CLOSED:  # the transport lost the reply: not the tool's
+                raise self._unavailable(exc) from None
             raise RemoteToolError(
                 f"{tool} on {self._shown} failed: {exc}", self.url, tool
             ) from None

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.arq_options import ArqOptions
+from shared.config import redact_url
 from shared.models import PoolInfo, PoolType, TaskResult, TaskStatus
 
 
@@ -115,6 +116,9 @@ class PoolSummary(BaseModel):
     arq_queue: str | None = Field(
         default=None, description="arq pools: the arq queue and the Redis it is on"
     )
+    remote_url: str = Field(default="", description="a delegated pool: its remote MCP server")
+    remote_kind: str = Field(default="", description="session-buddy, mahavishnu or tool")
+    remote_health: str = Field(default="", description="'ok', or why the remote does not answer")
 
     @classmethod
     def from_info(cls, info: PoolInfo) -> PoolSummary:
@@ -140,6 +144,9 @@ class PoolSummary(BaseModel):
                 if spec.pool_type is PoolType.ARQ
                 else None
             ),
+            remote_url=redact_url(spec.remote.url) if spec.remote else "",
+            remote_kind=str(spec.remote.kind) if spec.remote else "",
+            remote_health=info.remote_health,
         )
 
 

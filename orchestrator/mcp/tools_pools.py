@@ -39,6 +39,7 @@ from shared.config import Settings
 from shared.dead_letters import DeadLetter
 from shared.errors import InvalidRequest, MahavishnuError, PoolNotFound, PoolUnavailable
 from shared.models import ACCEPTING_STATUSES, PoolInfo, PoolStatus
+from shared.remote_config import RemoteSpec
 
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 DESTRUCTIVE = ToolAnnotations(destructive_hint=True, open_world_hint=False)
@@ -212,6 +213,14 @@ def register_pool_tools(mcp: ToolSet) -> None:
                 "names call tasks may name), on_job_timeout (retry or fail), poll_interval"
             ),
         ] = None,
+        remote: Annotated[
+            RemoteSpec | None,
+            Field(
+                description="delegated pools: the remote MCP server (url, kind: session-buddy, "
+                "mahavishnu or tool; token_env / token_file name where its token is, never the "
+                "token; tool, arguments, output, error for kind tool; pool for kind mahavishnu)"
+            ),
+        ] = None,
         wait: WaitFlag = True,
         timeout: WaitLimit = None,
     ) -> SpawnResult:
@@ -226,6 +235,14 @@ def register_pool_tools(mcp: ToolSet) -> None:
                 "command_template": command_template,
             }
             named = [k for k, v in code.items() if v]
+            secret = remote is not None and (remote.token_env or remote.token_file)
+            if secret and not settings.mcp_allow_pool_code:
+                raise InvalidRequest(
+                    "remote.token_env / remote.token_file: the orchestrator would send that "
+                    "variable's or file's content to the remote URL, which this deployment "
+                    "does not accept over MCP (mcp_allow_pool_code is off); spawn such pools "
+                    "with the CLI or the Python API"
+                )
             if named and not settings.mcp_allow_pool_code:
                 raise InvalidRequest(
                     f"{', '.join(named)}: these name code that workers run, which this "
@@ -247,6 +264,7 @@ def register_pool_tools(mcp: ToolSet) -> None:
                 "max_queue": max_queue,
                 "inbox_max": inbox_max,
                 "options": options,
+                "remote": remote.model_dump() if remote is not None else None,
             }
             spec = state.pools.pool_spec(pool_type, None, **fields)
             await state.pools.spawn_pool(None, spec, wait=wait, timeout=timeout)

@@ -1,7 +1,8 @@
 """Pool backends, one module each, registered by pool type (see `base.PoolBackend`).
 
-`local` and `kubernetes` exist so far; a pool of an unregistered type fails at spawn with the
-reason.
+`local` (worker processes), `delegated` (bridges to a remote MCP server), `arq` (bridges to
+an arq fleet) and `kubernetes` (Deployments of worker pods) exist; a pool of an unregistered
+type fails at spawn with the reason.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from orchestrator.pools.arq import ArqBackend
 from orchestrator.pools.base import PoolBackend, Sweep
+from orchestrator.pools.delegated import DelegatedBackend
 from orchestrator.pools.kubernetes import KubernetesBackend
 from orchestrator.pools.local import LocalBackend
 from shared.config import Settings
@@ -22,6 +24,7 @@ BackendFactory = Callable[[Settings, Path, str, Callable[[], None]], PoolBackend
 BACKENDS: dict[PoolType, BackendFactory] = {
     PoolType.LOCAL: LocalBackend,
     PoolType.ARQ: ArqBackend,
+    PoolType.DELEGATED: DelegatedBackend,
     PoolType.KUBERNETES: KubernetesBackend,
 }
 

@@ -26,6 +26,7 @@ class Sweep:
     exited: list[str] = field(default_factory=list)  # worker ids gone for good: heartbeats stale
     restart_reason: str = ""  # why a worker exited or was killed unasked, if one was
     failed: str = ""  # set when the pool cannot run at all (e.g. its workers die at start)
+    degraded: str = ""  # set when its workers serve but cannot do their work (a remote is down)
 
 
 class PoolBackend(ABC):
