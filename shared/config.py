@@ -39,10 +39,12 @@ MEMORY_TOOLS = (
 
 ENV_PREFIX = "MAHAVISHNU_"
 SETTINGS_DIR_ENV = "MAHAVISHNU_SETTINGS_DIR"
+WORKER_METRICS_DIR_ENV = "MAHAVISHNU_WORKER_METRICS_DIR"
 LogFormat = Literal["text", "kv", "json"]
 
 NOT_SETTINGS_ENV: dict[str, str] = {
     SETTINGS_DIR_ENV: "the folder of the YAML files",
+    WORKER_METRICS_DIR_ENV: "where a local worker writes its metrics (set by its orchestrator)",
     "MAHAVISHNU_TEST_REDIS_URL": "the Redis the test suite uses (tests/conftest.py)",
     "MAHAVISHNU_TEST_BROKERS": "where the integration suites run: standalone,cluster",
     "MAHAVISHNU_WRITE_RELIABILITY": "1 makes the chaos suite rewrite docs/reliability.md",

@@ -27,7 +27,9 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from redis.exceptions import RedisError
 
@@ -40,7 +42,7 @@ from shared.codec import (
     decode,
     encode,
 )
-from shared.config import Settings
+from shared.config import WORKER_METRICS_DIR_ENV, Settings
 from shared.connection import (
     TRANSIENT_ERRORS,
     Pipeline,
@@ -64,6 +66,8 @@ from shared.logs import bind as bind_log_context
 from shared.logs import set_task as set_task_log_context
 from shared.logs import task_fields
 from shared.metrics import install as install_metrics
+from shared.metrics import installed as installed_metrics
+from shared.metrics.snapshots import SnapshotWriter
 from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, TaskResult, TaskStatus, new_id
 from shared.replies import Entry, decode_hash, flatten_read, queued, text
 from shared.retries import dead_letter_reason, queue_retry, with_line
@@ -178,6 +182,7 @@ class Worker:
         self._manager_gone_since: float | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._started_at = time.time()
+        self.on_heartbeat: Callable[[], None] | None = None  # e.g. writes a metrics snapshot
         self.completed = 0
 
     @property
@@ -750,6 +755,8 @@ class Worker:
             except RedisError as exc:  # any error: a worker without heartbeats loses its work
                 log.warning("heartbeat failed: %s", exc)
                 continue
+            if self.on_heartbeat is not None:
+                self.on_heartbeat()
             status, manager_alive = pool_status.reply(replies), manager.reply(replies)
             self._check_pool(text(status), bool(manager_alive), now)
             for item, cancel in zip(running, cancels, strict=True):
@@ -893,6 +900,12 @@ async def serve(
     )
     bind_log_context(pool=pool_id, worker=worker.worker_id)
     metrics = install_metrics(settings, role=f"worker {worker.worker_id}")
+    snapshots: SnapshotWriter | None = None
+    folder = os.environ.get(WORKER_METRICS_DIR_ENV)
+    if metrics is None and folder:  # a local worker of an orchestrator serving /metrics
+        observer = installed_metrics().observer
+        snapshots = SnapshotWriter(Path(folder), worker.worker_id, observer.snapshot)
+        worker.on_heartbeat = snapshots.write
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.request_stop)
@@ -901,4 +914,6 @@ async def serve(
     finally:
         if metrics is not None:
             metrics.close()
+        if snapshots is not None:
+            snapshots.write()
     return 0

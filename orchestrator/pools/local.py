@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.pools.base import PoolBackend, Sweep
-from shared.config import Settings, settings_env
+from shared.config import WORKER_METRICS_DIR_ENV, Settings, settings_env
 from shared.errors import ExecutorError
+from shared.metrics import current as current_metrics
 from shared.models import PoolSpec
 from worker.executors import build_executor
 
@@ -85,8 +86,15 @@ class LocalBackend(PoolBackend):
         self.on_exit = on_exit  # called when any worker process exits
         self.pools: dict[str, LocalPool] = {}
         self._env = {**os.environ, **settings_env(settings)}
-        # its workers share this host: the orchestrator's metrics port is not theirs
+        # its workers share this host: the orchestrator's metrics port is not theirs; when it
+        # serves /metrics they write their counts to a folder it reads (shared.metrics.snapshots)
         self._env["MAHAVISHNU_METRICS_PORT"] = "0"
+        self._env.pop(WORKER_METRICS_DIR_ENV, None)
+        metrics = current_metrics()
+        if metrics is not None:
+            folder = log_dir / "metrics" / (owner_id or f"pid{os.getpid()}")
+            metrics.observer.add_folder(folder)
+            self._env[WORKER_METRICS_DIR_ENV] = str(folder)
         self._watchers: set[asyncio.Task[None]] = set()
 
     def pool(self, pool_id: str) -> LocalPool:

@@ -34,6 +34,12 @@ def installed() -> Metrics:
         return _metrics
 
 
+def current() -> Metrics | None:
+    """This process's metrics if they are installed (this process serves `/metrics`)."""
+    with _lock:
+        return _metrics
+
+
 def uninstall() -> None:
     """Take this process's metrics off the hooks and forget them (tests running many roles in
     one process)."""

@@ -7,6 +7,7 @@ import math
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -20,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from shared.hooks import Finished, Observer, PoolFigures
 from shared.metrics import definitions as d
+from shared.metrics.snapshots import Snapshot, read_folder
 from shared.models import PoolStatus
 
 
@@ -44,12 +46,13 @@ class _Histogram:
         self.sum += total
         self.count += len(values)
 
-    def buckets(self) -> list[tuple[str, float]]:
-        cumulative, out = 0, []
-        for bound, count in zip((*d.DURATION_BUCKETS, math.inf), self.counts, strict=True):
-            cumulative += count
-            out.append(("+Inf" if bound == math.inf else repr(float(bound)), float(cumulative)))
-        return out
+
+def _cumulative(counts: Sequence[int]) -> list[tuple[str, float]]:
+    cumulative, out = 0, []
+    for bound, count in zip((*d.DURATION_BUCKETS, math.inf), counts, strict=True):
+        cumulative += count
+        out.append(("+Inf" if bound == math.inf else repr(float(bound)), float(cumulative)))
+    return out
 
 
 class PrometheusObserver(Observer, Collector):
@@ -61,6 +64,24 @@ class PrometheusObserver(Observer, Collector):
         self._counts: dict[tuple[str, str], float] = {}  # (event, pool) -> count
         self._histograms: dict[tuple[d.MetricDef, str], _Histogram] = {}
         self.pool_figures = PoolFiguresCollector()
+        self._folders: list[Path] = []  # local workers' snapshots (shared.metrics.snapshots)
+
+    def add_folder(self, folder: Path) -> None:
+        """Add the snapshots in `folder` to what this observer serves, at every scrape."""
+        with self._lock:
+            if folder not in self._folders:
+                self._folders.append(folder)
+
+    def snapshot(self) -> Snapshot:
+        """This process's own counts as plain numbers (what a local worker writes)."""
+        with self._lock:
+            return Snapshot(
+                dict(self._counts),
+                {
+                    (metric.name, pool): (list(series.counts), series.sum)
+                    for (metric, pool), series in self._histograms.items()
+                },
+            )
 
     def _count(self, event: str, pool: str, count: int) -> None:
         if count:
@@ -120,12 +141,12 @@ class PrometheusObserver(Observer, Collector):
         self.pool_figures.set_memory_lag(target, lag_seconds)
 
     def collect(self) -> Iterable[Metric]:
+        merged = self.snapshot()
         with self._lock:
-            counts = dict(self._counts)
-            histograms = [
-                (metric, pool, series.buckets(), series.sum)
-                for (metric, pool), series in self._histograms.items()
-            ]
+            folders = list(self._folders)
+        for folder in folders:
+            merged.add(read_folder(folder))
+        counts = merged.counts
         for event, definition in d.TASK_COUNTERS.items():
             family = CounterMetricFamily(
                 definition.name.removesuffix("_total"), definition.help, labels=definition.labels
@@ -138,9 +159,9 @@ class PrometheusObserver(Observer, Collector):
             histogram = HistogramMetricFamily(
                 definition.name, definition.help, labels=definition.labels
             )
-            for metric, pool, buckets, total in histograms:
-                if metric is definition:
-                    histogram.add_metric([pool], buckets, total)
+            for (name, pool), (buckets, total) in sorted(merged.histograms.items()):
+                if name == definition.name:
+                    histogram.add_metric([pool], _cumulative(buckets), total)
             yield histogram
 
     def describe(self) -> Iterable[Metric]:
