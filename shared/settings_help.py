@@ -71,7 +71,7 @@ SETTINGS_HELP: dict[str, str] = {
     "kube_service_account": "Service account of a `kubernetes` pool's worker pods.",
     "kube_redis_secret": "Secret whose key `url` is the worker pods' Redis URL (the URL never goes into the Deployment itself).",
     "kube_request_timeout": "Longest wait, in seconds, for one Kubernetes API call.",
-    "metrics_port": "Port of this process's Prometheus `/metrics` (orchestrator, worker, MCP facade; flag `--metrics-port`); 0: none. Local workers started by an orchestrator never inherit it.",
+    "metrics_port": "Port of this process's Prometheus `/metrics` (orchestrator, worker, MCP facade; flag `--metrics-port`); 0: none. Local workers started by an orchestrator serve none: their counts show on its `/metrics`.",
     "metrics_host": "Address `/metrics` binds.",
     "log_format": "Log lines as `text`, `kv` (logfmt: key=value) or `json` (one object per line); lines about a task carry `task`, `pool` and `worker`.",
 }

@@ -43,8 +43,11 @@ DURATION_BUCKETS = (
 )  # fmt: skip
 """Seconds: from a function call (milliseconds) to an AI agent's run (many minutes)."""
 
-_WORKER = "worker (when given --metrics-port)"
-_RECORDER = "whoever records the result: worker; orchestrator (routing failures, reclaim)"
+_WORKER = "worker (given --metrics-port); a local worker: its orchestrator"
+_RECORDER = (
+    "whoever records the result: worker (a local one: through its orchestrator); "
+    "orchestrator (routing failures, reclaim)"
+)
 
 TASK_COUNTERS: dict[str, MetricDef] = {
     event: MetricDef(f"mahavishnu_tasks_{event}_total", Kind.COUNTER, ("pool",), text, by)
@@ -135,7 +138,7 @@ POOL_COMPLETED = MetricDef(
     Kind.COUNTER,
     ("pool",),
     "The pool's completed tasks as counted in Redis (`pool:{P}:load` completed): every "
-    "worker's, including local workers that serve no /metrics.",
+    "worker's, external or local.",
     _HOLDER,
 )
 POOL_FAILED = MetricDef(
