@@ -61,7 +61,7 @@ kube-binaries:
 	sh tests/k8s/build_apiserver.sh
 
 test: venv arq-venv redis lint kube-binaries
-	@$(BIN)/pytest -q -p no:cacheprovider; rc=$$?; \
+	@$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; \
 	exit $$rc
 
