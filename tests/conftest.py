@@ -19,6 +19,11 @@ from shared.models import new_id
 
 pytest_plugins = ["tests.standins.fixtures"]  # session_buddy, akosha: MCP services of issues 11/13
 
+# pytest-xdist's workers inherit COLUMNS=80 / LINES=24; the CLI sizes its tables by COLUMNS when
+# set (else wide for pipes, `orchestrator/cli/render.py`), so the CLIs tests start would wrap
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
+
 REDIS_URL = os.environ.get("MAHAVISHNU_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 BROKERS = [
     name

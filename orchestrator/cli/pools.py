@@ -468,7 +468,7 @@ def pool_logs(
         if len(found) > 1:
             out.print(f"[bold]==> {worker_id} <==[/]")
         for line in lines:
-            out.print(line, markup=False, highlight=False)
+            out.print(line, markup=False, highlight=False, soft_wrap=True)  # one line each
 
 
 @pool_app.command("health")
