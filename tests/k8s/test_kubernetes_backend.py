@@ -245,12 +245,16 @@ async def keda_pool_scales_its_scaled_object(
 
     # closing deletes the ScaledObject, the Deployment and its pods
     await pools.close_pool(pool_id, wait=True, timeout=60)
-    listed = kube.custom.list_namespaced_custom_object(
-        KEDA_GROUP, KEDA_VERSION, namespace, KEDA_PLURAL
-    )
-    assert isinstance(listed, dict) and listed["items"] == []
-    pods = kube.core.list_namespaced_pod(namespace, label_selector=f"mahavishnu.io/pool={pool_id}")
-    assert pods.items == []
+
+    async def gone() -> bool:  # the API server removes what was deleted on its own time
+        listed = kube.custom.list_namespaced_custom_object(
+            KEDA_GROUP, KEDA_VERSION, namespace, KEDA_PLURAL
+        )
+        selector = f"mahavishnu.io/pool={pool_id}"
+        pods = kube.core.list_namespaced_pod(namespace, label_selector=selector)
+        return isinstance(listed, dict) and listed["items"] == [] and pods.items == []
+
+    await wait_until(gone, timeout=30, what="the ScaledObject and the pods gone")
 
 
 async def test_a_new_lease_holder_adopts_the_pools_deployment_and_scaled_object(
