@@ -55,6 +55,9 @@ class FinalResult:
     # the pool whose slot holds the task's state (`Keys.task_state`); None: the result's pool
     home: str | None = None
     submitted_at: float | None = None
+    # a stored result: the batch token its writer announced it under (`announce_token`), so a
+    # repairer skips the streams that writer's sent markers show it reached
+    announced_as: str = ""
     _dump: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -94,7 +97,8 @@ async def finalize_results(
     `extra(pipe)`, if given, queues more commands that run before the acknowledgement.
     Returns, per result, whether it was recorded now (False: the task was already final).
     """
-    verdicts = await _record(redis, scripts, settings, finals) if finals else []
+    token = _batch_token(finals, stored)
+    verdicts = await _record(redis, scripts, settings, finals, token) if finals else []
     fresh = [f for f, v in zip(finals, verdicts, strict=True) if v == FINAL_NEW]
     if HOOKS and fresh:
         HOOKS.finished([_finished(f) for f in fresh])
@@ -103,7 +107,6 @@ async def finalize_results(
     recovered = await read_stored(redis, settings, [*again, *stored])
     done = fresh + recovered
     markers: list[str] = []
-    token = _batch_token(done)
     dead = [f for f in done if f.result.status is TaskStatus.DEAD_LETTERED]
     if dead:  # before the replies: whoever sees a dead-lettered result finds its dead letter
         pipe = redis.pipeline(transaction=False)
@@ -136,9 +139,10 @@ def _finished(final: FinalResult) -> Finished:
 
 
 async def _record(
-    redis: Redis, scripts: Scripts, settings: Settings, finals: Sequence[FinalResult]
+    redis: Redis, scripts: Scripts, settings: Settings, finals: Sequence[FinalResult], token: str
 ) -> list[int]:
-    """Step 1: COMPLETE_BATCH per state slot; the verdicts."""
+    """Step 1: COMPLETE_BATCH per state slot, each state noting the batch `token` it will be
+    announced under; the verdicts."""
     now = time.time()
     calls: list[tuple[_CompleteBatch, list[int]]] = []
     by_home: dict[str, tuple[_CompleteBatch, list[int]]] = {}
@@ -146,7 +150,7 @@ async def _record(
         home = final.state_home  # '' (no pool yet): the look-ups, all in the ingress slot
         call = by_home.get(home)
         if call is None or (call[0].count and call[0].size >= BATCH_SCRIPT_BYTES):
-            call = by_home[home] = (_CompleteBatch(settings, home, now), [])
+            call = by_home[home] = (_CompleteBatch(settings, home, now, token), [])
             calls.append(call)
         call[0].add(final)
         call[1].append(position)
@@ -170,8 +174,9 @@ into several calls in the same round trip (Redis holds a whole command in memory
 class _CompleteBatch:
     """KEYS and ARGV of one `COMPLETE_BATCH` call in one slot (layout: `shared/scripts.py`)."""
 
-    def __init__(self, settings: Settings, home: str, now: float) -> None:
+    def __init__(self, settings: Settings, home: str, now: float, token: str) -> None:
         self._settings = settings
+        self._token = token
         self._home = home
         self._keys: list[str] = []
         self._body: list[Any] = []
@@ -185,6 +190,7 @@ class _CompleteBatch:
         res = final.result
         self._keys.append(keys.task_state(res.task_id, self._home))
         hash_fields = result_hash_fields(res, final.dump)
+        hash_fields["announce_token"] = self._token
         # what announcing it needs, kept with it: whoever finds it unannounced can do that
         if final.reply_to:
             hash_fields["reply_to"] = final.reply_to
@@ -318,6 +324,8 @@ def stored_final(raw: RawHash, task_id: str, home: str) -> FinalResult | None:
             history = []
     return FinalResult(
         res,
+        token=text(raw.get(b"final_token")),
+        announced_as=text(raw.get(b"announce_token")),
         reply_to=text(raw.get(b"reply_to")) or None,
         history=history,
         spec=spec,
@@ -326,9 +334,9 @@ def stored_final(raw: RawHash, task_id: str, home: str) -> FinalResult | None:
     )
 
 
-SENT_MARKER_TTL = 600
+SENT_MARKER_TTL = 3600
 """Seconds a sent marker (`Keys.sent_marker`) outlives a writer that died before step 3, which
-deletes it: a retry within this time adds no entry twice."""
+deletes it: a retry, or a repair of that writer's batch, within this time adds no entry twice."""
 
 
 @dataclass
@@ -339,10 +347,17 @@ class Announcement:
     markers: list[str] = field(default_factory=list)
 
 
-def _batch_token(finals: Sequence[FinalResult]) -> str:
-    """The same for the same results however often a writer retries: names a sent marker."""
-    tokens = "\n".join(f.token or f"stored:{f.result.task_id}" for f in finals)
-    return hashlib.sha1(tokens.encode()).hexdigest()[:20]
+def _batch_token(finals: Sequence[FinalResult], stored: Sequence[tuple[str, str]] = ()) -> str:
+    """The same for the same call however often a writer retries: names its sent markers."""
+    tokens = [f.token or f"task:{f.result.task_id}" for f in finals]
+    tokens += [f"stored:{home}:{task_id}" for home, task_id in stored]
+    return hashlib.sha1("\n".join(tokens).encode()).hexdigest()[:20]
+
+
+def _share_token(final: FinalResult) -> str:
+    """Names the sent marker of one result's share: the same for its writer and for whoever
+    repairs it (a stored result keeps its writer's token)."""
+    return _batch_token([final])
 
 
 def announce(
@@ -366,7 +381,7 @@ def announce(
         events.append((final, event))
         for target in final.share_with:
             inbox = keys.pool_inbox(target)
-            marker = keys.sent_marker(inbox, _batch_token([final]))
+            marker = keys.sent_marker(inbox, _share_token(final))
             done.markers.append(marker)
             share = scripts.queue(
                 pipe,
@@ -412,17 +427,32 @@ def _queue_entries(
     maxlen: int | None = None,
     ttl: int | None = None,
 ) -> str:
-    """Queue one XADD_MANY of `entries` on `stream`; return its sent marker."""
-    marker = settings.keys.sent_marker(stream, token)
+    """Queue one XADD_MANY of `entries` on `stream`; return its sent marker.
+
+    A stored result announced by someone other than its writer names its writer's marker on
+    this stream: if that exists, the writer added its entry before dying, and it is skipped.
+    """
+    keys = settings.keys
+    marker = keys.sent_marker(stream, token)
+    script_keys = [stream, marker]
+    origin_at: dict[str, int] = {}
     args: list[Any] = [
         "" if maxlen is None else maxlen,
         "" if ttl is None else ttl,
         SENT_MARKER_TTL,
         len(entries),
     ]
-    for _, entry in entries:
+    for final, entry in entries:
+        origin = final.announced_as
+        at = 0
+        if origin and origin != token:
+            at = origin_at.get(origin, 0)
+            if not at:
+                script_keys.append(keys.sent_marker(stream, origin))
+                at = origin_at[origin] = len(script_keys)
+        args.append(at)
         add_counted(args, entry)
-    scripts.queue(pipe, scripts.xadd_many, [stream, marker], args)
+    scripts.queue(pipe, scripts.xadd_many, script_keys, args)
     return marker
 
 

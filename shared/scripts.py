@@ -302,10 +302,13 @@ end
 return n
 """
 
-# KEYS[1] = stream, KEYS[2] = its sent marker for this batch (`Keys.sent_marker`). ARGV: max
-# length ('' for none), the stream's ttl in seconds ('' for none), the marker's ttl, count, then
-# per entry its fields (counted). Adds the entries in order, once per marker: a writer retrying
-# after a lost reply adds nothing the second time. Returns how many it added.
+# KEYS[1] = stream, KEYS[2] = its sent marker for this batch (`Keys.sent_marker`), KEYS[3..] =
+# the markers other writers added stored results under. ARGV: max length ('' for none), the
+# stream's ttl in seconds ('' for none), the marker's ttl, count, then per entry: the index in
+# KEYS of its writer's marker (0: none), its fields (counted). Adds the entries in order, once
+# per marker: a writer retrying after a lost reply adds nothing the second time, and an entry
+# whose writer's marker exists (it was added before that writer died) is skipped. Returns how
+# many it added.
 XADD_MANY = (
     _CURSOR
     + """
@@ -313,19 +316,24 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   return 0
 end
 local maxlen, ttl, marker_ttl, count = take(), take(), take(), tonumber(take())
+local added = 0
 for k = 1, count do
+  local origin = tonumber(take())
   local a, b = span()
-  if maxlen ~= '' then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(ARGV, a, b))
-  else
-    redis.call('XADD', KEYS[1], '*', unpack(ARGV, a, b))
+  if origin == 0 or redis.call('EXISTS', KEYS[origin]) == 0 then
+    if maxlen ~= '' then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(ARGV, a, b))
+    else
+      redis.call('XADD', KEYS[1], '*', unpack(ARGV, a, b))
+    end
+    added = added + 1
   end
 end
-if ttl ~= '' then
+if ttl ~= '' and added > 0 then
   redis.call('EXPIRE', KEYS[1], tonumber(ttl))
 end
 redis.call('SET', KEYS[2], '1', 'EX', tonumber(marker_ttl))
-return count
+return added
 """
 )
 

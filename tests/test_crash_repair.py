@@ -51,7 +51,7 @@ async def test_a_result_recorded_but_never_announced_is_announced_by_the_next_wr
     task_id = new_id("t")
     try:
         first = _final("w-1/1-0", task_id, output="first")
-        await finals_module._record(client, scripts, settings, [first])  # then it died
+        await finals_module._record(client, scripts, settings, [first], "b-1")  # then it died
         assert await _replies(redis, settings) == []
         # the next attempt's worker reads the entry again: START says announce what is stored
         state = settings.keys.pool_task(POOL, task_id)
@@ -98,6 +98,88 @@ async def test_an_announcement_retried_after_a_lost_reply_adds_nothing_twice(
     assert len(await _replies(redis, settings)) == 3
     completions = [f for _, f in await redis.xrange(settings.keys.events)]
     assert len(completions) == 3
+
+
+def _died_after_announcing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next `finalize_results` dies after step 2 (its announcements were added) and before
+    step 3 (`announced` is never set, the sent markers stay)."""
+    real = finals_module.acknowledge
+    calls = 0
+
+    async def died(*args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("killed before acknowledging")
+        await real(*args, **kwargs)
+
+    monkeypatch.setattr(finals_module, "acknowledge", died)
+
+
+def _dead(token: str, task_id: str) -> FinalResult:
+    final = _final(token, task_id)
+    final.result.status = TaskStatus.DEAD_LETTERED
+    final.result.error = "gave up"
+    return final
+
+
+async def _counts(redis: Any, settings: Settings) -> tuple[int, int, int]:
+    keys = settings.keys
+    return (
+        len(await redis.xrange(keys.replies("c-1"))),
+        len(await redis.xrange(keys.events)),
+        len(await redis.xrange(keys.dlq)),
+    )
+
+
+async def test_results_announced_by_a_writer_that_died_are_not_announced_again_by_its_repairers(
+    settings: Settings, redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = connect(settings, retries=0)
+    scripts = Scripts(client)
+    ids = [new_id("t") for _ in range(4)]
+    batch = [_final(f"w-1/{n}-0", t) for n, t in enumerate(ids[:3])] + [_dead("w-1/3-0", ids[3])]
+    _died_after_announcing(monkeypatch)
+    try:
+        with pytest.raises(ConnectionError):
+            await finalize_results(client, scripts, settings, batch)
+        assert await _counts(redis, settings) == (4, 4, 1)
+        # two repairers, each finding part of the dead writer's batch (a worker reading the
+        # entry again, reclaim), and a later writer of one of the tasks
+        await finals_module.announce_stored(client, scripts, settings, [(POOL, ids[0])])
+        await finals_module.announce_stored(client, scripts, settings, [(POOL, t) for t in ids[1:]])
+        written = await finalize_results(client, scripts, settings, [_final("w-2/1-0", ids[0])])
+        assert written == [False]
+        assert await _counts(redis, settings) == (4, 4, 1)
+        for task_id in ids:
+            state = settings.keys.pool_task(POOL, task_id)
+            assert await redis.hget(state, "announced") == b"1"
+    finally:
+        await client.aclose()
+
+
+async def test_a_repairer_adds_what_a_dead_writer_did_not_reach(
+    settings: Settings, redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 2's streams can live on different nodes of a cluster: a writer can die having
+    added its replies but not its events. The repair adds just the events."""
+    client = connect(settings, retries=0)
+    scripts = Scripts(client)
+    ids = [new_id("t") for _ in range(3)]
+    _died_after_announcing(monkeypatch)
+    try:
+        with pytest.raises(ConnectionError):
+            await finalize_results(
+                client, scripts, settings, [_final(f"w-1/{n}", t) for n, t in enumerate(ids)]
+            )
+        events = settings.keys.events
+        markers = [k async for k in redis.scan_iter(match=f"{events}:sent:*")]
+        assert len(markers) == 1
+        await redis.delete(events, *markers)  # as if that XADD_MANY never ran
+        await finals_module.announce_stored(client, scripts, settings, [(POOL, t) for t in ids])
+        assert await _counts(redis, settings) == (3, 3, 0)
+    finally:
+        await client.aclose()
 
 
 @pytest.mark.unit

@@ -35,12 +35,6 @@ async def test_kill_9_one_of_two_workers_while_it_holds_tasks(chaos: Chaos) -> N
     await wait_until(replaced, what="a replacement worker")
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known hole (issue 10's note): a worker killed between announcing a batch and "
-    "acknowledging it leaves results its replacement announces again under its own batch "
-    "token, so their TASK_COMPLETED events repeat (the recorded result stays exactly once)",
-)
 async def test_kill_9_the_only_worker_and_a_new_one_takes_over(chaos: Chaos) -> None:
     chaos.start_orchestrator("o1")
     await chaos.spawn("p", min_workers=1, concurrency=8)
