@@ -21,16 +21,16 @@ from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
-
-import httpx2
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED, TextContent
+from typing import TYPE_CHECKING, Any, Self
 
 from shared.config import redact_url
 from shared.errors import RemoteToolError, RemoteUnavailable
+
+if TYPE_CHECKING:
+    from mcp import Client
+
+# The MCP SDK and its HTTP client (~30 MB, 0.4 s to import) are imported on first use: every
+# orchestrator imports this module (delegated pools, memory sync), few of them use it.
 
 DEFAULT_TIMEOUT = 60.0  # seconds one HTTP exchange (a tool call) may take
 
@@ -67,6 +67,10 @@ class RemoteMCP:
         self._client: Client | None = None
 
     async def __aenter__(self) -> Self:
+        import httpx2
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+
         stack = AsyncExitStack()
         try:
             http = await stack.enter_async_context(
@@ -109,6 +113,8 @@ class RemoteMCP:
 
     async def tools(self) -> list[RemoteTool]:
         """The tools the server lists."""
+        from mcp.shared.exceptions import MCPError
+
         try:
             listed = await self.client.list_tools()
         except MCPError as exc:
@@ -125,6 +131,9 @@ class RemoteMCP:
     async def call(self, tool: str, arguments: Mapping[str, Any] | None = None) -> Any:
         """Call `tool`; return its structured result (or its text, parsed as JSON when it is
         JSON). RemoteToolError when the tool answers with an error."""
+        from mcp.shared.exceptions import MCPError
+        from mcp_types import CONNECTION_CLOSED, TextContent
+
         try:
             result = await self.client.call_tool(tool, dict(arguments or {}))
         except MCPError as exc:
@@ -154,6 +163,8 @@ class RemoteMCP:
 
 def _reason(exc: BaseException) -> str:
     """The innermost useful message of an error (the SDK wraps transport errors in groups)."""
+    import httpx2
+
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     if isinstance(exc, httpx2.HTTPStatusError):
