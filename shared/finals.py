@@ -33,9 +33,17 @@ from shared.hooks import HOOKS, NO_POOL, Finished
 from shared.keys import hash_tag
 from shared.models import TaskResult, TaskSpec, TaskStatus
 from shared.replies import Queued, hash_reply, queued, text
-from shared.scripts import FINAL_DONE, FINAL_NEW, FINAL_STORED, Scripts, add_counted, flat_fields
+from shared.scripts import (
+    FINAL_DONE,
+    FINAL_NEW,
+    FINAL_STORED,
+    Scripts,
+    add_counted,
+    flat_fields,
+    packed_result,
+)
 from shared.state import parse_task_result
-from shared.task_state import RawHash, iso_time, output_head, share_targets
+from shared.task_state import RawHash, iso_time, output_head, output_json, share_targets
 
 log = logging.getLogger("mahavishnu.finals")
 
@@ -198,16 +206,14 @@ class _CompleteBatch:
             hash_fields["share_with"] = json.dumps(final.share_with)
         if res.status is TaskStatus.DEAD_LETTERED:
             hash_fields.update(_dead_letter_fields(final))
-        args += [len(self._keys), final.token]
-        add_counted(args, hash_fields)
         if self._home and res.pool_id == self._home:
             record = memory_record(settings, final, pool_id=self._home)
-            add_counted(args, record)
-            done, ms, failed = _counts(res)
-            args += [done, repr(ms), failed]
+            args.append(
+                packed_result(len(self._keys), final.token, hash_fields, record, _counts(res))
+            )
             self.size += len(record["output"])
         else:
-            args += [0, 0, 0, 0]
+            args.append(packed_result(len(self._keys), final.token, hash_fields))
         self.count += 1
         self.size += len(hash_fields["result"])
 
@@ -578,7 +584,7 @@ def queue_dead_letter(pipe: Pipeline, settings: Settings, record: Fields) -> Non
 def memory_record(settings: Settings, final: FinalResult, *, pool_id: str) -> dict[str, str]:
     """The memory record of a result: what was asked and a bounded output."""
     res = final.result
-    output = res.output if isinstance(res.output, str) else json.dumps(res.output, default=str)
+    output = output_json(res.output)
     limit = settings.memory_output_chars
     return {
         "task": res.task_id,

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
 from redis.asyncio.client import CommandStackT
 from redis.asyncio.cluster import ClusterPipeline, PipelineStrategy, RedisCluster
 from redis.exceptions import NoScriptError
@@ -235,8 +236,10 @@ announced (nothing to do); already final with another writer's result that was n
 # Records final results in one slot: the tasks' state hashes, and for results of the pool that
 # owns the slot its memory record and counters. KEYS = the state hashes, then the memory stream
 # and load hash (when the slot is a pool's). ARGV: result ttl, memory max length, memory index
-# (0: none), load index (0: none), count; per result: state index, token, hash fields (counted),
-# memory record (counted; 0 pairs: none), completed (0/1), duration ms, failed (0/1).
+# (0: none), load index (0: none), count; then one argument per result, packed by
+# `packed_result` (a msgpack array: state index, token, hash fields as a flat list, memory
+# record as a flat list (empty: none), completed (0/1), duration ms, failed (0/1)) — one
+# argument instead of ~45 costs less to send and to hand to Lua.
 # A state written now gets `announced` 0; `finals` sets it to 1 once the result is announced.
 # A writer retrying after a lost reply (same token) gets FINAL_NEW again, unless it was
 # announced. Returns per result FINAL_NEW, FINAL_DONE or FINAL_STORED.
@@ -248,10 +251,8 @@ local memory, load, count = tonumber(take()), tonumber(take()), tonumber(take())
 local out = {{}}
 local done_n, total_ms, failed_n = 0, 0, 0
 for r = 1, count do
-  local task, token = KEYS[tonumber(take())], take()
-  local fa, fb = span()
-  local ma, mb = span()
-  local done, ms, failed = tonumber(take()), tonumber(take()), tonumber(take())
+  local one = cmsgpack.unpack(take())
+  local task, token, fields, record = KEYS[one[1]], one[2], one[3], one[4]
   local state = redis.call('HMGET', task, 'status', 'announced', 'final_token')
   local status = state[1]
   if {_FINAL} then
@@ -263,18 +264,18 @@ for r = 1, count do
       out[r] = {FINAL_STORED}
     end
   else
-    redis.call('HSET', task, 'final_token', token, 'announced', '0', unpack(ARGV, fa, fb))
+    redis.call('HSET', task, 'final_token', token, 'announced', '0', unpack(fields))
     redis.call('EXPIRE', task, ttl)
-    if memory > 0 and mb >= ma then
-      redis.call('XADD', KEYS[memory], 'MAXLEN', '~', memory_max, '*', unpack(ARGV, ma, mb))
+    if memory > 0 and #record > 0 then
+      redis.call('XADD', KEYS[memory], 'MAXLEN', '~', memory_max, '*', unpack(record))
     end
-    done_n, total_ms, failed_n = done_n + done, total_ms + ms, failed_n + failed
+    done_n, total_ms, failed_n = done_n + one[5], total_ms + one[6], failed_n + one[7]
     out[r] = {FINAL_NEW}
   end
 end
 if load > 0 and done_n > 0 then
   redis.call('HINCRBY', KEYS[load], 'completed', done_n)
-  redis.call('HINCRBYFLOAT', KEYS[load], 'total_ms', total_ms)
+  redis.call('HINCRBYFLOAT', KEYS[load], 'total_ms', tostring(total_ms))
 end
 if load > 0 and failed_n > 0 then
   redis.call('HINCRBY', KEYS[load], 'failed', failed_n)
@@ -282,6 +283,25 @@ end
 return out
 """
 )
+
+
+def packed_result(
+    index: int,
+    token: str,
+    fields: Mapping[str, str | bytes],
+    record: Mapping[str, str] | None = None,
+    counts: tuple[int, float, int] = (0, 0.0, 0),
+) -> bytes:
+    """One result's argument of COMPLETE_BATCH: its state's index in KEYS, the writer's token,
+    the state's fields, its memory record and what it adds to the pool's counters (completed,
+    milliseconds, failed). Old-spec msgpack (`use_bin_type=False`): Redis's Lua `cmsgpack`
+    reads no bin types."""
+    done, ms, failed = counts
+    return msgpack.packb(  # type: ignore[no-any-return]
+        [index, token, flat_fields(fields), flat_fields(record or {}), done, ms, failed],
+        use_bin_type=False,
+    )
+
 
 # KEYS = the stream whose entries are acknowledged (when ARGV[1] is '1'), then state hashes of
 # the same slot. ARGV: '1' or '0', group, count of entry ids, the ids. Marks the results

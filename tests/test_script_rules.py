@@ -19,6 +19,7 @@ from shared.scripts import (
     START_SKIP,
     Scripts,
     add_counted,
+    packed_result,
 )
 
 
@@ -49,9 +50,8 @@ async def test_complete_records_only_tasks_that_are_not_final(
     key = settings.keys.pool_task("p1", f"t-{status}")
 
     def call(token: str) -> tuple[list[str], list[Any]]:
-        args: list[Any] = [60, 100, 0, 0, 1, 1, token]
-        add_counted(args, {"status": "completed", "result": "r"})
-        args += [0, 0, 0, 0]
+        args: list[Any] = [60, 100, 0, 0, 1]
+        args.append(packed_result(1, token, {"status": "completed", "result": "r"}))
         return [key], args
 
     await redis.hset(key, mapping={"status": str(status), "final_token": "old"})
