@@ -54,7 +54,7 @@ from shared.logs import bind as bind_log_context
 from shared.metrics import install as install_metrics
 from shared.models import ACCEPTING_STATUSES, PoolSpec, PoolStatus, PoolType, TaskStatus, new_id
 from shared.replies import Entry, decode_hash, flatten_read, text
-from shared.scripts import Scripts, add_counted
+from shared.scripts import Scripts, packed_task
 from shared.state import pool_hash_fields
 from shared.task_state import task_state_fields
 from worker.worker import drain_deadline
@@ -380,11 +380,9 @@ class Orchestrator:
         for pool_id, items in by_pool.items():
             args: list[Any] = [limits[pool_id], self.settings.result_ttl, len(items)]
             for item in items:
-                args.append(item.entry_id)
                 state = task_state_fields(item.message.task, pool_id=pool_id)
                 state["attempts"] = str(item.message.attempt - 1)
-                add_counted(args, state)
-                add_counted(args, item.fields)
+                args.append(packed_task(item.entry_id, state, item.fields))
             self._scripts.queue(
                 pipe,
                 self._scripts.forward,

@@ -155,25 +155,22 @@ return out
 )
 
 # KEYS[1] = pool hash, KEYS[2] = pool task stream, KEYS[3..] = the tasks' `pool_task` hashes.
-# ARGV: default limit, ttl, count, then per task: its ingress entry id, hash fields (counted),
-# entry fields (counted). Moves routed tasks into the pool while it takes work and has room:
-# writes each task's state in the pool's slot and its entry on the pool's stream, once per
-# ingress entry (a task whose state names this entry is already here). Keeps a
+# ARGV: default limit, ttl, count, then per task one argument packed by `packed_task`: its
+# ingress entry id, hash fields, entry fields. Moves routed tasks into the pool while it takes
+# work and has room: writes each task's state in the pool's slot and its entry on the pool's
+# stream, once per ingress entry (a task whose state names this entry is already here). Keeps a
 # `cancel_requested` the client left on a state written before the move finished. Returns
 # {per task 1 taken, 2 already here, 0 refused; the pool's backlog after}.
-FORWARD = (
-    _CURSOR
-    + f"""
-local default_limit, ttl, count = take(), tonumber(take()), tonumber(take())
+FORWARD = f"""
+local default_limit, ttl, count = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local status = redis.call('HGET', KEYS[1], 'status')
 local down = (not status) or {_POOL_DOWN}
 local limit = tonumber(redis.call('HGET', KEYS[1], 'max_queue') or default_limit)
 local n = redis.call('XLEN', KEYS[2])
 local out = {{}}
 for k = 1, count do
-  local entry = take()
-  local ha, hb = span()
-  local ea, eb = span()
+  local one = cmsgpack.unpack(ARGV[k + 3])
+  local entry, fields, body = one[1], one[2], one[3]
   local copy = KEYS[k + 2]
   local state = redis.call('HMGET', copy, 'routed_from', 'cancel_requested')
   if state[1] == entry then
@@ -182,19 +179,28 @@ for k = 1, count do
     out[k] = 0
   else
     redis.call('DEL', copy)
-    redis.call('HSET', copy, 'routed_from', entry, unpack(ARGV, ha, hb))
+    redis.call('HSET', copy, 'routed_from', entry, unpack(fields))
     if state[2] then
       redis.call('HSET', copy, 'cancel_requested', state[2])
     end
     redis.call('EXPIRE', copy, ttl)
-    redis.call('XADD', KEYS[2], '*', unpack(ARGV, ea, eb))
+    redis.call('XADD', KEYS[2], '*', unpack(body))
     n = n + 1
     out[k] = 1
   end
 end
 return {{out, n}}
 """
-)
+
+
+def packed_task(head: str | bytes, fields: Mapping[Any, Any], entry: Mapping[Any, Any]) -> bytes:
+    """One task's argument of FORWARD (`head`: its ingress entry id): a msgpack array of the
+    head, the state's fields and the stream entry's fields as flat lists. Old-spec msgpack
+    (`use_bin_type=False`): Redis's Lua `cmsgpack` reads no bin types."""
+    return msgpack.packb(  # type: ignore[no-any-return]
+        [head, flat_fields(fields), flat_fields(entry)], use_bin_type=False
+    )
+
 
 START_RUN, START_SKIP, START_CANCELLED, START_ANNOUNCE = 1, 0, 2, 3
 """What START_BATCH answers per task: run it; skip it (final, announced); record it cancelled

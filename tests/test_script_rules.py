@@ -20,6 +20,7 @@ from shared.scripts import (
     Scripts,
     add_counted,
     packed_result,
+    packed_task,
 )
 
 
@@ -115,9 +116,8 @@ async def test_submits_and_moves_go_only_to_pools_that_take_work(
         with pytest.raises(Exception, match=f"POOLDOWN pool is {status}"):
             await scripts.submit_batch(keys=submit_keys, args=_submit_args())
         assert await redis.xlen(stream) == 0
-    args: list[Any] = [100, 60, 1, "5-0"]
-    add_counted(args, {"status": "queued", "pool": "p1"})
-    add_counted(args, {"type": "TASK_DELEGATE"})
+    args: list[Any] = [100, 60, 1]
+    args.append(packed_task("5-0", {"status": "queued", "pool": "p1"}, {"type": "TASK_DELEGATE"}))
     forward_keys = [pool_key, stream, keys.pool_task("p1", "t2")]
     verdicts, backlog = await scripts.forward(keys=forward_keys, args=args)
     assert verdicts == [1 if takes else 0], status
