@@ -38,9 +38,9 @@ from shared.scripts import (
     FINAL_NEW,
     FINAL_STORED,
     Scripts,
-    add_counted,
     flat_fields,
     packed_result,
+    packed_task,
 )
 from shared.state import parse_task_result
 from shared.task_state import RawHash, iso_time, output_head, output_json, share_targets
@@ -456,8 +456,7 @@ def _queue_entries(
             if not at:
                 script_keys.append(keys.sent_marker(stream, origin))
                 at = origin_at[origin] = len(script_keys)
-        args.append(at)
-        add_counted(args, entry)
+        args.append(packed_task(at, {}, entry))
     scripts.queue(pipe, scripts.xadd_many, script_keys, args)
     return marker
 

@@ -193,9 +193,12 @@ return {{out, n}}
 """
 
 
-def packed_task(head: str | bytes, fields: Mapping[Any, Any], entry: Mapping[Any, Any]) -> bytes:
-    """One task's argument of FORWARD (`head`: its ingress entry id): a msgpack array of the
-    head, the state's fields and the stream entry's fields as flat lists. Old-spec msgpack
+def packed_task(
+    head: str | bytes | int, fields: Mapping[Any, Any], entry: Mapping[Any, Any]
+) -> bytes:
+    """One task's (or entry's) argument of FORWARD and XADD_MANY (`head`: its ingress entry id;
+    the index of its writer's marker): a msgpack array of the head, the state's fields and the
+    stream entry's fields as flat lists. Old-spec msgpack
     (`use_bin_type=False`): Redis's Lua `cmsgpack` reads no bin types."""
     return msgpack.packb(  # type: ignore[no-any-return]
         [head, flat_fields(fields), flat_fields(entry)], use_bin_type=False
@@ -330,27 +333,25 @@ return n
 
 # KEYS[1] = stream, KEYS[2] = its sent marker for this batch (`Keys.sent_marker`), KEYS[3..] =
 # the markers other writers added stored results under. ARGV: max length ('' for none), the
-# stream's ttl in seconds ('' for none), the marker's ttl, count, then per entry: the index in
-# KEYS of its writer's marker (0: none), its fields (counted). Adds the entries in order, once
-# per marker: a writer retrying after a lost reply adds nothing the second time, and an entry
-# whose writer's marker exists (it was added before that writer died) is skipped. Returns how
-# many it added.
-XADD_MANY = (
-    _CURSOR
-    + """
+# stream's ttl in seconds ('' for none), the marker's ttl, count, then one argument per entry
+# packed by `packed_task`: the index in KEYS of its writer's marker (0: none), no state fields,
+# its fields. Adds the entries in order, once per marker: a writer retrying after a lost reply
+# adds nothing the second time, and an entry whose writer's marker exists (it was added before
+# that writer died) is skipped. Returns how many it added.
+XADD_MANY = """
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return 0
 end
-local maxlen, ttl, marker_ttl, count = take(), take(), take(), tonumber(take())
+local maxlen, ttl, marker_ttl, count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local added = 0
 for k = 1, count do
-  local origin = tonumber(take())
-  local a, b = span()
+  local one = cmsgpack.unpack(ARGV[k + 4])
+  local origin = one[1]
   if origin == 0 or redis.call('EXISTS', KEYS[origin]) == 0 then
     if maxlen ~= '' then
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(ARGV, a, b))
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(one[3]))
     else
-      redis.call('XADD', KEYS[1], '*', unpack(ARGV, a, b))
+      redis.call('XADD', KEYS[1], '*', unpack(one[3]))
     end
     added = added + 1
   end
@@ -361,7 +362,6 @@ end
 redis.call('SET', KEYS[2], '1', 'EX', tonumber(marker_ttl))
 return added
 """
-)
 
 # KEYS[1] = pool hash, KEYS[2] = pool inbox, KEYS[3] (optional) = a sent marker. ARGV[1] = the
 # marker's ttl ('' without one), ARGV[2..] = fields. Writes only while the pool exists and its
