@@ -37,10 +37,10 @@ def served(observer: PrometheusObserver) -> dict[tuple[str, tuple[tuple[str, str
     }
 
 
-def test_a_snapshot_round_trips_and_sums(tmp_path: Path) -> None:
+async def test_a_snapshot_round_trips_and_sums(tmp_path: Path) -> None:
     one, two = worker_counts("p", [0.002, 0.3]), worker_counts("p", [7.0])
-    SnapshotWriter(tmp_path, "w1", one.snapshot).write()
-    SnapshotWriter(tmp_path, "w2", two.snapshot).write()
+    await SnapshotWriter(tmp_path, "w1", one.snapshot).write()
+    await SnapshotWriter(tmp_path, "w2", two.snapshot).write()
     assert Snapshot.from_json((tmp_path / "w1.metrics.json").read_text()) == one.snapshot()
 
     total = read_folder(tmp_path)
@@ -68,16 +68,18 @@ def test_a_snapshot_round_trips_and_sums(tmp_path: Path) -> None:
     assert samples[("mahavishnu_task_queue_wait_seconds_count", (("pool", "p"),))] == 4
 
 
-def test_a_writer_rewrites_only_on_change_and_bad_files_are_left_out(tmp_path: Path) -> None:
+async def test_a_writer_rewrites_only_on_change_and_bad_files_are_left_out(
+    tmp_path: Path,
+) -> None:
     observer = worker_counts("p", [0.1])
     writer = SnapshotWriter(tmp_path / "new", "w1", observer.snapshot)
-    writer.write()
+    await writer.write()
     path = tmp_path / "new" / "w1.metrics.json"
     inode = path.stat().st_ino  # a write replaces the file (a new inode)
-    writer.write()
+    await writer.write()
     assert path.stat().st_ino == inode  # unchanged: not written again
     observer.retried("p", 1)
-    writer.write()
+    await writer.write()
     assert read_folder(tmp_path / "new").counts[("retried", "p")] == 2
     assert [p.name for p in (tmp_path / "new").iterdir()] == ["w1.metrics.json"]  # no temp left
 

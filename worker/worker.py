@@ -27,7 +27,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,7 +182,8 @@ class Worker:
         self._manager_gone_since: float | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._started_at = time.time()
-        self.on_heartbeat: Callable[[], None] | None = None  # e.g. writes a metrics snapshot
+        # e.g. writes a metrics snapshot
+        self.on_heartbeat: Callable[[], Awaitable[None]] | None = None
         self.completed = 0
 
     @property
@@ -756,7 +757,7 @@ class Worker:
                 log.warning("heartbeat failed: %s", exc)
                 continue
             if self.on_heartbeat is not None:
-                self.on_heartbeat()
+                await self.on_heartbeat()
             status, manager_alive = pool_status.reply(replies), manager.reply(replies)
             self._check_pool(text(status), bool(manager_alive), now)
             for item, cancel in zip(running, cancels, strict=True):
@@ -915,5 +916,5 @@ async def serve(
         if metrics is not None:
             metrics.close()
         if snapshots is not None:
-            snapshots.write()
+            await snapshots.write()
     return 0

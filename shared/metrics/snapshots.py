@@ -12,6 +12,7 @@ stays after it exits, so its counts keep counting (a counter never goes down).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -108,16 +109,20 @@ class SnapshotWriter:
         self._source = source
         self._written: Snapshot | None = None
 
-    def write(self) -> None:
-        """Write the snapshot if it changed since the last write (an OSError is logged: the
-        worker's work never depends on its metrics)."""
-        snapshot = self._source()
+    async def write(self) -> None:
+        """Write the snapshot if it changed since the last write, in a thread (the worker's
+        event loop never waits on the disk; an OSError is logged: the worker's work never
+        depends on its metrics)."""
+        snapshot = self._source()  # taken in the loop: the counts it reads are the loop's
         if snapshot == self._written:
             return
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            write_snapshot(self.folder, self.name, snapshot)
+            await asyncio.to_thread(self._write, snapshot)
         except OSError as exc:
             log.warning("cannot write metrics snapshot to %s: %s", self.folder, exc)
             return
         self._written = snapshot
+
+    def _write(self, snapshot: Snapshot) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_snapshot(self.folder, self.name, snapshot)
