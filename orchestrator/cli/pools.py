@@ -38,15 +38,17 @@ from orchestrator.cli.common import (
     read_prompt,
     run_async,
 )
-from orchestrator.cli.follow import follow_result, show_followed
+from orchestrator.cli.follow import final_result, show_final
 from orchestrator.memory.search import search_all
 from shared.config import Settings
 from shared.errors import InvalidRequest, PoolNotFound, PoolUnavailable
 from shared.models import ACCEPTING_STATUSES, PoolInfo, PoolStatus, PoolType
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from shared.client import PoolManager
-    from shared.models import TaskResult
+    from shared.models import TaskResult, TaskSpec
 
 CLOSE_POLL = 0.5  # seconds between looks at a closing pool
 
@@ -212,25 +214,15 @@ def pool_exec(
     """Run a task on one pool and print its result (exit 1 unless it completed)."""
     settings = cli_settings()
 
-    async def execute() -> tuple[TaskResult, bool]:
-        task = render.build_task(
+    def task() -> TaskSpec:
+        return render.build_task(
             settings, prompt=read_prompt(prompt, prompt_file), call=call, args=arg,
             kwargs=kwarg, command=command,
             argv=argv, timeout=timeout, max_attempts=max_attempts, pool_id=pool_id,
             idempotency_key=idempotency_key, tags=tag,
         )  # fmt: skip
-        async with client(settings) as pools:
-            task_id = await pools.submit(task)
-            bound = render.wait_bound(settings, task, routed=False)
-            if follow:
-                return await follow_result(pools, task_id, bound, json_out=json_out)
-            return await pools.result(task_id, bound), False
 
-    result, printed = run_async(settings, execute)
-    if follow:
-        show_followed(result, printed, json_out)
-    else:
-        render.show_result(result, json_out)
+    run_task(settings, task, routed=False, follow=follow, json_out=json_out)
 
 
 @pool_app.command("route")
@@ -256,8 +248,8 @@ def pool_route(
     """Let the orchestrators pick a pool for a task; print its result."""
     settings = cli_settings()
 
-    async def route() -> tuple[TaskResult, bool]:
-        task = render.build_task(
+    def task() -> TaskSpec:
+        return render.build_task(
             settings, prompt=read_prompt(prompt, prompt_file), call=call, args=arg,
             kwargs=kwarg, command=command,
             argv=argv, timeout=timeout, max_attempts=max_attempts, strategy=strategy,
@@ -265,18 +257,30 @@ def pool_route(
             queue_timeout=queue_timeout,
             idempotency_key=idempotency_key, tags=tag,
         )  # fmt: skip
+
+    run_task(settings, task, routed=True, follow=follow, json_out=json_out)
+
+
+def run_task(
+    settings: Settings,
+    make_task: Callable[[], TaskSpec],
+    *,
+    routed: bool,
+    follow: bool,
+    json_out: bool,
+) -> None:
+    """Submit the task `make_task` builds (its errors one line, like every error), wait as long
+    as it may take, and print its result; exit 1 unless it completed."""
+
+    async def execute() -> tuple[TaskResult, bool]:
+        task = make_task()
         async with client(settings) as pools:
             task_id = await pools.submit(task)
-            bound = render.wait_bound(settings, task, routed=True)
-            if follow:
-                return await follow_result(pools, task_id, bound, json_out=json_out)
-            return await pools.result(task_id, bound), False
+            bound = render.wait_bound(settings, task, routed=routed)
+            return await final_result(pools, task_id, bound, follow=follow, json_out=json_out)
 
-    result, printed = run_async(settings, route)
-    if follow:
-        show_followed(result, printed, json_out)
-    else:
-        render.show_result(result, json_out)
+    result, printed = run_async(settings, execute)
+    show_final(result, printed, follow=follow, json_out=json_out)
 
 
 @pool_app.command("scale")
