@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
+from orchestrator.cli import arq as arq_opts
 from orchestrator.cli import remote as remote_opts
 from orchestrator.cli import render
 from orchestrator.cli import up as cli_up
@@ -41,8 +42,8 @@ from orchestrator.cli.common import (
 from orchestrator.cli.follow import final_result, show_final
 from orchestrator.memory.search import search_all
 from shared.config import Settings
-from shared.errors import InvalidRequest, PoolNotFound, PoolUnavailable
-from shared.models import ACCEPTING_STATUSES, PoolInfo, PoolStatus, PoolType
+from shared.errors import PoolNotFound, PoolUnavailable
+from shared.models import ACCEPTING_STATUSES, PoolInfo, PoolStatus
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -77,25 +78,12 @@ def pool_spawn(
         list[str] | None, typer.Option(help="Program a shell pool may run. Repeatable.")
     ] = None,
     max_queue: Annotated[int | None, typer.Option(help="Backlog limit.")] = None,
-    arq_function: Annotated[
-        str | None, typer.Option(help="arq pools: the arq function prompt tasks call.")
-    ] = None,
-    arq_allow: Annotated[
-        list[str] | None,
-        typer.Option(help="arq pools: another arq function call tasks may name. Repeatable."),
-    ] = None,
-    arq_redis_url: Annotated[
-        str | None, typer.Option(help="arq pools: the arq Redis (redis://host:port/db).")
-    ] = None,
-    arq_password_env: Annotated[
-        str | None, typer.Option(help="arq pools: env variable holding the arq Redis password.")
-    ] = None,
-    arq_queue: Annotated[
-        str | None, typer.Option(help="arq pools: the arq queue (default arq:queue).")
-    ] = None,
-    arq_on_job_timeout: Annotated[
-        str | None, typer.Option(help="arq pools: an arq job timeout is retried or failed.")
-    ] = None,
+    arq_function: arq_opts.ArqFunctionOpt = None,
+    arq_allow: arq_opts.ArqAllowOpt = None,
+    arq_redis_url: arq_opts.ArqRedisUrlOpt = None,
+    arq_password_env: arq_opts.ArqPasswordEnvOpt = None,
+    arq_queue: arq_opts.ArqQueueOpt = None,
+    arq_on_job_timeout: arq_opts.ArqOnJobTimeoutOpt = None,
     pool_id: Annotated[
         str | None,
         typer.Option(
@@ -125,15 +113,9 @@ def pool_spawn(
 ) -> None:
     """Ask the orchestrators for a new pool and wait until it runs."""
     settings = cli_settings()
-    arq = {
-        "function": arq_function,
-        "functions": arq_allow,
-        "redis_url": arq_redis_url,
-        "password_env": arq_password_env,
-        "queue": arq_queue,
-        "on_job_timeout": arq_on_job_timeout,
-    }
-    arq_options = {k: v for k, v in arq.items() if v is not None} or None
+    arq = arq_opts.arq_options(
+        arq_function, arq_allow, arq_redis_url, arq_password_env, arq_queue, arq_on_job_timeout
+    )
 
     async def spawn() -> None:
         remote = remote_opts.remote_options(
@@ -156,13 +138,10 @@ def pool_spawn(
                 allowed_commands=allow_command or None,
                 max_queue=max_queue,
                 id=pool_id,
-                options={**(render.json_object(options, "--options") or {}), **(arq_options or {})}
-                or None,
+                options=arq_opts.pool_options(options, arq),
                 remote=remote,
             )
-            if arq_options and spec.pool_type is not PoolType.ARQ:
-                given = ", ".join(f"--arq-{k.replace('_', '-')}" for k in arq_options)
-                raise InvalidRequest(f"{given}: only for pools of --type arq")
+            arq_opts.check_pool_type(arq, spec.pool_type)
             await pools.spawn_pool(config=spec, wait=not no_wait, timeout=timeout)
             info = None if no_wait else await pools.get_pool(spec.id)
         if json_out:
