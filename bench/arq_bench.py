@@ -9,8 +9,6 @@ harness creates one (`python -m venv` + `pip install arq`, by default in
 
 from __future__ import annotations
 
-import asyncio
-import json
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -19,17 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import ROOT
+from bench.mixed import mixed_figure
+from bench.peer import PeerUnavailable, PeerWorkers, last_json, plan_ms, run_client, tail
 from bench.raw import child_env
 from bench.stats import (
     Figure,
     client,
     cpu_seconds,
-    latency_values,
+    cpu_values,
+    latency_figure,
     peak_rss_mb,
     redis_cpu_seconds,
-    start_process,
-    stop_process,
-    wait_for_line,
+    throughput_figure,
 )
 
 WORKER_SCRIPT = ROOT / "bench" / "arq_worker.py"
@@ -42,7 +41,7 @@ DEFAULTS = (
 TUNED = "max_jobs=64, poll_delay=0.01 s, the rest default"
 
 
-class ArqUnavailable(RuntimeError):
+class ArqUnavailable(PeerUnavailable):
     """The arq environment could not be created or used."""
 
 
@@ -54,14 +53,14 @@ class ArqEnv:
     arq_version: str
     redis_py: str
 
+    @property
+    def describe(self) -> str:
+        """`0.28.0 (redis-py 5.3.1)`."""
+        return f"{self.arq_version} (redis-py {self.redis_py})"
+
 
 def _python(venv: Path) -> Path:
     return venv / ("Scripts" if sys.platform == "win32" else "bin") / "python"
-
-
-def _tail(text: str, lines: int = 3) -> str:
-    kept = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return " | ".join(kept[-lines:])[:400]
 
 
 def _versions(python: Path) -> dict[str, Any]:
@@ -73,9 +72,8 @@ def _versions(python: Path) -> dict[str, Any]:
         env=child_env(),
     )
     if done.returncode != 0:
-        raise ArqUnavailable(f"arq does not import in {python}: {_tail(done.stderr)}")
-    data: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return data
+        raise ArqUnavailable(f"arq does not import in {python}: {tail(done.stderr)}")
+    return last_json(done.stdout)
 
 
 def ensure_arq_env(venv: Path) -> ArqEnv:
@@ -99,13 +97,13 @@ def ensure_arq_env(venv: Path) -> ArqEnv:
         if done.returncode != 0:
             raise ArqUnavailable(
                 f"`{' '.join(step[:4])} ...` exited {done.returncode}: "
-                f"{_tail(done.stderr or done.stdout)}"
+                f"{tail(done.stderr or done.stdout)}"
             )
     found = _versions(python)
     return ArqEnv(python, found["arq"], found["redis_py"])
 
 
-class ArqWorkers:
+class ArqWorkers(PeerWorkers):
     """arq worker processes on one queue."""
 
     def __init__(
@@ -118,62 +116,17 @@ class ArqWorkers:
         tuned: bool,
         max_jobs: int | None = None,
     ) -> None:
-        self.env = env
-        self.max_jobs = max_jobs
-        self.url = url
-        self.queue = queue
-        self.log_dir = log_dir
-        self.tuned = tuned
-        self.procs: list[asyncio.subprocess.Process] = []
-
-    async def start(self, n: int) -> None:
-        """Start `n` workers and wait until each polls."""
-        for i in range(n):
-            args = [str(self.env.python), str(WORKER_SCRIPT), "--url", self.url]
-            args += ["--queue", self.queue] + (["--tuned"] if self.tuned else [])
-            if self.max_jobs is not None:
-                args += ["--max-jobs", str(self.max_jobs)]
-            proc = await start_process(
-                args,
-                env=child_env(),
-                cwd=ROOT,
-                log_path=self.log_dir / f"arq-{self.queue.replace(':', '_')}-{i}.log",
-                stdout_pipe=True,
-            )
-            self.procs.append(proc)
-            await wait_for_line(proc, "ready", 60.0, "arq worker")
-
-    @property
-    def pids(self) -> list[int]:
-        """Pids of the running workers."""
-        return [p.pid for p in self.procs if p.returncode is None]
-
-    async def stop(self) -> None:
-        """Stop every worker (SIGTERM: arq finishes its jobs and exits)."""
-        await asyncio.gather(*(stop_process(p, 10.0) for p in self.procs))
-        self.procs = []
+        argv = [str(env.python), str(WORKER_SCRIPT), "--url", url]
+        argv += ["--queue", queue] + (["--tuned"] if tuned else [])
+        if max_jobs is not None:
+            argv += ["--max-jobs", str(max_jobs)]
+        stem = f"arq-{queue.replace(':', '_')}-"
+        super().__init__(argv, child_env(), log_dir, stem, "arq worker")
 
 
 async def _client(env: ArqEnv, args: list[str], timeout: float) -> dict[str, Any]:
-    proc = await asyncio.create_subprocess_exec(
-        str(env.python),
-        str(CLIENT_SCRIPT),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=child_env(),
-        cwd=str(ROOT),
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    if proc.returncode != 0:
-        raise RuntimeError(f"arq client exited {proc.returncode}: {_tail(err.decode())}")
-    data: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-    return data
+    argv = [str(env.python), str(CLIENT_SCRIPT), *args]
+    return await run_client(argv, env=child_env(), timeout=timeout, what="arq client")
 
 
 def _name(tuned: bool) -> str:
@@ -193,46 +146,32 @@ async def throughput(
     timeout: float,
 ) -> Figure:
     """Jobs/s through `workers` arq worker processes, from the first enqueue to an empty queue."""
-    pool = ArqWorkers(env, url, queue, log_dir, tuned=tuned)
     redis: Any = client(url)
     try:
-        await pool.start(workers)
-        pids = pool.pids
-        before = {p: cpu_seconds(p) for p in pids}
-        redis_before = await redis_cpu_seconds(redis)
-        args = ["throughput", "--url", url, "--queue", queue, "--n", str(n)]
-        args += ["--batch", str(ENQUEUE_BATCH), "--warmup", str(warmup)]
-        data = await _client(env, args, timeout)
-        redis_cpu = await redis_cpu_seconds(redis) - redis_before
-        worker_cpu = sum(cpu_seconds(p) - before[p] for p in pids)
-        rss = max((peak_rss_mb(p) for p in pids), default=0.0)
+        async with ArqWorkers(env, url, queue, log_dir, tuned=tuned) as pool:
+            await pool.start(workers)
+            pids = pool.pids
+            before = {p: cpu_seconds(p) for p in pids}
+            redis_before = await redis_cpu_seconds(redis)
+            args = ["throughput", "--url", url, "--queue", queue, "--n", str(n)]
+            args += ["--batch", str(ENQUEUE_BATCH), "--warmup", str(warmup)]
+            data = await _client(env, args, timeout)
+            redis_cpu = await redis_cpu_seconds(redis) - redis_before
+            worker_cpu = sum(cpu_seconds(p) - before[p] for p in pids)
+            rss = max((peak_rss_mb(p) for p in pids), default=0.0)
     finally:
-        await pool.stop()
         await redis.aclose()
     seconds = float(data["seconds"])
     if int(data["results"]) != n:
         raise RuntimeError(f"arq wrote {data['results']} results for {n} jobs")
-    values = {
-        "tasks": float(n),
-        "seconds": seconds,
-        "tasks_per_s": n / seconds,
-        "rss_peak_mb.worker": rss,
-        "cpu_us_per_task.client": float(data["client_cpu"]) / n * 1e6,
-        "core_share.client": float(data["client_cpu"]) / seconds,
-        "cpu_us_per_task.workers": worker_cpu / n * 1e6,
-        "core_share.workers": worker_cpu / seconds,
-        "cpu_us_per_task.redis": redis_cpu / n * 1e6,
-        "core_share.redis": redis_cpu / seconds,
-    }
-    return Figure(
-        key=f"throughput/{_name(tuned)}/{workers}",
-        scenario="throughput",
-        system=_name(tuned),
-        setup=f"{workers} worker process{'es' if workers > 1 else ''} "
-        f"({TUNED if tuned else 'defaults'})",
-        primary=n / seconds,
-        unit="tasks/s",
-        values=values,
+    spent = {"client": float(data["client_cpu"]), "workers": worker_cpu, "redis": redis_cpu}
+    return throughput_figure(
+        f"throughput/{_name(tuned)}/{workers}",
+        _name(tuned),
+        f"{workers} worker process{'es' if workers > 1 else ''} ({TUNED if tuned else 'defaults'})",
+        n,
+        seconds,
+        {"rss_peak_mb.worker": rss, **cpu_values(spent, n, seconds)},
     )
 
 
@@ -248,22 +187,14 @@ async def latency(
     timeout: float,
 ) -> Figure:
     """Sequential enqueue + result round trips through one arq worker."""
-    pool = ArqWorkers(env, url, queue, log_dir, tuned=tuned)
-    try:
+    async with ArqWorkers(env, url, queue, log_dir, tuned=tuned) as pool:
         await pool.start(1)
         args = ["latency", "--url", url, "--queue", queue, "--n", str(n), "--warmup", str(warmup)]
         data = await _client(env, args, timeout)
-    finally:
-        await pool.stop()
-    values = latency_values([float(s) for s in data["samples"]])
-    return Figure(
-        key=f"latency/{_name(tuned)}",
-        scenario="latency",
-        system=_name(tuned),
-        setup=f"1 worker process ({TUNED if tuned else 'defaults'}), result polled every 5 ms",
-        primary=values["p50_ms"],
-        unit="ms p50",
-        values=values,
+    return latency_figure(
+        _name(tuned),
+        f"1 worker process ({TUNED if tuned else 'defaults'}), result polled every 5 ms",
+        [float(s) for s in data["samples"]],
     )
 
 
@@ -277,17 +208,13 @@ async def mixed(
     workers: int,
     slots: int,
     timeout: float,
-) -> float:
-    """Seconds from enqueueing the plan's `sleep_ms` jobs until arq's queue is empty."""
-    pool = ArqWorkers(env, url, queue, log_dir, tuned=False, max_jobs=slots)
-    try:
+) -> Figure:
+    """The makespan from enqueueing the plan's `sleep_ms` jobs until arq's queue is empty."""
+    async with ArqWorkers(env, url, queue, log_dir, tuned=False, max_jobs=slots) as pool:
         await pool.start(workers)
-        plan = ",".join(str(round(s * 1000)) for s in plan_s)
-        data = await _client(
-            env, ["mixed", "--url", url, "--queue", queue, "--plan", plan], timeout
-        )
-    finally:
-        await pool.stop()
+        args = ["mixed", "--url", url, "--queue", queue, "--plan", plan_ms(plan_s)]
+        data = await _client(env, args, timeout)
     if int(data["results"]) != len(plan_s):
         raise RuntimeError(f"arq wrote {data['results']} results for {len(plan_s)} jobs")
-    return float(data["seconds"])
+    seconds = float(data["seconds"])
+    return mixed_figure("arq", plan_s, seconds, workers=workers, slots=slots)

@@ -9,7 +9,6 @@ every BullMQ figure is reported as unavailable with the reason instead of failin
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -20,15 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import ROOT
+from bench.mixed import mixed_figure
+from bench.peer import PeerUnavailable, PeerWorkers, last_json, plan_ms, run_client, tail
 from bench.stats import (
     Figure,
     client,
+    cpu_values,
     delete_prefix,
-    latency_values,
+    latency_figure,
     peak_rss_mb,
-    start_process,
-    stop_process,
-    wait_for_line,
+    throughput_figure,
 )
 
 BULLMQ_VERSION = "6.7.6"
@@ -41,7 +41,7 @@ ENQUEUE_BATCH = 500
 QUEUE = "bench"
 
 
-class BullmqUnavailable(RuntimeError):
+class BullmqUnavailable(PeerUnavailable):
     """The Node environment with BullMQ could not be created or used."""
 
 
@@ -65,11 +65,6 @@ class BullmqEnv:
     def describe(self) -> str:
         """`6.7.6 (ioredis 6.1.0, Node 20.20.2)`."""
         return f"{self.bullmq} (ioredis {self.ioredis}, Node {self.node_version})"
-
-
-def _tail(text: str, lines: int = 3) -> str:
-    kept = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return " | ".join(kept[-lines:])[:400]
 
 
 def _installed(modules: Path, package: str) -> str | None:
@@ -103,7 +98,7 @@ def ensure_bullmq_env(folder: Path) -> BullmqEnv:
         if done.returncode != 0:
             raise BullmqUnavailable(
                 f"`npm install` in {folder} exited {done.returncode}: "
-                f"{_tail(done.stderr or done.stdout)}"
+                f"{tail(done.stderr or done.stdout)}"
             )
     env = BullmqEnv(node, modules, "", "", "")
     try:
@@ -118,12 +113,12 @@ def ensure_bullmq_env(folder: Path) -> BullmqEnv:
     except (OSError, subprocess.SubprocessError) as exc:
         raise BullmqUnavailable(f"BullMQ does not load: {exc}") from None
     if done.returncode != 0:
-        raise BullmqUnavailable(f"BullMQ does not load from {modules}: {_tail(done.stderr)}")
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+        raise BullmqUnavailable(f"BullMQ does not load from {modules}: {tail(done.stderr)}")
+    found = last_json(done.stdout)
     return BullmqEnv(node, modules, found["bullmq"], found["ioredis"], found["node"])
 
 
-class BullmqWorkers:
+class BullmqWorkers(PeerWorkers):
     """BullMQ worker processes on one queue, and the queue's keys (deleted on exit)."""
 
     def __init__(
@@ -132,63 +127,25 @@ class BullmqWorkers:
         self.env = env
         self.url = url
         self.prefix = prefix.rstrip(":")
-        self.log_dir = log_dir
-        self.concurrency = concurrency
-        self.procs: list[asyncio.subprocess.Process] = []
-
-    async def __aenter__(self) -> BullmqWorkers:
-        return self
+        argv = [env.node, str(WORKER_SCRIPT), "--url", url, "--queue", QUEUE]
+        argv += ["--prefix", self.prefix, "--concurrency", str(concurrency)]
+        super().__init__(argv, env.child_env(), log_dir, f"{self.prefix}-worker", "BullMQ worker")
 
     async def __aexit__(self, *exc: object) -> None:
-        await asyncio.gather(*(stop_process(p, 10.0) for p in self.procs))
-        self.procs = []
+        await super().__aexit__(*exc)
         redis: Any = client(self.url)
         try:
             await delete_prefix(redis, f"{self.prefix}:")
         finally:
             await redis.aclose()
 
-    async def start(self, n: int) -> None:
-        """Start `n` worker processes and wait until each is connected."""
-        for _ in range(n):
-            args = [self.env.node, str(WORKER_SCRIPT), "--url", self.url, "--queue", QUEUE]
-            args += ["--prefix", self.prefix, "--concurrency", str(self.concurrency)]
-            proc = await start_process(
-                args,
-                env=self.env.child_env(),
-                cwd=ROOT,
-                log_path=self.log_dir / f"{self.prefix}-worker{len(self.procs)}.log",
-                stdout_pipe=True,
-            )
-            self.procs.append(proc)
-            await wait_for_line(proc, "ready", 60.0, "BullMQ worker")
-
-    @property
-    def pids(self) -> list[int]:
-        """Pids of the running workers."""
-        return [p.pid for p in self.procs if p.returncode is None]
-
     async def client(self, args: Sequence[str], timeout: float) -> dict[str, Any]:
         """Run `client.cjs` with these arguments on this queue; its JSON answer."""
         argv = [self.env.node, str(CLIENT_SCRIPT), *args, "--url", self.url]
         argv += ["--queue", QUEUE, "--prefix", self.prefix, "--timeout", f"{timeout:g}"]
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self.env.child_env(),
-            cwd=str(ROOT),
+        return await run_client(
+            argv, env=self.env.child_env(), timeout=timeout + 30, what="BullMQ client"
         )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout + 30)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise
-        if proc.returncode != 0:
-            raise RuntimeError(f"BullMQ client exited {proc.returncode}: {_tail(err.decode())}")
-        data: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
-        return data
 
 
 def system_name(concurrency: int) -> str:
@@ -224,20 +181,18 @@ async def throughput(
     seconds = float(data["seconds"])
     if int(data["completed"]) != n:
         raise RuntimeError(f"BullMQ completed {data['completed']} of {n} jobs")
-    values = {"tasks": float(n), "seconds": seconds, "tasks_per_s": n / seconds}
-    for name, key in (("client", "client_cpu"), ("workers", "worker_cpu"), ("redis", "redis_cpu")):
-        cpu = float(data[key])
-        values[f"cpu_us_per_task.{name}"] = cpu / n * 1e6
-        values[f"core_share.{name}"] = cpu / seconds
-    values["rss_peak_mb.worker"] = rss
-    return Figure(
-        key=f"throughput/{system_name(concurrency)}/{workers}",
-        scenario="throughput",
-        system=system_name(concurrency),
-        setup=_setup(workers, concurrency),
-        primary=n / seconds,
-        unit="tasks/s",
-        values=values,
+    spent = {
+        "client": float(data["client_cpu"]),
+        "workers": float(data["worker_cpu"]),
+        "redis": float(data["redis_cpu"]),
+    }
+    return throughput_figure(
+        f"throughput/{system_name(concurrency)}/{workers}",
+        system_name(concurrency),
+        _setup(workers, concurrency),
+        n,
+        seconds,
+        {**cpu_values(spent, n, seconds), "rss_peak_mb.worker": rss},
     )
 
 
@@ -256,15 +211,10 @@ async def latency(
     async with BullmqWorkers(env, url, prefix, log_dir, concurrency=concurrency) as rig:
         await rig.start(1)
         data = await rig.client(["latency", "--n", str(n), "--warmup", str(warmup)], timeout)
-    values = latency_values([float(s) for s in data["samples"]])
-    return Figure(
-        key=f"latency/{system_name(concurrency)}",
-        scenario="latency",
-        system=system_name(concurrency),
-        setup=f"{_setup(1, concurrency)}, job.waitUntilFinished(QueueEvents)",
-        primary=values["p50_ms"],
-        unit="ms p50",
-        values=values,
+    return latency_figure(
+        system_name(concurrency),
+        f"{_setup(1, concurrency)}, job.waitUntilFinished(QueueEvents)",
+        [float(s) for s in data["samples"]],
     )
 
 
@@ -278,12 +228,12 @@ async def mixed(
     workers: int,
     slots: int,
     timeout: float,
-) -> float:
-    """Seconds from the first `addBulk` of the plan's jobs until every one completed."""
+) -> Figure:
+    """The makespan from the first `addBulk` of the plan's jobs until every one completed."""
     async with BullmqWorkers(env, url, prefix, log_dir, concurrency=slots) as rig:
         await rig.start(workers)
-        plan = ",".join(str(round(s * 1000)) for s in plan_s)
-        data = await rig.client(["mixed", "--plan", plan], timeout)
+        data = await rig.client(["mixed", "--plan", plan_ms(plan_s)], timeout)
     if int(data["completed"]) != len(plan_s):
         raise RuntimeError(f"BullMQ completed {data['completed']} of {len(plan_s)} jobs")
-    return float(data["seconds"])
+    seconds = float(data["seconds"])
+    return mixed_figure("bullmq", plan_s, seconds, workers=workers, slots=slots)

@@ -9,12 +9,11 @@ registry) every figure is reported as unavailable with the reason.
 
 from __future__ import annotations
 
-import asyncio
 from functools import partial
 from typing import TYPE_CHECKING
 
 from bench import bullmq_bench, mixed
-from bench.stats import Figure
+from bench.peer import prepare
 
 if TYPE_CHECKING:
     from bench.runner import Runner
@@ -51,31 +50,23 @@ async def bullmq_section(runner: Runner) -> None:
     """Measure every BullMQ figure the run wants."""
     cfg = runner.cfg
     keys = planned(runner)
-    if not keys:
+    make = partial(bullmq_bench.ensure_bullmq_env, cfg.bullmq_dir)
+    where = f"its Node environment in {cfg.bullmq_dir}"
+    env = await prepare(runner, "bullmq", "BullMQ", where, make, keys)
+    if env is None:
         return
-    runner.log(f"BullMQ: preparing its Node environment in {cfg.bullmq_dir}")
-    try:
-        env = await asyncio.to_thread(bullmq_bench.ensure_bullmq_env, cfg.bullmq_dir)
-    except bullmq_bench.BullmqUnavailable as exc:
-        runner.versions["bullmq"] = f"unavailable: {exc}"
-        runner.fail_all(keys, f"BullMQ environment unavailable: {exc}", status="unavailable")
-        return
-    runner.versions["bullmq"] = env.describe
     durations = mixed.plan(cfg.mixed_tasks)
     for key, setup in keys:
         parts = key.split("/")
-        prefix = runner.prefix("-".join(parts))
+        rig = (env, runner.url, runner.prefix("-".join(parts)), runner.work)
+        concurrency = 1 if parts[1] == "bullmq-c1" else 10
         if parts[0] == "throughput":
-            concurrency = 1 if parts[1] == "bullmq-c1" else 10
             await runner.measure(
                 key,
                 setup,
                 partial(
                     bullmq_bench.throughput,
-                    env,
-                    runner.url,
-                    prefix,
-                    runner.work,
+                    *rig,
                     workers=int(parts[2]),
                     concurrency=concurrency,
                     n=cfg.tasks,
@@ -85,16 +76,12 @@ async def bullmq_section(runner: Runner) -> None:
                 repeat=cfg.repeat,
             )
         elif parts[0] == "latency":
-            concurrency = 1 if parts[1] == "bullmq-c1" else 10
             await runner.measure(
                 key,
                 setup,
                 partial(
                     bullmq_bench.latency,
-                    env,
-                    runner.url,
-                    prefix,
-                    runner.work,
+                    *rig,
                     concurrency=concurrency,
                     n=cfg.latency_round_trips,
                     warmup=min(50, cfg.warmup),
@@ -102,24 +89,15 @@ async def bullmq_section(runner: Runner) -> None:
                 ),
             )
         else:
-
-            async def make_mixed(prefix: str = prefix) -> Figure:
-                makespan = await bullmq_bench.mixed(
-                    env,
-                    runner.url,
-                    prefix,
-                    runner.work,
+            await runner.measure(
+                key,
+                setup,
+                partial(
+                    bullmq_bench.mixed,
+                    *rig,
                     plan_s=durations,
                     workers=mixed.WORKERS,
                     slots=mixed.SLOTS_PER_WORKER,
                     timeout=cfg.scenario_timeout,
-                )
-                return mixed.mixed_figure(
-                    "bullmq",
-                    durations,
-                    makespan,
-                    workers=mixed.WORKERS,
-                    slots=mixed.SLOTS_PER_WORKER,
-                )
-
-            await runner.measure(key, setup, make_mixed)
+                ),
+            )

@@ -23,17 +23,20 @@ from bench.stats import (
     CpuMeter,
     Figure,
     Stopwatch,
+    backlog_figure,
     client,
+    concurrency_figure,
     cpu_values,
     delete_prefix,
     drain_values,
     kill_pids,
-    latency_values,
+    latency_figure,
     peak_rss_mb,
     pid_alive,
     redis_used_memory,
     start_process,
     stop_process,
+    throughput_figure,
 )
 from shared.client import PoolManager
 from shared.config import SETTINGS_DIR_ENV, Settings, load_settings, settings_env
@@ -216,18 +219,8 @@ async def throughput(
     await run_batches(pm, n, batch, pool_id, timeout)
     seconds = clock.elapsed
     spent = await meter.stop()
-    values = {"tasks": float(n), "seconds": seconds, "tasks_per_s": n / seconds}
-    values.update(cpu_values(spent, n, seconds))
-    values.update(await cluster.rss())
-    return Figure(
-        key=key,
-        scenario=scenario,
-        system=_system(pool_id),
-        setup=setup,
-        primary=n / seconds,
-        unit="tasks/s",
-        values=values,
-    )
+    values = {**cpu_values(spent, n, seconds), **await cluster.rss()}
+    return throughput_figure(key, _system(pool_id), setup, n, seconds, values, scenario=scenario)
 
 
 async def latency(
@@ -245,16 +238,7 @@ async def latency(
         if i >= warmup:
             samples.append(time.perf_counter() - began)
         _check([result])
-    values = latency_values(samples)
-    return Figure(
-        key=f"latency/{_system(pool_id)}",
-        scenario="latency",
-        system=_system(pool_id),
-        setup=setup,
-        primary=values["p50_ms"],
-        unit="ms p50",
-        values=values,
-    )
+    return latency_figure(_system(pool_id), setup, samples)
 
 
 async def concurrency(
@@ -285,20 +269,14 @@ async def concurrency(
         spent = await meter.stop()
     finally:
         await asyncio.gather(*(pm.aclose() for pm in managers))
-    total = clients * rounds
-    values = latency_values(samples)
-    values.update(
-        {"clients": float(clients), "seconds": seconds, "round_trips_per_s": total / seconds}
-    )
-    values.update(cpu_values(spent, total, seconds))
-    return Figure(
-        key=f"concurrency/{_system(pool_id)}",
-        scenario="concurrency",
-        system=_system(pool_id),
-        setup=setup,
-        primary=total / seconds,
-        unit="round trips/s",
-        values=values,
+    return concurrency_figure(
+        _system(pool_id),
+        setup,
+        samples,
+        clients=clients,
+        rounds=rounds,
+        seconds=seconds,
+        spent=spent,
     )
 
 
@@ -338,15 +316,7 @@ async def backlog(cluster: Cluster, *, n: int, batch: int, timeout: float) -> Fi
     )
     values.update(cpu_values(spent, n, values.get("drain_seconds", 0.0)))
     values.update(await cluster.rss())
-    return Figure(
-        key="backlog/direct",
-        scenario="backlog",
-        system="direct",
-        setup=f"{n:,} tasks queued, then 1 worker process",
-        primary=values["drain_tasks_per_s"],
-        unit="tasks/s drain",
-        values=values,
-    )
+    return backlog_figure("direct", f"{n:,} tasks queued, then 1 worker process", values)
 
 
 async def add_idle_pools(cluster: Cluster, count: int, timeout: float = 180.0) -> None:

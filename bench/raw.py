@@ -22,15 +22,18 @@ from bench.stats import (
     CpuMeter,
     Figure,
     Stopwatch,
+    backlog_figure,
     client,
+    concurrency_figure,
     cpu_values,
     delete_prefix,
     drain_values,
-    latency_values,
+    latency_figure,
     peak_rss_mb,
     redis_used_memory,
     start_process,
     stop_process,
+    throughput_figure,
     wait_for_line,
 )
 
@@ -170,20 +173,13 @@ async def throughput(rig: RawRig, n: int, batch: int, warmup: int, timeout: floa
     await _run_batches(rig, "throughput", n, batch, timeout)
     seconds = clock.elapsed
     spent = await meter.stop()
-    return Figure(
-        key=f"throughput/raw/{workers}",
-        scenario="throughput",
-        system="raw",
-        setup=f"{workers} consumer process{'es' if workers > 1 else ''}",
-        primary=n / seconds,
-        unit="tasks/s",
-        values={
-            "tasks": float(n),
-            "seconds": seconds,
-            "tasks_per_s": n / seconds,
-            "rss_peak_mb.consumer": rig.peak_rss(),
-            **cpu_values(spent, n, seconds),
-        },
+    return throughput_figure(
+        f"throughput/raw/{workers}",
+        "raw",
+        f"{workers} consumer process{'es' if workers > 1 else ''}",
+        n,
+        seconds,
+        {"rss_peak_mb.consumer": rig.peak_rss(), **cpu_values(spent, n, seconds)},
     )
 
 
@@ -205,16 +201,7 @@ async def latency(rig: RawRig, n: int, warmup: int) -> Figure:
         last = await rig.round_trip(reply, last, i)
         if i >= warmup:
             samples.append(time.perf_counter() - began)
-    values = latency_values(samples)
-    return Figure(
-        key="latency/raw",
-        scenario="latency",
-        system="raw",
-        setup=f"{len(rig.pids)} consumer process, 1 client",
-        primary=values["p50_ms"],
-        unit="ms p50",
-        values=values,
-    )
+    return latency_figure("raw", f"{len(rig.pids)} consumer process, 1 client", samples)
 
 
 async def concurrency(rig: RawRig, clients: int, rounds: int) -> Figure:
@@ -237,20 +224,14 @@ async def concurrency(rig: RawRig, clients: int, rounds: int) -> Figure:
     await asyncio.gather(*(one(c) for c in range(clients)))
     seconds = clock.elapsed
     spent = await meter.stop()
-    total = clients * rounds
-    values = latency_values(samples)
-    values.update(
-        {"clients": float(clients), "seconds": seconds, "round_trips_per_s": total / seconds}
-    )
-    values.update(cpu_values(spent, total, seconds))
-    return Figure(
-        key="concurrency/raw",
-        scenario="concurrency",
-        system="raw",
-        setup=f"{len(rig.pids)} consumer process, {clients} clients in 1 process",
-        primary=total / seconds,
-        unit="round trips/s",
-        values=values,
+    return concurrency_figure(
+        "raw",
+        f"{len(rig.pids)} consumer process, {clients} clients in 1 process",
+        samples,
+        clients=clients,
+        rounds=rounds,
+        seconds=seconds,
+        spent=spent,
     )
 
 
@@ -271,12 +252,4 @@ async def backlog(rig: RawRig, n: int, consumers: int, timeout: float) -> Figure
             "redis_bytes_per_task": (after - before) / n,
         }
     )
-    return Figure(
-        key="backlog/raw",
-        scenario="backlog",
-        system="raw",
-        setup=f"{n:,} entries queued, then {consumers} consumer process",
-        primary=values["drain_tasks_per_s"],
-        unit="tasks/s drain",
-        values=values,
-    )
+    return backlog_figure("raw", f"{n:,} entries queued, then {consumers} consumer process", values)

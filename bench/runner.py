@@ -24,7 +24,8 @@ from redis.asyncio.cluster import RedisCluster
 from rich.console import Console
 from rich.progress import Progress
 
-from bench import arq_bench, mixed, ours, raw
+from bench import mixed, ours, raw
+from bench.arq_section import arq_section
 from bench.bullmq_section import bullmq_section
 from bench.config import RunConfig
 from bench.method import git_commit, machine_info, method_notes, version
@@ -193,97 +194,6 @@ class Runner:
                     partial(raw.backlog, rig, cfg.backlog_tasks, 1, cfg.scenario_timeout),
                 )
 
-    # ------------------------------------------------------------------------- arq
-
-    async def arq_section(self) -> None:
-        cfg = self.cfg
-        keys: list[tuple[str, str]] = []
-        if "throughput" in cfg.scenarios:
-            for w in cfg.workers:
-                keys.append((f"throughput/arq/{w}", f"{w} worker process(es), defaults"))
-                if cfg.arq_tuned:
-                    keys.append((f"throughput/arq-tuned/{w}", f"{w} worker process(es), tuned"))
-        if "latency" in cfg.scenarios:
-            keys.append(("latency/arq", "1 worker process, defaults"))
-            if cfg.arq_tuned:
-                keys.append(("latency/arq-tuned", "1 worker process, tuned"))
-        if "mixed" in cfg.scenarios:
-            slots = f"{mixed.WORKERS} worker processes x max_jobs={mixed.SLOTS_PER_WORKER}"
-            keys.append(("mixed/arq", f"{slots}, the rest default"))
-        if not keys:
-            return
-        self.log(f"arq: preparing its virtual environment in {cfg.arq_venv}")
-        try:
-            env = await asyncio.to_thread(arq_bench.ensure_arq_env, cfg.arq_venv)
-        except arq_bench.ArqUnavailable as exc:
-            self.versions["arq"] = f"unavailable: {exc}"
-            self.fail_all(keys, f"arq environment unavailable: {exc}", status="unavailable")
-            return
-        self.versions["arq"] = f"{env.arq_version} (redis-py {env.redis_py})"
-        for key, setup in keys:
-            parts = key.split("/")
-            tuned = parts[1] == "arq-tuned"
-            queue = f"bench-{self.run_id}-{'-'.join(parts)}:queue"
-            if parts[0] == "throughput":
-                workers = int(parts[2])
-                n = cfg.arq_tasks
-
-                async def make_t(
-                    w: int = workers, q: str = queue, t: bool = tuned, n: int = n
-                ) -> Figure:
-                    return await arq_bench.throughput(
-                        env,
-                        self.url,
-                        q,
-                        self.work,
-                        workers=w,
-                        n=n,
-                        warmup=min(50, cfg.warmup),
-                        tuned=t,
-                        timeout=cfg.scenario_timeout,
-                    )
-
-                await self.measure(key, setup, make_t, repeat=cfg.repeat if tuned else 1)
-            elif parts[0] == "mixed":
-                durations = mixed.plan(cfg.mixed_tasks)
-
-                async def make_m(q: str = queue, durations: list[float] = durations) -> Figure:
-                    makespan = await arq_bench.mixed(
-                        env,
-                        self.url,
-                        q,
-                        self.work,
-                        plan_s=durations,
-                        workers=mixed.WORKERS,
-                        slots=mixed.SLOTS_PER_WORKER,
-                        timeout=cfg.scenario_timeout,
-                    )
-                    return mixed.mixed_figure(
-                        "arq",
-                        durations,
-                        makespan,
-                        workers=mixed.WORKERS,
-                        slots=mixed.SLOTS_PER_WORKER,
-                    )
-
-                await self.measure(key, setup, make_m)
-            else:
-                rounds = cfg.arq_tuned_latency_round_trips if tuned else cfg.arq_latency_round_trips
-
-                async def make_l(q: str = queue, t: bool = tuned, n: int = rounds) -> Figure:
-                    return await arq_bench.latency(
-                        env,
-                        self.url,
-                        q,
-                        self.work,
-                        n=n,
-                        warmup=2,
-                        tuned=t,
-                        timeout=cfg.scenario_timeout,
-                    )
-
-                await self.measure(key, setup, make_l)
-
     # ------------------------------------------------------------------------ ours
 
     def cluster(self, name: str, concurrency: int | None = None) -> ours.Cluster:
@@ -312,22 +222,9 @@ class Runner:
 
                 async def direct(cluster: ours.Cluster, w: int = w) -> None:
                     pool = await cluster.spawn("bench", w)
-                    await self.measure(
-                        f"throughput/direct/{w}",
-                        f"1 pool, {w} worker processes x {c}",
-                        partial(
-                            ours.throughput,
-                            cluster,
-                            key=f"throughput/direct/{w}",
-                            setup=f"1 pool, {w} worker processes x {c}",
-                            n=cfg.tasks,
-                            batch=cfg.batch,
-                            warmup=cfg.warmup,
-                            timeout=cfg.scenario_timeout,
-                            pool_id=pool,
-                        ),
-                        repeat=cfg.repeat,
-                    )
+                    key, setup = f"throughput/direct/{w}", f"1 pool, {w} worker processes x {c}"
+                    run = self._ours_throughput(cluster, key, setup, pool)
+                    await self.measure(key, setup, run, repeat=cfg.repeat)
 
                 await self._guarded(f"direct{w}", direct)
         routed_pools = [w for w in cfg.workers if w > 1] if want("throughput", "ours") else []
@@ -387,6 +284,29 @@ class Runner:
             self.add(Figure(f"setup/ours/{name}", "setup", "ours", name, status="failed"))
             self.figures[-1].reason = reason
 
+    def _ours_throughput(
+        self,
+        cluster: ours.Cluster,
+        key: str,
+        setup: str,
+        pool_id: str | None,
+        scenario: str = "throughput",
+    ) -> Callable[[], Awaitable[Figure]]:
+        """One run of a throughput figure of ours, at the run's sizes."""
+        cfg = self.cfg
+        return partial(
+            ours.throughput,
+            cluster,
+            key=key,
+            setup=setup,
+            n=cfg.tasks,
+            batch=cfg.batch,
+            warmup=cfg.warmup,
+            timeout=cfg.scenario_timeout,
+            pool_id=pool_id,
+            scenario=scenario,
+        )
+
     async def _single_pool(self, cluster: ours.Cluster) -> None:
         cfg = self.cfg
         want = cfg.wants
@@ -399,27 +319,11 @@ class Runner:
             ):
                 setup = f"1 pool, 1 worker process x {c}, {how}"
                 key = f"throughput/{system}/1"
-                await self.measure(
-                    key,
-                    setup,
-                    partial(
-                        ours.throughput,
-                        cluster,
-                        key=key,
-                        setup=setup,
-                        n=cfg.tasks,
-                        batch=cfg.batch,
-                        warmup=cfg.warmup,
-                        timeout=cfg.scenario_timeout,
-                        pool_id=pool_id,
-                    ),
-                    repeat=cfg.repeat,
-                )
+                run = self._ours_throughput(cluster, key, setup, pool_id)
+                await self.measure(key, setup, run, repeat=cfg.repeat)
+        round_trip_calls = ((pool, "direct", "execute_on_pool"), (None, "routed", "route_task"))
         if want("latency", "ours"):
-            for pool_id, system, how in (
-                (pool, "direct", "execute_on_pool"),
-                (None, "routed", "route_task"),
-            ):
+            for pool_id, system, how in round_trip_calls:
                 setup = f"{how}, 1 pool, 1 worker process"
                 await self.measure(
                     f"latency/{system}",
@@ -434,10 +338,7 @@ class Runner:
                     ),
                 )
         if want("concurrency", "ours"):
-            for pool_id, system, how in (
-                (pool, "direct", "execute_on_pool"),
-                (None, "routed", "route_task"),
-            ):
+            for pool_id, system, how in round_trip_calls:
                 setup = f"{cfg.clients} PoolManagers in 1 process ({how}), 1 worker process"
                 await self.measure(
                     f"concurrency/{system}",
@@ -457,22 +358,10 @@ class Runner:
         c = cfg.concurrency
         for i in range(pools):
             await cluster.spawn(f"bench{i}", 1)
+        key = f"throughput/routed/{pools}"
         setup = f"{pools} pools x 1 worker process x {c}, via the orchestrator"
         await self.measure(
-            f"throughput/routed/{pools}",
-            setup,
-            partial(
-                ours.throughput,
-                cluster,
-                key=f"throughput/routed/{pools}",
-                setup=setup,
-                n=cfg.tasks,
-                batch=cfg.batch,
-                warmup=cfg.warmup,
-                timeout=cfg.scenario_timeout,
-                pool_id=None,
-            ),
-            repeat=cfg.repeat,
+            key, setup, self._ours_throughput(cluster, key, setup, None), repeat=cfg.repeat
         )
         if pools != 2 or not cfg.wants("fanout", "ours") or cfg.fanout_pools <= 2:
             return
@@ -481,19 +370,10 @@ class Runner:
         await ours.add_idle_pools(cluster, total - 2)
         key = f"fanout/routed/{total}"
         setup = f"{total} pools (2 with 1 worker process x {c}, {total - 2} without workers)"
+        run = self._ours_throughput(cluster, key, setup, None, scenario="fanout")
 
         async def fanout() -> Figure:
-            fig = await ours.throughput(
-                cluster,
-                key=key,
-                setup=setup,
-                n=cfg.tasks,
-                batch=cfg.batch,
-                warmup=cfg.warmup,
-                timeout=cfg.scenario_timeout,
-                pool_id=None,
-                scenario="fanout",
-            )
+            fig = await run()
             fig.values["pools"] = float(total)
             fig.baseline = "throughput/routed/2"
             return fig
@@ -560,7 +440,7 @@ class Runner:
             if "raw" in cfg.systems:
                 await self.raw_section()
             if "arq" in cfg.systems:
-                await self.arq_section()
+                await arq_section(self)
             if "bullmq" in cfg.systems:
                 await bullmq_section(self)
             if "ours" in cfg.systems:

@@ -104,6 +104,88 @@ def latency_values(samples_s: Sequence[float]) -> dict[str, float]:
     }
 
 
+# ------------------------------------------------------------------ one scenario's figure
+# Every system reports a scenario alike (its primary value, unit and first values), so that the
+# figures of one scenario can stand side by side.
+
+
+def throughput_figure(
+    key: str,
+    system: str,
+    setup: str,
+    n: int,
+    seconds: float,
+    values: Mapping[str, float],
+    *,
+    scenario: str = "throughput",
+) -> Figure:
+    """`n` tasks done in `seconds`: tasks/s, and `values` after the count, time and rate."""
+    return Figure(
+        key=key,
+        scenario=scenario,
+        system=system,
+        setup=setup,
+        primary=n / seconds,
+        unit="tasks/s",
+        values={"tasks": float(n), "seconds": seconds, "tasks_per_s": n / seconds, **values},
+    )
+
+
+def latency_figure(system: str, setup: str, samples_s: Sequence[float]) -> Figure:
+    """Sequential round trips (in seconds each): their p50 first."""
+    values = latency_values(samples_s)
+    return Figure(
+        key=f"latency/{system}",
+        scenario="latency",
+        system=system,
+        setup=setup,
+        primary=values["p50_ms"],
+        unit="ms p50",
+        values=values,
+    )
+
+
+def concurrency_figure(
+    system: str,
+    setup: str,
+    samples_s: Sequence[float],
+    *,
+    clients: int,
+    rounds: int,
+    seconds: float,
+    spent: Mapping[str, float],
+) -> Figure:
+    """`clients` clients doing `rounds` round trips each in `seconds`: round trips/s first."""
+    total = clients * rounds
+    values = latency_values(samples_s)
+    values.update(
+        {"clients": float(clients), "seconds": seconds, "round_trips_per_s": total / seconds}
+    )
+    values.update(cpu_values(spent, total, seconds))
+    return Figure(
+        key=f"concurrency/{system}",
+        scenario="concurrency",
+        system=system,
+        setup=setup,
+        primary=total / seconds,
+        unit="round trips/s",
+        values=values,
+    )
+
+
+def backlog_figure(system: str, setup: str, values: dict[str, float]) -> Figure:
+    """A backlog queued with no consumer, then drained: its drain rate first."""
+    return Figure(
+        key=f"backlog/{system}",
+        scenario="backlog",
+        system=system,
+        setup=setup,
+        primary=values["drain_tasks_per_s"],
+        unit="tasks/s drain",
+        values=values,
+    )
+
+
 # ------------------------------------------------------------------------------ processes
 
 

@@ -68,3 +68,22 @@ def show_followed(result: TaskResult, printed: bool, json_out: bool) -> None:
         render.stderr_console().print(render.result_line(result), soft_wrap=True)
     if not result.ok:
         raise typer.Exit(1)
+
+
+async def final_result(
+    pools: Any, task_id: str, timeout: float | None, *, follow: bool, json_out: bool
+) -> tuple[TaskResult, bool]:
+    """The task's final result, its steps and output shown on the way with `--follow`; and
+    whether output was shown."""
+    if follow:
+        return await follow_result(pools, task_id, timeout, json_out=json_out)
+    return await pools.result(task_id, timeout), False
+
+
+def show_final(result: TaskResult, printed: bool, *, follow: bool, json_out: bool) -> None:
+    """Print a final result as `--follow` ends or as a plain wait shows it; exit 1 unless it
+    completed."""
+    if follow:
+        show_followed(result, printed, json_out)
+    else:
+        render.show_result(result, json_out)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
+from orchestrator.cli import arq as arq_opts
 from orchestrator.cli import remote as remote_opts
 from orchestrator.cli import render
 from orchestrator.cli import up as cli_up
@@ -38,15 +39,17 @@ from orchestrator.cli.common import (
     read_prompt,
     run_async,
 )
-from orchestrator.cli.follow import follow_result, show_followed
+from orchestrator.cli.follow import final_result, show_final
 from orchestrator.memory.search import search_all
 from shared.config import Settings
-from shared.errors import InvalidRequest, PoolNotFound, PoolUnavailable
-from shared.models import ACCEPTING_STATUSES, PoolInfo, PoolStatus, PoolType
+from shared.errors import PoolNotFound, PoolUnavailable
+from shared.models import ACCEPTING_STATUSES, PoolInfo, PoolStatus
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from shared.client import PoolManager
-    from shared.models import TaskResult
+    from shared.models import TaskResult, TaskSpec
 
 CLOSE_POLL = 0.5  # seconds between looks at a closing pool
 
@@ -75,25 +78,12 @@ def pool_spawn(
         list[str] | None, typer.Option(help="Program a shell pool may run. Repeatable.")
     ] = None,
     max_queue: Annotated[int | None, typer.Option(help="Backlog limit.")] = None,
-    arq_function: Annotated[
-        str | None, typer.Option(help="arq pools: the arq function prompt tasks call.")
-    ] = None,
-    arq_allow: Annotated[
-        list[str] | None,
-        typer.Option(help="arq pools: another arq function call tasks may name. Repeatable."),
-    ] = None,
-    arq_redis_url: Annotated[
-        str | None, typer.Option(help="arq pools: the arq Redis (redis://host:port/db).")
-    ] = None,
-    arq_password_env: Annotated[
-        str | None, typer.Option(help="arq pools: env variable holding the arq Redis password.")
-    ] = None,
-    arq_queue: Annotated[
-        str | None, typer.Option(help="arq pools: the arq queue (default arq:queue).")
-    ] = None,
-    arq_on_job_timeout: Annotated[
-        str | None, typer.Option(help="arq pools: an arq job timeout is retried or failed.")
-    ] = None,
+    arq_function: arq_opts.ArqFunctionOpt = None,
+    arq_allow: arq_opts.ArqAllowOpt = None,
+    arq_redis_url: arq_opts.ArqRedisUrlOpt = None,
+    arq_password_env: arq_opts.ArqPasswordEnvOpt = None,
+    arq_queue: arq_opts.ArqQueueOpt = None,
+    arq_on_job_timeout: arq_opts.ArqOnJobTimeoutOpt = None,
     pool_id: Annotated[
         str | None,
         typer.Option(
@@ -123,15 +113,9 @@ def pool_spawn(
 ) -> None:
     """Ask the orchestrators for a new pool and wait until it runs."""
     settings = cli_settings()
-    arq = {
-        "function": arq_function,
-        "functions": arq_allow,
-        "redis_url": arq_redis_url,
-        "password_env": arq_password_env,
-        "queue": arq_queue,
-        "on_job_timeout": arq_on_job_timeout,
-    }
-    arq_options = {k: v for k, v in arq.items() if v is not None} or None
+    arq = arq_opts.arq_options(
+        arq_function, arq_allow, arq_redis_url, arq_password_env, arq_queue, arq_on_job_timeout
+    )
 
     async def spawn() -> None:
         remote = remote_opts.remote_options(
@@ -154,13 +138,10 @@ def pool_spawn(
                 allowed_commands=allow_command or None,
                 max_queue=max_queue,
                 id=pool_id,
-                options={**(render.json_object(options, "--options") or {}), **(arq_options or {})}
-                or None,
+                options=arq_opts.pool_options(options, arq),
                 remote=remote,
             )
-            if arq_options and spec.pool_type is not PoolType.ARQ:
-                given = ", ".join(f"--arq-{k.replace('_', '-')}" for k in arq_options)
-                raise InvalidRequest(f"{given}: only for pools of --type arq")
+            arq_opts.check_pool_type(arq, spec.pool_type)
             await pools.spawn_pool(config=spec, wait=not no_wait, timeout=timeout)
             info = None if no_wait else await pools.get_pool(spec.id)
         if json_out:
@@ -212,25 +193,15 @@ def pool_exec(
     """Run a task on one pool and print its result (exit 1 unless it completed)."""
     settings = cli_settings()
 
-    async def execute() -> tuple[TaskResult, bool]:
-        task = render.build_task(
+    def task() -> TaskSpec:
+        return render.build_task(
             settings, prompt=read_prompt(prompt, prompt_file), call=call, args=arg,
             kwargs=kwarg, command=command,
             argv=argv, timeout=timeout, max_attempts=max_attempts, pool_id=pool_id,
             idempotency_key=idempotency_key, tags=tag,
         )  # fmt: skip
-        async with client(settings) as pools:
-            task_id = await pools.submit(task)
-            bound = render.wait_bound(settings, task, routed=False)
-            if follow:
-                return await follow_result(pools, task_id, bound, json_out=json_out)
-            return await pools.result(task_id, bound), False
 
-    result, printed = run_async(settings, execute)
-    if follow:
-        show_followed(result, printed, json_out)
-    else:
-        render.show_result(result, json_out)
+    run_task(settings, task, routed=False, follow=follow, json_out=json_out)
 
 
 @pool_app.command("route")
@@ -256,8 +227,8 @@ def pool_route(
     """Let the orchestrators pick a pool for a task; print its result."""
     settings = cli_settings()
 
-    async def route() -> tuple[TaskResult, bool]:
-        task = render.build_task(
+    def task() -> TaskSpec:
+        return render.build_task(
             settings, prompt=read_prompt(prompt, prompt_file), call=call, args=arg,
             kwargs=kwarg, command=command,
             argv=argv, timeout=timeout, max_attempts=max_attempts, strategy=strategy,
@@ -265,18 +236,30 @@ def pool_route(
             queue_timeout=queue_timeout,
             idempotency_key=idempotency_key, tags=tag,
         )  # fmt: skip
+
+    run_task(settings, task, routed=True, follow=follow, json_out=json_out)
+
+
+def run_task(
+    settings: Settings,
+    make_task: Callable[[], TaskSpec],
+    *,
+    routed: bool,
+    follow: bool,
+    json_out: bool,
+) -> None:
+    """Submit the task `make_task` builds (its errors one line, like every error), wait as long
+    as it may take, and print its result; exit 1 unless it completed."""
+
+    async def execute() -> tuple[TaskResult, bool]:
+        task = make_task()
         async with client(settings) as pools:
             task_id = await pools.submit(task)
-            bound = render.wait_bound(settings, task, routed=True)
-            if follow:
-                return await follow_result(pools, task_id, bound, json_out=json_out)
-            return await pools.result(task_id, bound), False
+            bound = render.wait_bound(settings, task, routed=routed)
+            return await final_result(pools, task_id, bound, follow=follow, json_out=json_out)
 
-    result, printed = run_async(settings, route)
-    if follow:
-        show_followed(result, printed, json_out)
-    else:
-        render.show_result(result, json_out)
+    result, printed = run_async(settings, execute)
+    show_final(result, printed, follow=follow, json_out=json_out)
 
 
 @pool_app.command("scale")

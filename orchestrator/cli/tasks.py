@@ -33,7 +33,7 @@ from orchestrator.cli.common import (
     read_prompt,
     run_async,
 )
-from orchestrator.cli.follow import follow_result, show_followed
+from orchestrator.cli.follow import final_result, show_final
 
 if TYPE_CHECKING:
     from shared.models import TaskResult
@@ -141,15 +141,10 @@ def task_result(
 
     async def result() -> tuple[TaskResult, bool]:
         async with client(settings) as pools:
-            if follow:
-                return await follow_result(pools, task_id, timeout, json_out=json_out)
-            return await pools.result(task_id, timeout), False
+            return await final_result(pools, task_id, timeout, follow=follow, json_out=json_out)
 
     found, printed = run_async(settings, result)
-    if follow:
-        show_followed(found, printed, json_out)
-    else:
-        render.show_result(found, json_out)
+    show_final(found, printed, follow=follow, json_out=json_out)
 
 
 @task_app.command("cancel")
