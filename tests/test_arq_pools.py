@@ -332,8 +332,8 @@ async def test_cli_and_mcp_spawn_arq_pools(
         "--arq-redis-url", "redis://:secret@127.0.0.1:1/0",
     )  # fmt: skip
     assert code == 1 and "must not hold a password" in err and "secret" not in err
-    code, _, err = await mhv("pool", "spawn", "--arq-function", "shout")
-    assert code == 1 and "--arq-function: only for pools of --type arq" in err
+    code, _, err = await mhv("pool", "spawn", "--arq-function", "shout", "--arq-allow", "x")
+    assert code == 1 and "--arq-function, --arq-allow: only for pools of --type arq" in err
 
     async with held(build_server(settings)) as client:
         options = arq_options(arq_redis.url)

@@ -61,8 +61,12 @@ def pool_options(options: str | None, arq: dict[str, Any] | None) -> dict[str, A
     return {**(render.json_object(options, "--options") or {}), **(arq or {})} or None
 
 
+_FLAGS = {"functions": "--arq-allow"}
+"""The flags whose names are not `--arq-` + their `options` key."""
+
+
 def check_pool_type(arq: dict[str, Any] | None, pool_type: PoolType) -> None:
     """InvalidRequest naming the arq options given for a pool that is not an arq pool."""
     if arq and pool_type is not PoolType.ARQ:
-        given = ", ".join(f"--arq-{k.replace('_', '-')}" for k in arq)
+        given = ", ".join(_FLAGS.get(k, f"--arq-{k.replace('_', '-')}") for k in arq)
         raise InvalidRequest(f"{given}: only for pools of --type arq")
