@@ -31,10 +31,10 @@ from shared.codec import (
     PoolCreated,
     ResultShare,
     StatusUpdate,
-    TaskDelegate,
     decode,
     describe_validation_error,
     encode,
+    encode_task,
     pack,
 )
 from shared.config import Settings, load_settings
@@ -95,7 +95,8 @@ def make_task(task: TaskInput, *, settings: Settings | None = None, **overrides:
         if isinstance(task, TaskSpec):
             if not overrides:
                 return task
-            return TaskSpec.model_validate({**task.model_dump(), **overrides})
+            # its fields as they are (a TaskSpec keeps them in __dict__), not a dump of them
+            return TaskSpec.model_validate({**task.__dict__, **overrides})
         data = dict(task)
         if settings is not None:
             data.setdefault("timeout", settings.task_default_timeout)
@@ -271,7 +272,7 @@ class PoolManager:
             args += [ttl, need, len(chunk)]
             for spec in chunk:
                 add_counted(args, task_state_fields(spec, pool_id=pool_id))
-                add_counted(args, encode(TaskDelegate(task=spec)))
+                add_counted(args, encode_task(spec))
             submit = self._scripts.queue(pipe, self._scripts.submit_batch, head + state_keys, args)
             submits.append((chunk, submit))
         lookups: list[Any] = [ttl, 0]

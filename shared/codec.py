@@ -8,7 +8,7 @@ executes anything (msgpack, never pickle) and turns every kind of garbage into
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any, Literal, TypeAlias, TypeVar, cast, get_args
 
@@ -162,14 +162,17 @@ def unpack(data: bytes) -> Any:
 
 def encode(message: _Message) -> StreamFields:
     """The stream fields of a message: readable headers plus a msgpack body."""
+    if isinstance(message, TaskDelegate):
+        return encode_task(
+            message.task,
+            attempt=message.attempt,
+            from_pool=message.from_pool,
+            history=message.history,
+        )
     # default values are left out (the reader fills them in): a small task's body is ~80 bytes
     body = message.model_dump(mode="json", exclude={"type"}, exclude_defaults=True)
     fields: StreamFields = {"type": str(message.type), "v": SCHEMA_VERSION}
-    if isinstance(message, TaskDelegate):
-        fields["task"] = message.task.id
-        fields["pool"] = message.task.pool_id or ""
-        fields["attempt"] = message.attempt
-    elif isinstance(message, ResultShare):
+    if isinstance(message, ResultShare):
         fields["task"] = message.result.task_id
         fields["status"] = str(message.result.status)
     elif isinstance(message, TaskCompleted):
@@ -181,6 +184,34 @@ def encode(message: _Message) -> StreamFields:
         fields["pool"] = message.spec.id
     fields["body"] = _checked(pack(body))
     return fields
+
+
+def encode_task(
+    task: TaskSpec,
+    *,
+    attempt: int = 1,
+    from_pool: str | None = None,
+    history: Sequence[str] = (),
+) -> StreamFields:
+    """The TASK_DELEGATE entry of a task: what `encode(TaskDelegate(task=task, ...))` writes,
+    without building and dumping the message around the task (the client queues thousands of
+    tasks at once). The task's defaults are left out, and so are the message's (its attempt 1,
+    no from_pool, an empty history)."""
+    body: dict[str, Any] = {"task": task.model_dump(mode="json", exclude_defaults=True)}
+    if attempt != 1:
+        body["attempt"] = attempt
+    if from_pool is not None:
+        body["from_pool"] = from_pool
+    if history:
+        body["history"] = list(history)
+    return {
+        "type": MessageType.TASK_DELEGATE.value,
+        "v": SCHEMA_VERSION,
+        "task": task.id,
+        "pool": task.pool_id or "",
+        "attempt": attempt,
+        "body": _checked(pack(body)),
+    }
 
 
 def encode_result(
@@ -227,6 +258,36 @@ def _text(value: bytes | str) -> str:
 
 def decode(fields: Mapping[_K, _V]) -> Message:
     """Decode stream fields into a message; raise MalformedMessage naming what is wrong."""
+    kind_text, body_raw = _usual_headers(fields) or _headers(fields)
+    body = unpack(body_raw if isinstance(body_raw, bytes) else body_raw.encode())
+    if not isinstance(body, dict):
+        raise MalformedMessage(f"{kind_text} body is a {type(body).__name__}, not a map")
+    try:
+        body["type"] = kind_text
+        return cast(Message, _MODELS[kind_text].model_validate(body))
+    except ValidationError as exc:
+        raise MalformedMessage(f"{kind_text} body is invalid: {_first_error(exc)}") from None
+
+
+_KIND_OF: dict[bytes, str] = {kind.encode(): kind for kind in MessageType.__members__}
+_READABLE_VERSIONS = (None, *(str(v).encode() for v in range(1, SCHEMA_VERSION + 1)))
+
+
+def _usual_headers(fields: Mapping[Any, Any]) -> tuple[str, bytes] | None:
+    """(type, body) of an entry as Redis returns ours: bytes keys and values, a known type, a
+    readable version. None for anything else, which `_headers` reads (and explains)."""
+    kind = fields.get(b"type")
+    body = fields.get(b"body")
+    if type(kind) is not bytes or type(body) is not bytes:
+        return None
+    if fields.get(b"v") not in _READABLE_VERSIONS:
+        return None
+    kind_text = _KIND_OF.get(kind)
+    return None if kind_text is None else (kind_text, body)
+
+
+def _headers(fields: Mapping[_K, _V]) -> tuple[str, bytes | str]:
+    """(type, body) of any entry; MalformedMessage if its headers are wrong."""
     headers = {_text(k): v for k, v in fields.items()}
     kind = headers.get("type")
     if kind is None:
@@ -245,14 +306,7 @@ def decode(fields: Mapping[_K, _V]) -> Message:
     body_raw = headers.get("body")
     if body_raw is None:
         raise MalformedMessage(f"{kind_text} entry has no 'body' field")
-    body = unpack(body_raw if isinstance(body_raw, bytes) else body_raw.encode())
-    if not isinstance(body, dict):
-        raise MalformedMessage(f"{kind_text} body is a {type(body).__name__}, not a map")
-    try:
-        body["type"] = kind_text
-        return cast(Message, _MODELS[kind_text].model_validate(body))
-    except ValidationError as exc:
-        raise MalformedMessage(f"{kind_text} body is invalid: {_first_error(exc)}") from None
+    return kind_text, body_raw
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any, Self
@@ -30,8 +31,24 @@ _LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./-]{0,62}$")
 
 
 def new_id(kind: str) -> str:
-    """A short, time-ordered, unique id such as `t-018f3a2b4c5d-9f2e1a7b` (kind `t`)."""
-    return f"{kind}-{int(time.time() * 1000):012x}-{os.urandom(4).hex()}"
+    """A short, time-ordered, unique id such as `t-018f3a2b4c5d-9f2e1a7b` (kind `t`): the time
+    in milliseconds, then 32 random bits."""
+    while True:
+        try:
+            suffix = _ID_SUFFIXES.popleft()  # atomic: threads never share one
+            break
+        except IndexError:
+            chunk = os.urandom(4 * _ID_SUFFIX_BATCH).hex()
+            _ID_SUFFIXES.extend(chunk[i : i + 8] for i in range(0, len(chunk), 8))
+    return f"{kind}-{int(time.time() * 1000):012x}-{suffix}"
+
+
+_ID_SUFFIX_BATCH = 256
+_ID_SUFFIXES: deque[str] = deque()
+"""The random parts of the next ids, read from os.urandom a batch at a time (one read per id
+cost more than the rest of `new_id`, called for every task, and again by every dump of a task
+without its defaults: pydantic compares a field with a default factory to a fresh default)."""
+os.register_at_fork(after_in_child=_ID_SUFFIXES.clear)  # a forked child must not repeat them
 
 
 class PoolType(StrEnum):
@@ -300,6 +317,20 @@ class TaskResult(BaseModel):
     def ok(self) -> bool:
         """True when the task completed."""
         return self.status is TaskStatus.COMPLETED
+
+    @classmethod
+    def trusted(cls, **values: Any) -> Self:
+        """A result of values known valid, one for each field, left unvalidated: what
+        `model_construct(**values)` makes, without its per-field look-ups of aliases and
+        defaults (~8 µs a result; this takes under 1 µs)."""
+        if values.keys() != cls.__pydantic_fields__.keys():
+            raise TypeError(f"a trusted TaskResult takes all of its fields, not {sorted(values)}")
+        result = cls.__new__(cls)
+        object.__setattr__(result, "__dict__", values)
+        object.__setattr__(result, "__pydantic_fields_set__", set(values))
+        object.__setattr__(result, "__pydantic_extra__", None)
+        object.__setattr__(result, "__pydantic_private__", None)
+        return result
 
 
 class PoolSpec(BaseModel):

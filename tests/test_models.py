@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,10 +16,12 @@ from shared.models import (
     PoolSpec,
     PoolType,
     TaskKind,
+    TaskResult,
     TaskSpec,
     TaskStatus,
     WorkerType,
     executor_runs,
+    new_id,
     parse_pool_type,
 )
 
@@ -134,6 +139,33 @@ def test_task_ids_are_unique_and_time_ordered() -> None:
     assert ids[0].split("-")[1] <= ids[-1].split("-")[1]
 
 
+def test_new_ids_keep_their_format_across_random_batches() -> None:
+    # more ids than one read of random bytes gives (`_ID_SUFFIX_BATCH`)
+    ids = [new_id("t") for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"t-[0-9a-f]{12}-[0-9a-f]{8}", i) for i in ids)
+    assert len({i.rsplit("-", 1)[1] for i in ids}) == len(ids)
+    assert TaskSpec(id=ids[0], prompt="x").id == ids[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_never_repeats_its_parents_next_ids() -> None:
+    new_id("t")  # the parent holds unused random suffixes
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then out without running pytest's teardown
+        os.close(read)
+        os.write(write, " ".join(new_id("t") for _ in range(20)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split()
+    os.waitpid(pid, 0)
+    parent = [new_id("t") for _ in range(20)]
+    assert len(child) == 20
+    assert not {i.rsplit("-", 1)[1] for i in child} & {i.rsplit("-", 1)[1] for i in parent}
+
+
 @given(
     st.dictionaries(
         st.sampled_from(
@@ -174,3 +206,26 @@ def test_any_pool_spec_is_valid_or_names_its_problem(low: int, high: int, kind: 
         assert describe_validation_error(exc)
     else:
         assert 0 <= spec.min_workers <= spec.max_workers
+
+
+def test_a_trusted_result_is_the_result_validation_builds() -> None:
+    values: dict[str, object] = {
+        "task_id": "t-1",
+        "pool_id": "p1",
+        "worker_id": "w-1",
+        "status": TaskStatus.FAILED,
+        "output": {"x": [1]},
+        "error": "boom",
+        "exit_code": 2,
+        "attempts": 3,
+        "duration": 0.5,
+        "started_at": 1.0,
+        "finished_at": 1.5,
+    }
+    trusted = TaskResult.trusted(**values)
+    validated = TaskResult.model_validate(values)
+    assert trusted == validated == TaskResult.model_construct(**values)
+    assert trusted.model_fields_set == validated.model_fields_set
+    assert trusted.model_dump(mode="json") == validated.model_dump(mode="json")
+    with pytest.raises(TypeError, match="all of its fields"):
+        TaskResult.trusted(task_id="t-1", status=TaskStatus.FAILED)

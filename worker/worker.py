@@ -618,7 +618,7 @@ class Worker:
         error = item.outcome.error
         if status is TaskStatus.DEAD_LETTERED:
             error = dead_letter_reason(msg.attempt, error)
-        result = TaskResult.model_construct(  # every value is ours and of the right type
+        result = TaskResult.trusted(  # every value is ours and of the right type
             task_id=msg.task.id,
             pool_id=self.pool_id,
             worker_id=self.worker_id,
