@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 import redis.asyncio as aioredis
 
@@ -23,6 +24,11 @@ pytest_plugins = ["tests.standins.fixtures"]  # session_buddy, akosha: MCP servi
 # set (else wide for pipes, `orchestrator/cli/render.py`), so the CLIs tests start would wrap
 for _name in ("COLUMNS", "LINES"):
     os.environ.pop(_name, None)
+
+# hypothesis's 200 ms deadline per example measures the machine's load, not the code: the suite
+# runs on two xdist workers beside Redis servers and worker processes
+hypothesis.settings.register_profile("mahavishnu", deadline=None)
+hypothesis.settings.load_profile("mahavishnu")
 
 REDIS_URL = os.environ.get("MAHAVISHNU_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 BROKERS = [
