@@ -71,7 +71,7 @@ from shared.models import (
 from shared.readers import CompletionWatcher, ReplyReader
 from shared.remote_config import DEFAULT_REMOTE_CONCURRENCY, RemoteKind
 from shared.replies import Queued, decode_hash, flatten_read, stream_entries, text
-from shared.scripts import Scripts, add_counted, flat_fields
+from shared.scripts import Scripts, add_counted, flat_fields, packed_task
 from shared.state import live_pool_ids, parse_task_result, read_pools
 from shared.task_state import iso_time, read_state, task_state_fields
 from shared.waits import WaitGuard, live_workers
@@ -271,8 +271,9 @@ class PoolManager:
                 args = ["ingress", self.settings.ingress_max_len]
             args += [ttl, need, len(chunk)]
             for spec in chunk:
-                add_counted(args, task_state_fields(spec, pool_id=pool_id))
-                add_counted(args, encode_task(spec))
+                args.append(
+                    packed_task("", task_state_fields(spec, pool_id=pool_id), encode_task(spec))
+                )
             submit = self._scripts.queue(pipe, self._scripts.submit_batch, head + state_keys, args)
             submits.append((chunk, submit))
         lookups: list[Any] = [ttl, 0]

@@ -85,15 +85,14 @@ return count
 # KEYS[2] = target stream, KEYS[3..] = the tasks' state hashes (`pool_task` for a pool, the
 # `task` look-ups for the ingress: the same slot either way).
 # ARGV: 'pool' or 'ingress', default limit, task ttl, room needed (this call's tasks, or all of
-# a submission split into several calls: the first call checks for all), count, then per task:
-# hash fields (counted), entry fields (counted). All or nothing: if the pool
-# takes no work or the tasks do not fit under the limit, nothing is written and the error names
-# why. Returns the entry ids.
+# a submission split into several calls: the first call checks for all), count, then one
+# argument per task packed by `packed_task` ('', hash fields, entry fields). All or nothing: if
+# the pool takes no work or the tasks do not fit under the limit, nothing is written and the
+# error names why. Returns the entry ids.
 SUBMIT_BATCH = (
-    _CURSOR
-    + """
-local mode, limit, ttl, need = take(), tonumber(take()), tonumber(take()), tonumber(take())
-local count = tonumber(take())
+    """
+local mode, limit, ttl, need = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local count = tonumber(ARGV[5])
 if mode == 'pool' then
 """
     + _POOL_TAKES_WORK
@@ -107,13 +106,12 @@ if n + need > limit then
 end
 local ids = {}
 for k = 1, count do
-  local ha, hb = span()
-  if hb >= ha then
-    redis.call('HSET', KEYS[k + 2], unpack(ARGV, ha, hb))
+  local one = cmsgpack.unpack(ARGV[k + 5])
+  if #one[2] > 0 then
+    redis.call('HSET', KEYS[k + 2], unpack(one[2]))
     redis.call('EXPIRE', KEYS[k + 2], ttl)
   end
-  local ea, eb = span()
-  ids[k] = redis.call('XADD', KEYS[2], '*', unpack(ARGV, ea, eb))
+  ids[k] = redis.call('XADD', KEYS[2], '*', unpack(one[3]))
 end
 return ids
 """
@@ -196,9 +194,9 @@ return {{out, n}}
 def packed_task(
     head: str | bytes | int, fields: Mapping[Any, Any], entry: Mapping[Any, Any]
 ) -> bytes:
-    """One task's (or entry's) argument of FORWARD and XADD_MANY (`head`: its ingress entry id;
-    the index of its writer's marker): a msgpack array of the head, the state's fields and the
-    stream entry's fields as flat lists. Old-spec msgpack
+    """One task's (or entry's) argument of SUBMIT_BATCH, FORWARD and XADD_MANY (`head`: '';
+    its ingress entry id; the index of its writer's marker): a msgpack array of the head, the
+    state's fields and the stream entry's fields as flat lists. Old-spec msgpack
     (`use_bin_type=False`): Redis's Lua `cmsgpack` reads no bin types."""
     return msgpack.packb(  # type: ignore[no-any-return]
         [head, flat_fields(fields), flat_fields(entry)], use_bin_type=False

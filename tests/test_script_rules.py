@@ -18,7 +18,6 @@ from shared.scripts import (
     START_RUN,
     START_SKIP,
     Scripts,
-    add_counted,
     packed_result,
     packed_task,
 )
@@ -94,8 +93,7 @@ async def test_a_claim_drops_only_final_or_cancelled_tasks(
 def _submit_args(count: int = 1) -> list[Any]:
     args: list[Any] = ["pool", 100, 60, count, count]
     for _ in range(count):
-        add_counted(args, {"status": "queued"})
-        add_counted(args, {"type": "TASK_DELEGATE"})
+        args.append(packed_task("", {"status": "queued"}, {"type": "TASK_DELEGATE"}))
     return args
 
 
