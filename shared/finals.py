@@ -7,12 +7,19 @@ client cancelling a queued task) go through `finalize_results`, in three steps:
    memory record and the pool's counters) writes each result unless the task is final;
 2. announce, in the other slots: the caller's reply stream, a TASK_COMPLETED event, a dead
    letter for a dead-lettered task, the shares with other pools' inboxes;
-3. mark the results announced and acknowledge the entries (ACK_ANNOUNCED).
+3. mark the results announced and acknowledge the entries (ACK_ANNOUNCED), and delete the sent
+   markers of step 2.
+
+A worker defers step 3 (`finalize_deferring_ack`): it gets a `PendingAck` back, and its next
+call sends that ACK_ANNOUNCED in step 1's round trip and the markers' DELs in step 2's, so under
+load a flush is two round trips. A deferred step 3 is the state a writer that died after step 2
+leaves anyway, so nothing is lost if it never comes; the worker sends it alone when no next call
+follows soon, and always before it leaves (`worker/worker.py` `ACK_LINGER`).
 
 A writer that dies after step 1 leaves its entry pending and the result `announced` 0. Whoever
 next handles the entry (a worker reading it again: START_ANNOUNCE; reclaim; an orchestrator
 taking over an ingress entry) announces the stored result, so no result is final but never
-announced.
+announced. Its XADD_MANY skips each stream the dead writer's sent markers show it reached.
 """
 
 from __future__ import annotations
@@ -85,6 +92,24 @@ Ack = tuple[str, str, Sequence[bytes]]
 """Entries to acknowledge and delete with a batch: (stream, group, entry ids)."""
 
 
+@dataclass(frozen=True)
+class PendingAck:
+    """Step 3 of a call that deferred it (`finalize_deferring_ack`): the results to mark
+    announced, the entries to acknowledge and the sent markers to delete once that is done.
+
+    Until it is sent, the results stay `announced` 0, the entries pending and the markers in
+    place: what a writer that died after step 2 leaves, which every repairer handles."""
+
+    announced: tuple[tuple[str, str], ...]  # (home, task id)
+    ack: Ack | None
+    markers: tuple[str, ...]
+
+    @property
+    def entry_ids(self) -> Sequence[bytes]:
+        """The ids of the entries it acknowledges."""
+        return self.ack[2] if self.ack is not None else ()
+
+
 async def finalize_results(
     redis: Redis,
     scripts: Scripts,
@@ -105,8 +130,60 @@ async def finalize_results(
     `extra(pipe)`, if given, queues more commands that run before the acknowledgement.
     Returns, per result, whether it was recorded now (False: the task was already final).
     """
+    recorded, _ = await _finalize(
+        redis, scripts, settings, finals, ack, extra, stored, previous=None, defer=False
+    )
+    return recorded
+
+
+async def finalize_deferring_ack(
+    redis: Redis,
+    scripts: Scripts,
+    settings: Settings,
+    finals: Sequence[FinalResult],
+    *,
+    previous: PendingAck | None,
+    ack: Ack | None = None,
+    extra: Callable[[Any], None] | None = None,
+    stored: Sequence[tuple[str, str]] = (),
+) -> tuple[list[bool], PendingAck | None]:
+    """`finalize_results`, carrying step 3 from one call to the next.
+
+    `previous` (the last call's `PendingAck`) is acknowledged in this call's first round trip
+    and its sent markers deleted in the second, once that acknowledgement is known to be done.
+    This call's own step 3 is returned instead of sent, unless a repair could not tell what
+    it announced: `extra`'s commands (retries, dead letters of malformed entries) have no sent
+    markers, a stored result was announced under this batch's markers but names its own
+    writer's (`announce_token`), a refused share was dead-lettered; then it is sent now and
+    None returned. A failed call is retried with the same `previous` (every step repeats
+    safely). The caller sends what it holds with `acknowledge_pending` when no call follows.
+    """
+    return await _finalize(
+        redis, scripts, settings, finals, ack, extra, stored, previous=previous, defer=True
+    )
+
+
+async def acknowledge_pending(
+    redis: Redis, scripts: Scripts, settings: Settings, pending: PendingAck
+) -> None:
+    """Send a deferred step 3 alone (no next call came to carry it)."""
+    await acknowledge(redis, scripts, settings, pending.announced, pending.ack, pending.markers)
+
+
+async def _finalize(
+    redis: Redis,
+    scripts: Scripts,
+    settings: Settings,
+    finals: Sequence[FinalResult],
+    ack: Ack | None,
+    extra: Callable[[Any], None] | None,
+    stored: Sequence[tuple[str, str]],
+    *,
+    previous: PendingAck | None,
+    defer: bool,
+) -> tuple[list[bool], PendingAck | None]:
     token = _batch_token(finals, stored)
-    verdicts = await _record(redis, scripts, settings, finals, token) if finals else []
+    verdicts = await _record(redis, scripts, settings, finals, token, previous)
     fresh = [f for f, v in zip(finals, verdicts, strict=True) if v == FINAL_NEW]
     if HOOKS and fresh:
         HOOKS.finished([_finished(f) for f in fresh])
@@ -120,17 +197,27 @@ async def finalize_results(
         pipe = redis.pipeline(transaction=False)
         markers.append(_queue_dead_letters(pipe, scripts, settings, dead, token))
         await scripts.execute(pipe)
-    if done or extra is not None:
+    # the previous call's acknowledgement went with step 1: its markers can go now
+    stale = previous.markers if previous is not None else ()
+    refused = False
+    if done or extra is not None or stale:
         pipe = redis.pipeline(transaction=False)
         if extra is not None:
             extra(pipe)
         sent = announce(pipe, scripts, settings, done, token)
+        for marker in stale:  # after the announcements: a repair in this batch reads them
+            pipe.delete(marker)
         replies = await scripts.execute(pipe, raise_on_error=False)
-        await _report_share_failures(redis, settings, sent.shares, replies)
+        refused = await _report_share_failures(redis, settings, sent.shares, replies)
         markers += sent.markers
     announced = [(f.state_home, f.result.task_id) for f in done]
+    recorded = [v == FINAL_NEW for v in verdicts]
+    if defer and extra is None and not recovered and not refused:
+        if not announced and not markers and (ack is None or not ack[2]):
+            return recorded, None
+        return recorded, PendingAck(tuple(announced), ack, tuple(markers))
     await acknowledge(redis, scripts, settings, announced, ack, markers)
-    return [v == FINAL_NEW for v in verdicts]
+    return recorded, None
 
 
 def _finished(final: FinalResult) -> Finished:
@@ -147,10 +234,16 @@ def _finished(final: FinalResult) -> Finished:
 
 
 async def _record(
-    redis: Redis, scripts: Scripts, settings: Settings, finals: Sequence[FinalResult], token: str
+    redis: Redis,
+    scripts: Scripts,
+    settings: Settings,
+    finals: Sequence[FinalResult],
+    token: str,
+    previous: PendingAck | None = None,
 ) -> list[int]:
     """Step 1: COMPLETE_BATCH per state slot, each state noting the batch `token` it will be
-    announced under; the verdicts."""
+    announced under, after the previous call's deferred step 3 (same round trip); the
+    verdicts."""
     now = time.time()
     calls: list[tuple[_CompleteBatch, list[int]]] = []
     by_home: dict[str, tuple[_CompleteBatch, list[int]]] = {}
@@ -163,10 +256,13 @@ async def _record(
         call[0].add(final)
         call[1].append(position)
     pipe = redis.pipeline(transaction=False)
+    if previous is not None:
+        _queue_acks(pipe, scripts, settings, previous.announced, previous.ack)
+    acks = len(pipe)
     for batch, _ in calls:
         keys, args = batch.call()
         scripts.queue(pipe, scripts.complete_batch, keys, args)
-    replies = await scripts.execute(pipe)
+    replies = (await scripts.execute(pipe))[acks:] if len(pipe) else []
     verdicts = [FINAL_DONE] * len(finals)
     for (_, positions), reply in zip(calls, replies, strict=True):
         for position, verdict in zip(positions, reply, strict=True):
@@ -294,7 +390,9 @@ async def read_stored(
     redis: Redis, settings: Settings, tasks: Sequence[tuple[str, str]]
 ) -> list[FinalResult]:
     """The stored final results of (home, task id) pairs, to be announced by someone other than
-    their writer; tasks whose state is gone or not final are left out."""
+    their writer; tasks whose state is gone, not final or announced by now (its writer got to
+    step 3 meanwhile, and may have deleted the sent markers a repair would need) are left
+    out."""
     if not tasks:
         return []
     keys = settings.keys
@@ -304,7 +402,7 @@ async def read_stored(
     found: list[FinalResult] = []
     for home, task_id, read in reads:
         raw = hash_reply(read.reply(replies))
-        if raw:
+        if raw and raw.get(b"announced") != b"1":
             final = stored_final(raw, task_id, home)
             if final is not None:
                 found.append(final)
@@ -467,8 +565,9 @@ Share = tuple[Queued[object], FinalResult, str]
 
 async def _report_share_failures(
     redis: Redis, settings: Settings, shares: Sequence[Share], replies: Sequence[Any]
-) -> None:
-    """Dead-letter (loudly) the shares an inbox refused; raise any other error of step 2."""
+) -> bool:
+    """Dead-letter (loudly) the shares an inbox refused, and say whether there were any; raise
+    any other error of step 2."""
     share_at = {share.index: (final, target) for share, final, target in shares}
     pipe = redis.pipeline(transaction=False)
     for position, reply in enumerate(replies):
@@ -486,8 +585,10 @@ async def _report_share_failures(
                 task_id=final.result.task_id, pool_id=final.result.pool_id, reason=reason
             ),
         )
-    if len(pipe):
-        await pipe.execute()
+    if not len(pipe):
+        return False
+    await pipe.execute()
+    return True
 
 
 async def acknowledge(
@@ -500,12 +601,28 @@ async def acknowledge(
 ) -> None:
     """Step 3: mark (home, task id) results announced and acknowledge `ack`'s entries, with one
     ACK_ANNOUNCED per slot; then the sent markers of step 2 can go."""
+    pipe = redis.pipeline(transaction=False)
+    _queue_acks(pipe, scripts, settings, announced, ack)
+    for marker in markers:
+        pipe.delete(marker)
+    if len(pipe):
+        await scripts.execute(pipe)
+
+
+def _queue_acks(
+    pipe: Pipeline,
+    scripts: Scripts,
+    settings: Settings,
+    announced: Sequence[tuple[str, str]],
+    ack: Ack | None,
+) -> None:
+    """Queue step 3's ACK_ANNOUNCED calls: one per slot of the states, the entries' stream
+    riding with its own slot's."""
     keys = settings.keys
     by_home: dict[str, list[str]] = {}
     for home, task_id in announced:
         by_home.setdefault(home, []).append(keys.task_state(task_id, home))
     stream_slot = hash_tag(ack[0]) if ack and ack[2] else None
-    pipe = redis.pipeline(transaction=False)
     for state_keys in by_home.values():
         if stream_slot is not None and hash_tag(state_keys[0]) == stream_slot and ack:
             stream, group, ids = ack
@@ -517,10 +634,6 @@ async def acknowledge(
     if stream_slot is not None and ack is not None:
         stream, group, ids = ack
         scripts.queue(pipe, scripts.ack_announced, [stream], ["1", group, len(ids), *ids])
-    for marker in markers:
-        pipe.delete(marker)
-    if len(pipe):
-        await scripts.execute(pipe)
 
 
 async def announce_stored(

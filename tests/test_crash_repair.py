@@ -14,7 +14,14 @@ from shared import finals as finals_module
 from shared.codec import ResultShare, decode
 from shared.config import Settings
 from shared.connection import connect
-from shared.finals import FinalResult, finalize_results
+from shared.finals import (
+    FinalResult,
+    PendingAck,
+    acknowledge_pending,
+    finalize_deferring_ack,
+    finalize_results,
+)
+from shared.keys import WORKER_GROUP
 from shared.models import TaskResult, TaskStatus, new_id
 from shared.scripts import START_ANNOUNCE, CrossSlotCall, Scripts, check_one_slot
 
@@ -180,6 +187,167 @@ async def test_a_repairer_adds_what_a_dead_writer_did_not_reach(
         assert await _counts(redis, settings) == (3, 3, 0)
     finally:
         await client.aclose()
+
+
+async def _taken(redis: Any, settings: Settings, count: int) -> list[bytes]:
+    """`count` entries added to the pool's stream and read by consumer w-1, as a worker holds
+    them; their ids."""
+    stream = settings.keys.pool_tasks(POOL)
+    await redis.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
+    for n in range(count):
+        await redis.xadd(stream, {"n": str(n)})
+    read = await redis.xreadgroup(WORKER_GROUP, "w-1", {stream: ">"}, count=count)
+    entries = read[stream.encode()] if isinstance(read, dict) else read[0][1]
+    return [entry_id for entry_id, _ in entries]
+
+
+async def _state(redis: Any, settings: Settings) -> tuple[int, int, int, set[bytes | None]]:
+    """(entries pending, entries in the stream, sent markers, `announced` of the results)."""
+    stream = settings.keys.pool_tasks(POOL)
+    pending = (await redis.xpending(stream, WORKER_GROUP))["pending"]
+    markers = [k async for k in redis.scan_iter(match=f"{settings.key_prefix}*:sent:*")]
+    announced = set()
+    async for key in redis.scan_iter(match=f"{settings.keys.pool_task(POOL, '')}*"):
+        announced.add(await redis.hget(key, "announced"))
+    return pending, await redis.xlen(stream), len(markers), announced
+
+
+async def test_a_deferred_acknowledgement_rides_with_the_next_call(
+    settings: Settings, redis: Any
+) -> None:
+    client = connect(settings, retries=0)
+    scripts = Scripts(client)
+    stream = settings.keys.pool_tasks(POOL)
+    ids = await _taken(redis, settings, 4)
+    first = [_final(f"w-1/{n}", new_id("t")) for n in range(2)]
+    second = [_final(f"w-1/{n}", new_id("t")) for n in range(2, 4)]
+    try:
+        written, pending = await finalize_deferring_ack(
+            client, scripts, settings, first, previous=None, ack=(stream, WORKER_GROUP, ids[:2])
+        )
+        assert written == [True, True] and pending is not None
+        assert list(pending.entry_ids) == ids[:2]
+        # announced, not yet acknowledged: what a writer dying after step 2 leaves
+        assert len(await _replies(redis, settings)) == 2
+        assert await _state(redis, settings) == (4, 4, 2, {b"0"})
+        written, carried = await finalize_deferring_ack(
+            client, scripts, settings, second, previous=pending, ack=(stream, WORKER_GROUP, ids[2:])
+        )
+        assert written == [True, True] and carried is not None
+        # the first call's step 3 went with the second's: its entries and markers are gone
+        pending_now, length, markers, _ = await _state(redis, settings)
+        assert (pending_now, length, markers) == (2, 2, 2)
+        for final in first:
+            state = settings.keys.pool_task(POOL, final.result.task_id)
+            assert await redis.hget(state, "announced") == b"1"
+        await acknowledge_pending(client, scripts, settings, carried)
+        assert await _state(redis, settings) == (0, 0, 0, {b"1"})
+        assert await _counts(redis, settings) == (4, 4, 0)
+    finally:
+        await client.aclose()
+
+
+async def test_a_writer_that_dies_with_its_acknowledgement_deferred_is_repaired_once(
+    settings: Settings, redis: Any
+) -> None:
+    """Its results are announced and its entries pending: the next reader of an entry and
+    reclaim announce the stored results, adding nothing the dead writer added."""
+    client = connect(settings, retries=0)
+    scripts = Scripts(client)
+    stream = settings.keys.pool_tasks(POOL)
+    ids = await _taken(redis, settings, 3)
+    tasks = [new_id("t") for _ in range(3)]
+    batch = [_final(f"w-1/{n}", t) for n, t in enumerate(tasks[:2])] + [_dead("w-1/2", tasks[2])]
+    try:
+        _, pending = await finalize_deferring_ack(
+            client, scripts, settings, batch, previous=None, ack=(stream, WORKER_GROUP, ids)
+        )
+        assert pending is not None  # ... and then the writer died
+        assert await _counts(redis, settings) == (3, 3, 1)
+        state = settings.keys.pool_task(POOL, tasks[0])
+        assert await scripts.start_batch(keys=[state], args=["w-2", "1.0", 2]) == [START_ANNOUNCE]
+        # a worker reading an entry again, and reclaim taking back the rest with their acks
+        await finals_module.announce_stored(client, scripts, settings, [(POOL, tasks[0])])
+        await finals_module.announce_stored(
+            client,
+            scripts,
+            settings,
+            [(POOL, t) for t in tasks[1:]],
+            ack=(stream, WORKER_GROUP, ids),
+        )
+        assert await _counts(redis, settings) == (3, 3, 1)
+        pending_now, length, _, announced = await _state(redis, settings)
+        assert (pending_now, length, announced) == (0, 0, {b"1"})
+    finally:
+        await client.aclose()
+
+
+async def test_a_repairer_that_finds_the_result_announced_meanwhile_adds_nothing(
+    settings: Settings, redis: Any
+) -> None:
+    """A task's entry read again while its writer's acknowledgement was deferred gets
+    START_ANNOUNCE; if that acknowledgement (and the markers' deletion) lands before the repair,
+    the repair finds `announced` 1 and announces nothing."""
+    client = connect(settings, retries=0)
+    scripts = Scripts(client)
+    task_id = new_id("t")
+    try:
+        _, pending = await finalize_deferring_ack(
+            client, scripts, settings, [_final("w-1/1", task_id)], previous=None
+        )
+        assert pending is not None
+        state = settings.keys.pool_task(POOL, task_id)
+        assert await scripts.start_batch(keys=[state], args=["w-1", "1.0", 1]) == [START_ANNOUNCE]
+        await acknowledge_pending(client, scripts, settings, pending)
+        await finals_module.announce_stored(client, scripts, settings, [(POOL, task_id)])
+        assert await _counts(redis, settings) == (1, 1, 0)
+    finally:
+        await client.aclose()
+
+
+async def test_what_a_repair_cannot_tell_apart_is_acknowledged_at_once(
+    settings: Settings, redis: Any
+) -> None:
+    """Retries and other `extra` commands have no sent markers, and a stored result names its
+    own writer's: a call with either acknowledges at once rather than defer."""
+    client = connect(settings, retries=0)
+    scripts = Scripts(client)
+    stream = settings.keys.pool_tasks(POOL)
+    ids = await _taken(redis, settings, 2)
+    stored = new_id("t")
+    try:
+        await finals_module._record(client, scripts, settings, [_final("w-0/9", stored)], "b-0")
+        _, pending = await finalize_deferring_ack(
+            client,
+            scripts,
+            settings,
+            [],
+            previous=None,
+            ack=(stream, WORKER_GROUP, ids[:1]),
+            stored=[(POOL, stored)],
+        )
+        assert pending is None
+        _, pending = await finalize_deferring_ack(
+            client,
+            scripts,
+            settings,
+            [_final("w-1/1", new_id("t"))],
+            previous=None,
+            ack=(stream, WORKER_GROUP, ids[1:]),
+            extra=lambda pipe: pipe.set(f"{settings.key_prefix}extra", "1"),
+        )
+        assert pending is None
+        assert await _state(redis, settings) == (0, 0, 0, {b"1"})
+        assert await _counts(redis, settings) == (2, 2, 0)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.unit
+def test_a_pending_acknowledgement_names_its_entries() -> None:
+    pending = PendingAck((("p", "t1"),), ("s", "g", [b"1-0", b"2-0"]), ("m",))
+    assert list(pending.entry_ids) == [b"1-0", b"2-0"]
+    assert list(PendingAck((), None, ()).entry_ids) == []
 
 
 @pytest.mark.unit

@@ -7,14 +7,17 @@ import os
 import signal
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from shared.client import PoolManager
 from shared.config import Settings
+from shared.finals import PendingAck
 from shared.keys import WORKER_GROUP
 from shared.models import TaskStatus
 from shared.retries import retry_delay
 from tests.conftest import wait_until
+from worker import worker as worker_module
 from worker.worker import Worker
 
 
@@ -144,3 +147,49 @@ async def test_a_read_in_flight_when_the_stop_comes_is_still_flushed(
     await running
     assert (await manager.result(task_id, timeout=5)).ok
     assert (await redis.xpending(stream, WORKER_GROUP))["pending"] == 0
+
+
+async def test_a_worker_acknowledges_every_entry_of_a_stream_of_tasks_while_it_serves(
+    orchestrator: Any,
+    manager: PoolManager,
+    redis: aioredis.Redis,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each flush's acknowledgement rides with the next flush; the last one, which no flush
+    follows, goes alone: with the worker still serving, nothing is left pending, every result
+    is marked announced and no sent marker is left."""
+    carried = 0
+    real = worker_module.finalize_deferring_ack
+
+    async def counted(*args: Any, previous: PendingAck | None, **kwargs: Any) -> Any:
+        nonlocal carried
+        carried += previous is not None
+        return await real(*args, previous=previous, **kwargs)
+
+    monkeypatch.setattr(worker_module, "finalize_deferring_ack", counted)
+    pool_id = await empty_pool(manager)
+    stream = settings.keys.pool_tasks(pool_id)
+    worker = Worker(settings, pool_id, concurrency=8)
+    running = asyncio.create_task(worker.run())
+    try:
+        ids: list[str] = []
+        for wave in range(5):
+            batch = [{"call": "add", "args": [wave, i]} for i in range(40)]
+            ids += await manager.submit_many(batch, pool_id=pool_id)
+        results = [await manager.result(i, timeout=10) for i in ids]
+        assert all(r.ok and r.worker_id == worker.worker_id for r in results)
+
+        async def all_acknowledged() -> bool:
+            pending = (await redis.xpending(stream, WORKER_GROUP))["pending"]
+            return pending == 0 and await redis.xlen(stream) == 0
+
+        await wait_until(all_acknowledged, what="every entry acknowledged")
+        assert not running.done()  # by the worker at work, not by its drain
+        assert carried > 0  # 200 tasks, 8 at a time: some flushes carried the previous ack
+        states = [settings.keys.pool_task(pool_id, i) for i in ids]
+        assert {await redis.hget(state, "announced") for state in states} == {b"1"}
+        assert [k async for k in redis.scan_iter(match=f"{settings.key_prefix}*:sent:*")] == []
+    finally:
+        worker.request_stop()
+        await running

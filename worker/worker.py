@@ -2,9 +2,10 @@
 
 The loop reads at most as many entries as it has free slots (`XREADGROUP COUNT = free`), so it
 never holds work it cannot start. A batch read is marked running in one script; finished tasks
-are flushed in batches: the guarded result writes, replies, events, memory records, shares,
-retries and the XACK + XDEL of their entries go out in one round trip per batch
-(`shared.finals.finalize_results`). A heartbeat hash with a TTL tells the orchestrator the worker
+are flushed in batches (`shared.finals.finalize_deferring_ack`): the guarded result writes,
+memory records and counters in one round trip, then replies, events, shares and retries in a
+second; the XACK + XDEL of the batch's entries ride in the next flush's first round trip, or go
+alone after `ACK_LINGER`. A heartbeat hash with a TTL tells the orchestrator the worker
 is alive; an entry is never taken from a live worker merely because it is old.
 
 On SIGTERM (or when its pool starts closing) the worker drains: it stops reading, lets in-flight
@@ -55,7 +56,9 @@ from shared.connection import (
 from shared.errors import MalformedMessage, PoolNotFound, PoolUnavailable
 from shared.finals import (
     FinalResult,
-    finalize_results,
+    PendingAck,
+    acknowledge_pending,
+    finalize_deferring_ack,
     malformed_entry_record,
     queue_dead_letter,
     queue_memory_record,
@@ -90,6 +93,13 @@ DEADLINE_TICK = 0.05  # timeouts are enforced to within this many seconds
 DRAIN_EXIT_MARGIN = 10.0  # seconds past drain_grace for handing back and writing results
 EXIT_DRAIN_OVERDUE = 3  # exit code of a worker whose drain did not end in time
 LOOP_STOP_WAIT = 5.0  # seconds a background loop gets to notice its stop event
+ACK_LINGER = 0.005
+"""Seconds a flush's deferred acknowledgement (`PendingAck`: results marked announced, XACK +
+XDEL of the entries) waits for the next flush to carry it in its first round trip; then it is
+sent alone. Under load the next flush comes sooner, and a flush is two round trips instead of
+three; idle, the entries are acknowledged this much later. A worker that dies meanwhile leaves
+what a writer dying after announcing leaves, which its entries' next handler repairs; one that
+stops sends it before leaving its group."""
 
 
 def heartbeat_kind(managed_by: str) -> str:
@@ -171,6 +181,9 @@ class Worker:
         self._unwritten: (
             tuple[list[_Done], list[_DeadLetter], list[bytes], list[tuple[bytes, str]]] | None
         ) = None
+        # the last flush's acknowledgement, sent with the next flush or alone (`ACK_LINGER`);
+        # replaced only once a flush succeeded, so a retried flush sends it again
+        self._pending_ack: PendingAck | None = None
         self._flush_wanted = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -351,13 +364,31 @@ class Worker:
 
     async def _read_own_pending(self) -> list[tuple[str, Entry]]:
         """Entries pending on this worker that it does not know about (lost read replies)."""
-        known = set(self._running) | set(self._skipped) | {d.entry_id for d in self._dead}
         pairs = await read_own_pending(
-            self._reader, self.redis, WORKER_GROUP, self.worker_id, [self.stream, self.inbox], known
+            self._reader,
+            self.redis,
+            WORKER_GROUP,
+            self.worker_id,
+            [self.stream, self.inbox],
+            self._held(),
         )
         if pairs:
             log.warning("recovered %d entr(ies) delivered to us by a lost read", len(pairs))
         return pairs
+
+    def _held(self) -> set[bytes]:
+        """Ids of the entries this worker holds: running, finished and not yet written (or
+        being written), or written with their acknowledgement pending."""
+        held = set(self._running) | set(self._skipped) | {d.entry_id for d in self._dead}
+        held.update(entry_id for entry_id, _ in self._unannounced)
+        if self._unwritten is not None:
+            _, dead, skipped, unannounced = self._unwritten
+            held.update(d.entry_id for d in dead)
+            held.update(skipped)
+            held.update(entry_id for entry_id, _ in unannounced)
+        if self._pending_ack is not None:
+            held.update(self._pending_ack.entry_ids)
+        return held
 
     async def _file_shared(self, entries: list[Entry]) -> None:
         """File results shared by other pools (RESULT_SHARE) in this pool's memory stream."""
@@ -484,7 +515,11 @@ class Worker:
     async def _flush_loop(self) -> None:
         failing_since: float | None = None
         while True:
-            await self._flush_wanted.wait()
+            if self._pending_ack is None:
+                await self._flush_wanted.wait()
+            elif not self._flush_wanted.is_set() and not self._finishing.is_set():
+                # the next flush carries the acknowledgement; none soon: it goes alone
+                await wait_any(self._flush_wanted, timeout=ACK_LINGER)
             self._flush_wanted.clear()
             try:
                 await self._flush()
@@ -500,8 +535,10 @@ class Worker:
                     # exiting is safe: the entries stay pending on us and are taken back
                     # once our heartbeat expires
                     log.error(
-                        "giving up on %d unwritten result(s) after the grace",
+                        "giving up on %d unwritten result(s) and %d unacknowledged entr(ies) "
+                        "after the grace",
                         len(self._done) + len(self._unwritten[0] if self._unwritten else []),
+                        len(self._pending_ack.entry_ids if self._pending_ack else ()),
                     )
                     return
                 await asyncio.sleep(0.5)  # not wait_any(self._stopping): it may be set already
@@ -514,6 +551,7 @@ class Worker:
                 and not self._running
                 and not self._done
                 and self._unwritten is None
+                and self._pending_ack is None
             ):
                 return
 
@@ -528,6 +566,11 @@ class Worker:
             skipped, self._skipped = self._skipped, []
             unannounced, self._unannounced = self._unannounced, []
         if not done and not dead and not skipped and not unannounced:
+            if self._pending_ack is not None:  # no flush came to carry it
+                await acknowledge_pending(
+                    self.redis, self._scripts, self.settings, self._pending_ack
+                )
+                self._pending_ack = None
             return
         finished = [item.running.message.task.id for item in done]
         if self._progress is not None and self._progress.has_pending(finished):
@@ -577,11 +620,12 @@ class Worker:
             self._queue_retries(pipe, retries)
             self._queue_dead_letters(pipe, dead)
 
-        await finalize_results(
+        _, self._pending_ack = await finalize_deferring_ack(
             self.redis,
             self._scripts,
             self.settings,
             finals,
+            previous=self._pending_ack,
             ack=(self.stream, WORKER_GROUP, ack_ids),
             extra=extra if retries or dead else None,
             stored=[(self.pool_id, task_id) for _, task_id in unannounced],

@@ -110,14 +110,22 @@ class Chaos:
         """A local pool with the chaos functions registered."""
         return await self.manager.spawn_pool("local", name=name, functions=FUNCTIONS, **spec)
 
-    async def submit(self, count: int, *, seconds: float = 0.0, **task: Any) -> list[str]:
-        """Submit `count` recorded tasks; return their ids."""
+    async def submit(
+        self,
+        count: int,
+        *,
+        seconds: float = 0.0,
+        pool_id: str | None = None,
+        expect_reply: bool = True,
+        **task: Any,
+    ) -> list[str]:
+        """Submit `count` recorded tasks (routed, or straight to `pool_id`); return their ids."""
         start = len(self.tokens)
         batch = []
         for n in range(start, start + count):
             token = f"k{n}"
             batch.append({"call": "record", "args": [token, seconds], **task})
-        ids = await self.manager.submit_many(batch)
+        ids = await self.manager.submit_many(batch, pool_id=pool_id, expect_reply=expect_reply)
         for n, task_id in enumerate(ids, start):
             self.tokens[task_id] = f"k{n}"
         self.ids += ids
@@ -243,11 +251,14 @@ class Chaos:
         self.figures.stuck = stuck
         self.figures.serving = f"{serving}/{target}"
 
-    def start_worker(self, pool_id: str, name: str) -> subprocess.Popen[bytes]:
-        """An external worker, started by hand the way an operator would: `python -m worker`."""
+    def start_worker(
+        self, pool_id: str, name: str, *, module: str = "worker"
+    ) -> subprocess.Popen[bytes]:
+        """An external worker, started by hand the way an operator would: `python -m worker`
+        (or another `module` with its command line)."""
         log = (self.tmp_path / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "--pool", pool_id],
+            [sys.executable, "-m", module, "--pool", pool_id],
             stdout=log,
             stderr=log,
             env=self.env(),

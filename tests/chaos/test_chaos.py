@@ -7,11 +7,14 @@ from __future__ import annotations
 import os
 import random
 import signal
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from orchestrator.broker import EmbeddedBroker, start_redis_server
+from shared.codec import ResultShare, TaskDelegate, decode
+from shared.keys import WORKER_GROUP
 from shared.models import TaskStatus
 from tests.chaos.conftest import Chaos, _chaos, assert_nothing_lost
 from tests.chaos.funcs import runs_key
@@ -46,6 +49,56 @@ async def test_kill_9_the_only_worker_and_a_new_one_takes_over(chaos: Chaos) -> 
     fig = await chaos.finish()
     assert_nothing_lost(fig)
     assert fig.reruns >= 1  # what the dead worker held ran again, on its replacement
+
+
+async def test_kill_9_a_worker_whose_last_acknowledgement_is_deferred(chaos: Chaos) -> None:
+    """The worker's last flush announced its results and left their acknowledgement for a next
+    flush that never comes (`tests/chaos/lingering_worker.py`): reclaim announces nothing twice
+    and nothing runs again."""
+    chaos.start_orchestrator("o1")
+    pool_id = await chaos.spawn("p", min_workers=0, concurrency=8)
+    victim = chaos.start_worker(pool_id, "lingering", module="tests.chaos.lingering_worker")
+
+    async def joined() -> bool:
+        return (await chaos.manager.get_pool(pool_id)).load.external_workers == 1
+
+    await wait_until(joined, timeout=30, what="the lingering worker")
+    probe = "c-probe"  # a reply stream nobody reads or trims: every reply stays countable
+    ids = await chaos.submit(40, pool_id=pool_id, expect_reply=False, reply_to=probe)
+    stream, replies = chaos.keys.pool_tasks(pool_id), chaos.keys.replies(probe)
+
+    async def announced_not_acknowledged() -> bool:
+        pending = (await chaos.redis.xpending(stream, WORKER_GROUP))["pending"]
+        return pending > 0 and await chaos.redis.xlen(replies) == len(ids)
+
+    await wait_until(announced_not_acknowledged, timeout=30, what="a deferred acknowledgement")
+    held = await chaos.redis.xpending_range(stream, WORKER_GROUP, min="-", max="+", count=100)
+    for entry in held:
+        ((_, fields),) = await chaos.redis.xrange(stream, entry["message_id"], entry["message_id"])
+        message = decode(fields)
+        assert isinstance(message, TaskDelegate)
+        state = chaos.keys.pool_task(pool_id, message.task.id)
+        assert await chaos.redis.hget(state, "announced") == b"0"
+    assert [k async for k in chaos.redis.scan_iter(match=f"{replies}:sent:*")]
+    victim.send_signal(signal.SIGKILL)
+    chaos.figures.faults = "SIGKILL the only worker, its last acknowledgement deferred"
+    chaos.figures.notes.append(f"{len(held)} entr(ies) announced, not acknowledged, at the kill")
+    fig = await chaos.finish()
+    assert_nothing_lost(fig)
+    assert fig.reruns == 0  # every task had its result: reclaim only acknowledged
+    # `finish` counted the events before the repair (the results were in): count them after it
+    told: Counter[str] = Counter()
+    for _, fields in await chaos.redis.xrange(replies):
+        message = decode(fields)
+        assert isinstance(message, ResultShare)
+        told[message.result.task_id] += 1
+    assert told == dict.fromkeys(ids, 1)
+    events = await chaos.redis.xrange(chaos.keys.events)
+    completed = Counter(f[b"task"].decode() for _, f in events if f[b"type"] == b"TASK_COMPLETED")
+    assert completed == dict.fromkeys(ids, 1)
+    for task_id in ids:
+        state = chaos.keys.pool_task(pool_id, task_id)
+        assert await chaos.redis.hget(state, "announced") == b"1"
 
 
 async def test_kill_9_an_orchestrator_mid_batch_while_another_runs(chaos: Chaos) -> None:
