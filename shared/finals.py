@@ -206,7 +206,7 @@ async def _finalize(
             extra(pipe)
         sent = announce(pipe, scripts, settings, done, token)
         for marker in stale:  # after the announcements: a repair in this batch reads them
-            pipe.delete(marker)
+            pipe.expire(marker, SENT_MARKER_GRACE)
         replies = await scripts.execute(pipe, raise_on_error=False)
         refused = await _report_share_failures(redis, settings, sent.shares, replies)
         markers += sent.markers
@@ -294,7 +294,6 @@ class _CompleteBatch:
         res = final.result
         self._keys.append(keys.task_state(res.task_id, self._home))
         hash_fields = result_hash_fields(res, final.dump)
-        hash_fields["announce_token"] = self._token
         # what announcing it needs, kept with it: whoever finds it unannounced can do that
         if final.reply_to:
             hash_fields["reply_to"] = final.reply_to
@@ -328,6 +327,7 @@ class _CompleteBatch:
             memory,
             load,
             self.count,
+            self._token,
         ]
         return keys, [*head, *self._body]
 
@@ -439,8 +439,14 @@ def stored_final(raw: RawHash, task_id: str, home: str) -> FinalResult | None:
 
 
 SENT_MARKER_TTL = 3600
-"""Seconds a sent marker (`Keys.sent_marker`) outlives a writer that died before step 3, which
-deletes it: a retry, or a repair of that writer's batch, within this time adds no entry twice."""
+"""Seconds a sent marker (`Keys.sent_marker`) outlives a writer that died before step 3: a
+retry, or a repair of that writer's batch, within this time adds no entry twice."""
+
+SENT_MARKER_GRACE = 60
+"""Seconds a sent marker stays after step 3 (which shortens its TTL to this instead of deleting
+it): a repairer that read the result as unannounced just before the writer's step 3 still finds
+the marker and adds nothing twice (a delete would open that window; on a cluster the delete and
+the acknowledgement run on different nodes, in any order)."""
 
 
 @dataclass
@@ -604,7 +610,7 @@ async def acknowledge(
     pipe = redis.pipeline(transaction=False)
     _queue_acks(pipe, scripts, settings, announced, ack)
     for marker in markers:
-        pipe.delete(marker)
+        pipe.expire(marker, SENT_MARKER_GRACE)
     if len(pipe):
         await scripts.execute(pipe)
 

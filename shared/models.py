@@ -48,7 +48,8 @@ _ID_SUFFIXES: deque[str] = deque()
 """The random parts of the next ids, read from os.urandom a batch at a time (one read per id
 cost more than the rest of `new_id`, called for every task, and again by every dump of a task
 without its defaults: pydantic compares a field with a default factory to a fresh default)."""
-os.register_at_fork(after_in_child=_ID_SUFFIXES.clear)  # a forked child must not repeat them
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_ID_SUFFIXES.clear)  # a forked child must not repeat them
 
 
 class PoolType(StrEnum):

@@ -7,9 +7,11 @@ does to a batch (start it, record its results, acknowledge its entries) is one c
 pool's slot; effects on other slots (replies, events, dead letters, another pool's inbox) are
 follow-up steps in `shared/finals.py`, guarded so that a crash between steps is repaired.
 
-Batch scripts read their ARGV with a cursor: counts precede variable-length parts, keys are
-named by their index in KEYS. Stream fields are passed as flat ARGV lists, so an entry is
-byte-for-byte what `shared.codec.encode` produced.
+Batch scripts take one argument per task (or entry): a msgpack array packed by `packed_task` or
+`packed_result` that Lua's `cmsgpack` unpacks, its field maps as flat lists of strings, so an
+entry is byte-for-byte what `shared.codec` produced (one argument instead of ~25-45 costs less
+to send and to hand to Lua); the few head values before them are read in order, some with a
+cursor (`take()`, `span()`), keys are named by their index in KEYS.
 """
 
 from __future__ import annotations
@@ -199,8 +201,18 @@ def packed_task(
     state's fields and the stream entry's fields as flat lists. Old-spec msgpack
     (`use_bin_type=False`): Redis's Lua `cmsgpack` reads no bin types."""
     return msgpack.packb(  # type: ignore[no-any-return]
-        [head, flat_fields(fields), flat_fields(entry)], use_bin_type=False
+        [head, _flat_text(fields), _flat_text(entry)], use_bin_type=False
     )
+
+
+def _flat_text(fields: Mapping[Any, Any]) -> list[str | bytes]:
+    """A field map as a flat list of strings and bytes: a number packed as such would reach
+    Redis through a Lua number, which Redis formats its own way (0.1 as 0.10000000000000001)."""
+    out: list[str | bytes] = []
+    for key, value in fields.items():
+        out.append(key if isinstance(key, str | bytes) else str(key))
+        out.append(value if isinstance(value, str | bytes) else str(value))
+    return out
 
 
 START_RUN, START_SKIP, START_CANCELLED, START_ANNOUNCE = 1, 0, 2, 3
@@ -243,7 +255,9 @@ announced (nothing to do); already final with another writer's result that was n
 # Records final results in one slot: the tasks' state hashes, and for results of the pool that
 # owns the slot its memory record and counters. KEYS = the state hashes, then the memory stream
 # and load hash (when the slot is a pool's). ARGV: result ttl, memory max length, memory index
-# (0: none), load index (0: none), count; then one argument per result, packed by
+# (0: none), load index (0: none), count, the batch token the results are announced under
+# (`announce_token`: set with each result, and again when its writer retries, since a retry's
+# batch may differ); then one argument per result, packed by
 # `packed_result` (a msgpack array: state index, token, hash fields as a flat list, memory
 # record as a flat list (empty: none), completed (0/1), duration ms, failed (0/1)) — one
 # argument instead of ~45 costs less to send and to hand to Lua.
@@ -255,6 +269,7 @@ COMPLETE_BATCH = (
     + f"""
 local ttl, memory_max = tonumber(take()), take()
 local memory, load, count = tonumber(take()), tonumber(take()), tonumber(take())
+local batch = take()
 local out = {{}}
 local done_n, total_ms, failed_n = 0, 0, 0
 for r = 1, count do
@@ -266,12 +281,14 @@ for r = 1, count do
     if state[2] == '1' then
       out[r] = {FINAL_DONE}
     elseif token ~= '' and state[3] == token then
+      redis.call('HSET', task, 'announce_token', batch)
       out[r] = {FINAL_NEW}
     else
       out[r] = {FINAL_STORED}
     end
   else
-    redis.call('HSET', task, 'final_token', token, 'announced', '0', unpack(fields))
+    redis.call('HSET', task, 'final_token', token, 'announce_token', batch, 'announced', '0',
+      unpack(fields))
     redis.call('EXPIRE', task, ttl)
     if memory > 0 and #record > 0 then
       redis.call('XADD', KEYS[memory], 'MAXLEN', '~', memory_max, '*', unpack(record))
@@ -305,7 +322,7 @@ def packed_result(
     reads no bin types."""
     done, ms, failed = counts
     return msgpack.packb(  # type: ignore[no-any-return]
-        [index, token, flat_fields(fields), flat_fields(record or {}), done, ms, failed],
+        [index, token, _flat_text(fields), _flat_text(record or {}), done, ms, failed],
         use_bin_type=False,
     )
 

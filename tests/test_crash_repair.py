@@ -15,6 +15,7 @@ from shared.codec import ResultShare, decode
 from shared.config import Settings
 from shared.connection import connect
 from shared.finals import (
+    SENT_MARKER_GRACE,
     FinalResult,
     PendingAck,
     acknowledge_pending,
@@ -202,10 +203,15 @@ async def _taken(redis: Any, settings: Settings, count: int) -> list[bytes]:
 
 
 async def _state(redis: Any, settings: Settings) -> tuple[int, int, int, set[bytes | None]]:
-    """(entries pending, entries in the stream, sent markers, `announced` of the results)."""
+    """(entries pending, entries in the stream, sent markers not yet on their short grace after
+    step 3, `announced` of the results)."""
     stream = settings.keys.pool_tasks(POOL)
     pending = (await redis.xpending(stream, WORKER_GROUP))["pending"]
-    markers = [k async for k in redis.scan_iter(match=f"{settings.key_prefix}*:sent:*")]
+    markers = [
+        k
+        async for k in redis.scan_iter(match=f"{settings.key_prefix}*:sent:*")
+        if await redis.ttl(k) > SENT_MARKER_GRACE
+    ]
     announced = set()
     async for key in redis.scan_iter(match=f"{settings.keys.pool_task(POOL, '')}*"):
         announced.add(await redis.hget(key, "announced"))
@@ -234,7 +240,8 @@ async def test_a_deferred_acknowledgement_rides_with_the_next_call(
             client, scripts, settings, second, previous=pending, ack=(stream, WORKER_GROUP, ids[2:])
         )
         assert written == [True, True] and carried is not None
-        # the first call's step 3 went with the second's: its entries and markers are gone
+        # the first call's step 3 went with the second's: its entries are gone, its markers
+        # on their grace
         pending_now, length, markers, _ = await _state(redis, settings)
         assert (pending_now, length, markers) == (2, 2, 2)
         for final in first:

@@ -49,8 +49,8 @@ async def test_complete_records_only_tasks_that_are_not_final(
     scripts = Scripts(redis)
     key = settings.keys.pool_task("p1", f"t-{status}")
 
-    def call(token: str) -> tuple[list[str], list[Any]]:
-        args: list[Any] = [60, 100, 0, 0, 1]
+    def call(token: str, batch: str = "b1") -> tuple[list[str], list[Any]]:
+        args: list[Any] = [60, 100, 0, 0, 1, batch]
         args.append(packed_result(1, token, {"status": "completed", "result": "r"}))
         return [key], args
 
@@ -58,9 +58,10 @@ async def test_complete_records_only_tasks_that_are_not_final(
     keys, args = call("new")
     (verdict,) = await scripts.complete_batch(keys=keys, args=args)
     assert verdict == (FINAL_STORED if status in FINAL_STATUSES else FINAL_NEW), status
-    keys, args = call("old" if status in FINAL_STATUSES else "new")
+    keys, args = call("old" if status in FINAL_STATUSES else "new", batch="b2")
     (again,) = await scripts.complete_batch(keys=keys, args=args)
-    assert again == FINAL_NEW  # the same writer retrying: its result is announced (again)
+    assert again == FINAL_NEW  # the same writer retrying: its result is announced (again),
+    assert await redis.hget(key, "announce_token") == b"b2"  # under the retry's batch token
     await redis.hset(key, "announced", "1")
     (done,) = await scripts.complete_batch(keys=keys, args=args)
     assert done == FINAL_DONE

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from shared.client import PoolManager
 from shared.config import Settings
-from shared.finals import PendingAck
+from shared.finals import SENT_MARKER_GRACE, PendingAck
 from shared.keys import WORKER_GROUP
 from shared.models import TaskStatus
 from shared.retries import retry_delay
@@ -158,7 +158,7 @@ async def test_a_worker_acknowledges_every_entry_of_a_stream_of_tasks_while_it_s
 ) -> None:
     """Each flush's acknowledgement rides with the next flush; the last one, which no flush
     follows, goes alone: with the worker still serving, nothing is left pending, every result
-    is marked announced and no sent marker is left."""
+    is marked announced and every sent marker is on its short grace."""
     carried = 0
     real = worker_module.finalize_deferring_ack
 
@@ -189,7 +189,9 @@ async def test_a_worker_acknowledges_every_entry_of_a_stream_of_tasks_while_it_s
         assert carried > 0  # 200 tasks, 8 at a time: some flushes carried the previous ack
         states = [settings.keys.pool_task(pool_id, i) for i in ids]
         assert {await redis.hget(state, "announced") for state in states} == {b"1"}
-        assert [k async for k in redis.scan_iter(match=f"{settings.key_prefix}*:sent:*")] == []
+        markers = [k async for k in redis.scan_iter(match=f"{settings.key_prefix}*:sent:*")]
+        for marker in markers:  # step 3 leaves each a short grace (finals.SENT_MARKER_GRACE)
+            assert 0 < await redis.ttl(marker) <= SENT_MARKER_GRACE
     finally:
         worker.request_stop()
         await running

@@ -13,6 +13,7 @@ stays after it exits, so its counts keep counting (a counter never goes down).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from typing import Any
 from shared.metrics import definitions as d
 
 log = logging.getLogger("mahavishnu.metrics")
+_WRITES = itertools.count()
 
 SUFFIX = ".metrics.json"
 BUCKETS = len(d.DURATION_BUCKETS) + 1  # bucket counts of a histogram, the last above every bound
@@ -78,7 +80,8 @@ def write_snapshot(folder: Path, name: str, snapshot: Snapshot) -> Path:
     """Replace `folder/<name>.metrics.json` by `snapshot` atomically (a temporary file renamed:
     a reader sees the old file or the new one, never half of one)."""
     path = folder / f"{name}{SUFFIX}"
-    temporary = folder / f".{name}.{os.getpid()}.tmp"
+    # unique per write: a write cancelled mid-thread may still be running beside the next one
+    temporary = folder / f".{name}.{os.getpid()}.{next(_WRITES)}.tmp"
     temporary.write_text(snapshot.to_json(), encoding="utf-8")
     os.replace(temporary, path)
     return path
