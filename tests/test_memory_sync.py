@@ -81,6 +81,13 @@ class Running:
     async def __aenter__(self) -> Orchestrator:
         self._task = asyncio.create_task(self.orch.run())
         await self.orch.wait_ready()
+        aggregator = self.orch.aggregator
+        if aggregator is not None:  # its own first pass, so none runs beside a test's
+
+            async def passed() -> bool:
+                return aggregator.passes > 0
+
+            await wait_until(passed, what="the orchestrator's first memory sync pass")
         return self.orch
 
     async def __aexit__(self, *exc: object) -> None:

@@ -220,21 +220,24 @@ class Aggregator:
 
     async def _sync_pool(self, caller: ToolCaller, destination: str, pool_id: str) -> int:
         mark = Watermark(self.redis, self.settings, destination, self.consumer)
-        exists, lost = await mark.prepare(pool_id)
-        if not exists:
-            await self._forget_if_gone(pool_id)
-            return 0
-        if lost:
-            log.warning(
-                "pool %s: %s memory record(s) were trimmed (memory_max_len=%d) before %s took "
-                "them; counted as lost",
-                pool_id,
-                "some" if lost < 0 else lost,
-                self.settings.memory_max_len,
-                destination,
-            )
         sent = 0
         while not self._stop.is_set():
+            # before every read, not once a pass: records trimmed while the pass runs are
+            # counted lost here, instead of being skipped over by the next read uncounted
+            exists, lost = await mark.prepare(pool_id)
+            if not exists:
+                if not sent:
+                    await self._forget_if_gone(pool_id)
+                return sent
+            if lost:
+                log.warning(
+                    "pool %s: %s memory record(s) were trimmed (memory_max_len=%d) before %s "
+                    "took them; counted as lost",
+                    pool_id,
+                    "some" if lost < 0 else lost,
+                    self.settings.memory_max_len,
+                    destination,
+                )
             if not await self.redis.exists(self.keys.orchestrator(self.consumer)):
                 # without a live heartbeat others take this consumer's entries: sending them
                 # now could send them twice; the next pass (after a tick) goes on
