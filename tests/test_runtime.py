@@ -97,7 +97,10 @@ async def test_least_loaded_sends_fewer_tasks_to_a_busy_pool(
     orchestrator: Any, manager: PoolManager
 ) -> None:
     busy, idle = await two_pools(manager)
-    blockers = await manager.submit_many([{"call": "sleep", "args": [2]}] * 8, pool_id=busy)
+    # 16 entries in the busy pool's stream: the idle pool's backlog (XLEN) also counts the last
+    # batch each of its workers acknowledges with its next flush (`worker.ACK_LINGER`), up to
+    # its concurrency, so a busy pool must stand out by more than that
+    blockers = await manager.submit_many([{"call": "sleep", "args": [2]}] * 16, pool_id=busy)
     results = await manager.execute_batch(
         [{"call": "noop", "strategy": "least_loaded"} for _ in range(20)], timeout=30
     )
