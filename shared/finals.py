@@ -197,7 +197,7 @@ async def _finalize(
         pipe = redis.pipeline(transaction=False)
         markers.append(_queue_dead_letters(pipe, scripts, settings, dead, token))
         await scripts.execute(pipe)
-    # the previous call's acknowledgement went with step 1: its markers can go now
+    # the previous call's acknowledgement went with step 1: its markers get their grace now
     stale = previous.markers if previous is not None else ()
     refused = False
     if done or extra is not None or stale:
